@@ -1,0 +1,74 @@
+// The `tessera` binary's command-line contract: version, help, and exit code 2 with a helpful
+// message for anything it does not understand. Runs the real binary.
+#include <gtest/gtest.h>
+
+#include "subprocess.h"
+#include "tessera/common/version.h"
+
+namespace tessera {
+namespace {
+
+using testing::RunCommand;
+
+const std::string kBin = TESSERA_BIN;
+
+TEST(CliTest, VersionFlag) {
+  auto r = RunCommand({kBin, "--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find(std::string("tessera ") + TESSERA_VERSION), std::string::npos) << r.out;
+}
+
+TEST(CliTest, HelpListsCommandsAndExitsZero) {
+  auto r = RunCommand({kBin, "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("demo"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("version"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--log-level"), std::string::npos) << r.out;
+}
+
+TEST(CliTest, UnknownCommandExitsTwoWithSuggestion) {
+  auto r = RunCommand({kBin, "dmeo"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown command 'dmeo'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Did you mean 'demo'?"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tessera --help"), std::string::npos) << r.err;
+}
+
+TEST(CliTest, UnknownCommandAfterGlobalOption) {
+  auto r = RunCommand({kBin, "--log-level", "warn", "frobnicate"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown command 'frobnicate'"), std::string::npos) << r.err;
+}
+
+TEST(CliTest, BadFlagExitsTwo) {
+  auto r = RunCommand({kBin, "version", "--no-such-flag"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--no-such-flag"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tessera version --help"), std::string::npos) << r.err;
+}
+
+TEST(CliTest, NoCommandExitsTwoAndShowsUsage) {
+  auto r = RunCommand({kBin});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("no command given"), std::string::npos) << r.err;
+}
+
+TEST(CliTest, BadLogLevelExitsTwo) {
+  auto r = RunCommand({kBin, "--log-level", "loud", "version"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown log level 'loud'"), std::string::npos) << r.err;
+  auto e = RunCommand({kBin, "version"}, "", {"TESSERA_LOG=shouty"});
+  EXPECT_EQ(e.exit_code, 2);
+  EXPECT_NE(e.err.find("TESSERA_LOG"), std::string::npos) << e.err;
+}
+
+TEST(CliTest, VersionCommandReportsModules) {
+  auto r = RunCommand({kBin, "version"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* m : {"common", "vmem", "erasure", "engine", "cluster"}) {
+    EXPECT_NE(r.out.find(m), std::string::npos) << m << "\n" << r.out;
+  }
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,124 @@
+#include "cli.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "tessera/common/log.h"
+#include "tessera/common/version.h"
+
+namespace tessera::cli {
+namespace {
+
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t sub = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// The first argument that is not an option (or an option's value): what the user meant as the
+// command name.
+std::string FirstWord(CLI::App& app, int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.empty() || arg[0] != '-') return arg;
+    // Skip the value of a global option given as "--opt value".
+    if (arg.find('=') == std::string::npos) {
+      const CLI::Option* opt = nullptr;
+      try {
+        opt = app.get_option_no_throw(arg);
+      } catch (...) {
+        opt = nullptr;
+      }
+      if (opt != nullptr && opt->get_type_size() > 0) ++i;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string Suggest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = word.size() / 2 + 2;
+  for (const auto& c : candidates) {
+    size_t d = EditDistance(word, c);
+    if (d < best_d || (c.rfind(word, 0) == 0 && !word.empty())) {
+      best_d = std::min(d, best_d);
+      best = c;
+    }
+  }
+  return best;
+}
+
+int Run(int argc, char** argv) {
+  Context ctx;
+  CLI::App app{"Tessera: a page-based key-value database with an erasure-coded cluster.",
+               "tessera"};
+  app.set_version_flag("--version", std::string("tessera ") + TESSERA_VERSION);
+  app.add_option("--log-level", ctx.log_level,
+                 "Log level: trace, debug, info, warn, error, critical, off "
+                 "(default: $TESSERA_LOG, else info)");
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.footer("Run 'tessera COMMAND --help' for the options of a command.");
+
+  RegisterInfoCommands(app, ctx);
+
+  std::vector<std::string> names;
+  for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    names.push_back(sub->get_name());
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string word = FirstWord(app, argc, argv);
+    bool known = std::find(names.begin(), names.end(), word) != names.end();
+    if (!word.empty() && !known) {
+      std::cerr << "tessera: unknown command '" << word << "'.";
+      std::string s = Suggest(word, names);
+      if (!s.empty()) std::cerr << " Did you mean '" << s << "'?";
+      std::cerr << "\nRun 'tessera --help' for the list of commands.\n";
+    } else if (word.empty() && argc <= 1) {
+      std::cerr << "tessera: no command given.\n" << app.help();
+    } else {
+      std::cerr << "tessera: " << e.what() << "\n";
+      std::cerr << "Run 'tessera " << (known ? word + " " : std::string())
+                << "--help' for usage.\n";
+    }
+    return kExitUsage;
+  }
+
+  if (Status s = InitLogging(ctx.log_level); !s.ok()) {
+    std::cerr << "tessera: " << s.message() << "\n";
+    return kExitUsage;
+  }
+  if (!ctx.action) {
+    std::cerr << "tessera: no command given. Run 'tessera --help'.\n";
+    return kExitUsage;
+  }
+  try {
+    return ctx.action();
+  } catch (const std::exception& e) {
+    std::cerr << "tessera: internal error: " << e.what() << "\n";
+    return kExitFailure;
+  }
+}
+
+}  // namespace tessera::cli
