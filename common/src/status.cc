@@ -154,6 +154,16 @@ extern "C" const char* tessera_strerror(int code) {
       return "an earlier flush failed; writes are refused until the database is reopened";
     case TESSERA_TXN_FINISHED:
       return "transaction already finished";
+    case TESSERA_BAD_SCHEME:
+      return "unknown erasure-code scheme (expected xor, rs or rs-cauchy)";
+    case TESSERA_BAD_SHARD_COUNT:
+      return "shard counts out of range (k >= 1, m >= 1, k + m <= 255; xor needs m = 1)";
+    case TESSERA_BAD_LENGTH:
+      return "shard length must be at least 1 byte";
+    case TESSERA_BAD_SHARD_INDEX:
+      return "shard index out of range";
+    case TESSERA_DUPLICATE_ERASURE:
+      return "the same shard is listed twice as erased";
     default:
       return "unknown error code";
   }

@@ -33,6 +33,12 @@ extern "C" {
 #define TESSERA_TOO_MANY_ERASURES (-18)  /* more shards erased than the code can rebuild */
 #define TESSERA_FATAL (-19)              /* a flush failed earlier; writes refused until reopen */
 #define TESSERA_TXN_FINISHED (-20)       /* the transaction already committed or aborted */
+/* Erasure codes (ec.h). */
+#define TESSERA_BAD_SCHEME (-21)        /* unknown erasure-code scheme (xor, rs, rs-cauchy) */
+#define TESSERA_BAD_SHARD_COUNT (-22)   /* k or m out of range: k >= 1, m >= 1, k + m <= 255 */
+#define TESSERA_BAD_LENGTH (-23)        /* a shard length of 0 */
+#define TESSERA_BAD_SHARD_INDEX (-24)   /* a shard index outside the code's shards */
+#define TESSERA_DUPLICATE_ERASURE (-25) /* the same shard listed twice as erased */
 
 /* A static, NUL-terminated description of `code`; "unknown error code" for codes not listed. */
 const char* tessera_strerror(int code);
