@@ -37,7 +37,7 @@ inline constexpr uint32_t kDefaultPageSize = 4096;
 inline constexpr uint64_t kDefaultReserveBytes = uint64_t{64} << 30;
 
 struct RegionOptions {
-  uint32_t page_size = kDefaultPageSize;  // power of two in [kMinPageSize, kMaxPageSize]
+  uint32_t page_size = kDefaultPageSize;          // power of two in [kMinPageSize, kMaxPageSize]
   uint64_t reserve_bytes = kDefaultReserveBytes;  // address space reserved; caps the region size
   bool read_only = false;                         // map PROT_READ, no lock, Grow/Flush refused
   bool create = true;                             // create the file if it does not exist
@@ -66,7 +66,8 @@ class Region {
   // InvalidArgument naming the file and its size. Errors: InvalidArgument (bad page size, refined
   // with TESSERA_BAD_PAGE_SIZE), Busy (another writer holds the lock), NotFound (no file and
   // !create), IoError / NoSpace from the OS.
-  static Result<std::unique_ptr<Region>> Open(const std::string& path, const RegionOptions& options);
+  static Result<std::unique_ptr<Region>> Open(const std::string& path,
+                                              const RegionOptions& options);
   // Memory-only region; starts with zero pages.
   static Result<std::unique_ptr<Region>> OpenAnonymous(const RegionOptions& options);
 
@@ -126,6 +127,15 @@ class Region {
   mutable std::mutex mu_;  // serialises Grow/Truncate/Flush/Advise/Protect and the counters
   RegionStats counters_;
   bool cut_ = false;  // SimulatePowerCut ran
+  // The first failed flush, kept: after a failed fsync the kernel may have dropped the dirty pages,
+  // so a later "successful" flush would prove nothing. Every later Flush/Grow/Truncate returns it.
+  Status flush_error_;
+
+  Status CheckWritable(const char* op) const;
+  Status CheckRange(PageRange range, const char* op) const;
+  Status MapPages(uint64_t first, uint64_t count);
+  void Unreserve(uint64_t first, uint64_t count);
+  Status FlushLocked(std::span<const PageRange> ranges, bool whole_file);
 };
 
 }  // namespace tessera::vmem
