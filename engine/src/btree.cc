@@ -1,0 +1,618 @@
+#include "btree.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace tessera::engine::btree {
+
+using format::BranchCell;
+using format::kBranch;
+using format::kBranchCellHeader;
+using format::kCellOverflow;
+using format::kHeaderSize;
+using format::kInvalidPage;
+using format::kLeaf;
+using format::kLeafCellHeader;
+using format::kOverflow;
+using format::kOverflowRefSize;
+using format::LeafCell;
+using format::Load;
+using format::Store;
+
+namespace {
+
+struct Step {
+  uint64_t pgno;
+  unsigned idx;
+};
+
+uint32_t CellSize(const PageView& v, unsigned i) {
+  return v.type() == kLeaf ? LeafCell{v.cell(i)}.size() : BranchCell{v.cell(i)}.size();
+}
+
+uint32_t UsedBytes(const PageView& v) {
+  uint32_t used = 0;
+  for (unsigned i = 0; i < v.count(); ++i) used += CellSize(v, i) + 2;
+  return used;
+}
+
+void InitPage(uint8_t* page, uint32_t page_size, uint64_t pgno, uint64_t txnid, uint8_t type) {
+  std::memset(page, 0, kHeaderSize);
+  PageView v{page};
+  v.set_pgno(pgno);
+  v.set_txnid(txnid);
+  v.set_type(type);
+  v.set_upper(page_size);
+}
+
+// Rewrites the page with its cells packed at the end, reclaiming holes left by removals.
+void Compact(PageView v, uint32_t page_size) {
+  std::vector<uint8_t> tmp(v.p, v.p + page_size);
+  PageView old{tmp.data()};
+  uint32_t upper = page_size;
+  for (unsigned i = 0; i < old.count(); ++i) {
+    uint32_t sz = CellSize(old, i);
+    upper -= sz;
+    std::memcpy(v.p + upper, old.cell(i), sz);
+    v.set_slot(i, static_cast<uint16_t>(upper));
+  }
+  v.set_upper(upper);
+}
+
+// Inserts a cell at slot idx if it fits (compacting if that makes it fit).
+bool InsertCell(PageView v, unsigned idx, const uint8_t* cell, uint32_t size, uint32_t page_size) {
+  if (v.free_space() < size + 2) {
+    if (UsedBytes(v) + size + 2 > page_size - kHeaderSize) return false;
+    Compact(v, page_size);
+  }
+  uint32_t upper = v.upper() - size;
+  std::memcpy(v.p + upper, cell, size);
+  unsigned n = v.count();
+  std::memmove(v.p + kHeaderSize + 2 * (idx + 1), v.p + kHeaderSize + 2 * idx, 2 * (n - idx));
+  v.set_slot(idx, static_cast<uint16_t>(upper));
+  v.set_count(static_cast<uint16_t>(n + 1));
+  v.set_upper(upper);
+  return true;
+}
+
+void RemoveCell(PageView v, unsigned idx) {
+  unsigned n = v.count();
+  uint32_t off = v.slot(idx);
+  uint32_t sz = CellSize(v, idx);
+  std::memmove(v.p + kHeaderSize + 2 * idx, v.p + kHeaderSize + 2 * (idx + 1), 2 * (n - idx - 1));
+  v.set_count(static_cast<uint16_t>(n - 1));
+  if (off == v.upper()) v.set_upper(off + sz);
+}
+
+std::string MakeBranchCell(uint64_t child, uint64_t child_txnid, uint32_t child_crc,
+                           std::string_view key) {
+  std::string c(kBranchCellHeader + key.size(), '\0');
+  auto* p = reinterpret_cast<uint8_t*>(c.data());
+  Store(p, child);
+  Store(p + 8, child_txnid);
+  Store(p + 16, child_crc);
+  Store(p + 20, static_cast<uint16_t>(key.size()));
+  std::memcpy(p + kBranchCellHeader, key.data(), key.size());
+  return c;
+}
+
+void SetBranchChild(uint8_t* cell, uint64_t child, uint64_t txnid) {
+  Store(cell, child);
+  Store(cell + 8, txnid);
+  Store(cell + 16, uint32_t{0});  // filled in by Finalize at commit
+}
+
+uint32_t UsableBytes(uint32_t page_size) { return page_size - kHeaderSize; }
+
+// Makes page *pgno writable for this transaction; may move it (copy-on-write).
+Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
+  Db::Impl* db = txn.db;
+  uint8_t* page = db->Page(*pgno);
+  PageView v{page};
+  if (v.txnid() == txn.txnid) return page;
+  uint64_t npages = v.type() == kOverflow ? v.overflow_pages() : 1;
+  TESSERA_ASSIGN_OR_RETURN(uint64_t np, AllocPages(txn, npages));
+  page = db->Page(*pgno);  // the mapping never moves, but re-read for clarity
+  uint8_t* dst = db->Page(np);
+  std::memcpy(dst, page, npages * db->page_size);
+  PageView nv{dst};
+  nv.set_pgno(np);
+  nv.set_txnid(txn.txnid);
+  FreePages(txn, *pgno, npages, v.txnid());
+  *pgno = np;
+  return dst;
+}
+
+// Descends to the leaf for `key`, making every page on the path writable.
+Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, std::vector<Step>* path,
+                       bool* found) {
+  path->clear();
+  TESSERA_RETURN_IF_ERROR(ReadPage(txn, tree->root, -1, tree->root_txnid).status());
+  uint64_t pg = tree->root;
+  TESSERA_ASSIGN_OR_RETURN(uint8_t * page, Touch(txn, &pg));
+  tree->root = pg;
+  tree->root_txnid = txn.txnid;
+  for (;;) {
+    PageView v{page};
+    if (v.type() == kLeaf) {
+      unsigned idx = LeafLowerBound(v, key, found);
+      path->push_back({pg, idx});
+      return Status::Ok();
+    }
+    unsigned idx = BranchSearch(v, key);
+    path->push_back({pg, idx});
+    uint8_t* cell = v.cell(idx);
+    BranchCell bc{cell};
+    uint64_t child = bc.child();
+    TESSERA_RETURN_IF_ERROR(ReadPage(txn, child, -1, bc.child_txnid()).status());
+    TESSERA_ASSIGN_OR_RETURN(page, Touch(txn, &child));
+    SetBranchChild(cell, child, txn.txnid);
+    pg = child;
+  }
+}
+
+// Inserts `cell` at path level `level`, slot idx, splitting pages up the path as needed.
+Status InsertAt(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level, unsigned idx,
+                const uint8_t* cell, uint32_t size) {
+  Db::Impl* db = txn.db;
+  const uint32_t ps = db->page_size;
+  uint8_t* page = db->Page(path[level].pgno);
+  PageView v{page};
+  if (InsertCell(v, idx, cell, size, ps)) return Status::Ok();
+
+  // Split. Gather the cells (old ones from a copy, plus the new one) in order.
+  const bool leaf = v.type() == kLeaf;
+  std::vector<uint8_t> tmp(page, page + ps);
+  PageView old{tmp.data()};
+  struct C {
+    const uint8_t* p;
+    uint32_t size;
+  };
+  std::vector<C> cells;
+  cells.reserve(old.count() + 1);
+  for (unsigned i = 0; i < old.count(); ++i) {
+    if (i == idx) cells.push_back({cell, size});
+    cells.push_back({old.cell(i), CellSize(old, i)});
+  }
+  if (idx == old.count()) cells.push_back({cell, size});
+  const size_t n = cells.size();
+  const uint32_t usable = UsableBytes(ps);
+
+  // Choose s: left = cells[0, s), right = cells[s, n). For branches cell s loses its key (it
+  // becomes the right page's "minus infinity" cell) and the key moves up.
+  std::vector<uint64_t> prefix(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + cells[i].size + 2;
+  auto right_bytes = [&](size_t s) {
+    uint64_t r = prefix[n] - prefix[s];
+    if (!leaf) r -= BranchCell{cells[s].p}.klen();
+    return r;
+  };
+  size_t best = 0;
+  uint64_t best_score = UINT64_MAX;
+  const bool append = leaf && idx == old.count();
+  for (size_t s = 1; s < n; ++s) {
+    uint64_t l = prefix[s], r = right_bytes(s);
+    if (l > usable || r > usable) continue;
+    uint64_t score = append ? (n - s) : (l > r ? l - r : r - l);
+    if (score < best_score) {
+      best_score = score;
+      best = s;
+    }
+  }
+  TESSERA_ASSERT(best > 0, "no valid split point for ", n, " cells on page ", path[level].pgno);
+  const size_t s = best;
+
+  // Separator: for leaves the shortest prefix of the right's first key that is greater than the
+  // left's last key; for branches the key of cell s.
+  std::string sep;
+  if (leaf) {
+    std::string_view lk = LeafCell{cells[s - 1].p}.key();
+    std::string_view rk = LeafCell{cells[s].p}.key();
+    size_t len = 1;
+    while (len < rk.size() && rk.substr(0, len) <= lk) ++len;
+    sep.assign(rk.substr(0, len));
+  } else {
+    sep.assign(BranchCell{cells[s].p}.key());
+  }
+
+  TESSERA_ASSIGN_OR_RETURN(uint64_t right_pg, AllocPages(txn, 1));
+  page = db->Page(path[level].pgno);
+  uint8_t* right = db->Page(right_pg);
+  const uint64_t left_pg = path[level].pgno;
+  InitPage(page, ps, left_pg, txn.txnid, leaf ? kLeaf : kBranch);
+  InitPage(right, ps, right_pg, txn.txnid, leaf ? kLeaf : kBranch);
+  for (size_t i = 0; i < s; ++i) {
+    bool ok = InsertCell(PageView{page}, static_cast<unsigned>(i), cells[i].p, cells[i].size, ps);
+    TESSERA_ASSERT(ok, "split left overflow");
+  }
+  for (size_t i = s; i < n; ++i) {
+    unsigned at = static_cast<unsigned>(i - s);
+    bool ok;
+    if (!leaf && i == s) {
+      BranchCell bc{cells[i].p};
+      std::string c = MakeBranchCell(bc.child(), bc.child_txnid(), bc.child_crc(), {});
+      ok = InsertCell(PageView{right}, at, reinterpret_cast<const uint8_t*>(c.data()),
+                      static_cast<uint32_t>(c.size()), ps);
+    } else {
+      ok = InsertCell(PageView{right}, at, cells[i].p, cells[i].size, ps);
+    }
+    TESSERA_ASSERT(ok, "split right overflow");
+  }
+  if (leaf) {
+    ++tree->leaf_pages;
+  } else {
+    ++tree->branch_pages;
+  }
+
+  std::string up = MakeBranchCell(right_pg, txn.txnid, 0, sep);
+  if (level == 0) {
+    TESSERA_ASSIGN_OR_RETURN(uint64_t root, AllocPages(txn, 1));
+    uint8_t* rp = db->Page(root);
+    InitPage(rp, ps, root, txn.txnid, kBranch);
+    std::string first = MakeBranchCell(left_pg, txn.txnid, 0, {});
+    InsertCell(PageView{rp}, 0, reinterpret_cast<const uint8_t*>(first.data()),
+               static_cast<uint32_t>(first.size()), ps);
+    InsertCell(PageView{rp}, 1, reinterpret_cast<const uint8_t*>(up.data()),
+               static_cast<uint32_t>(up.size()), ps);
+    tree->root = root;
+    tree->root_txnid = txn.txnid;
+    ++tree->depth;
+    ++tree->branch_pages;
+    return Status::Ok();
+  }
+  return InsertAt(txn, tree, path, level - 1, path[level - 1].idx + 1,
+                  reinterpret_cast<const uint8_t*>(up.data()), static_cast<uint32_t>(up.size()));
+}
+
+// Frees the overflow run of a leaf cell, if any.
+void FreeCellOverflow(Txn& txn, TreeInfo* tree, LeafCell lc) {
+  if (!lc.overflow()) return;
+  PageView ov{txn.db->Page(lc.ovf_pgno())};
+  uint64_t n = ov.overflow_pages();
+  FreePages(txn, lc.ovf_pgno(), n, lc.ovf_txnid());
+  tree->overflow_pages -= n;
+}
+
+// After a removal at path[level], fixes empty or underfull pages up the path.
+Status Rebalance(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level) {
+  Db::Impl* db = txn.db;
+  const uint32_t ps = db->page_size;
+  uint8_t* page = db->Page(path[level].pgno);
+  PageView v{page};
+  const bool leaf = v.type() == kLeaf;
+  if (level == 0) {
+    if (leaf && v.count() == 0) {
+      FreePages(txn, path[0].pgno, 1, txn.txnid);
+      --tree->leaf_pages;
+      tree->root = kInvalidPage;
+      tree->root_txnid = 0;
+      tree->depth = 0;
+    } else if (!leaf && v.count() == 1) {
+      BranchCell bc{v.cell(0)};
+      tree->root = bc.child();
+      tree->root_txnid = bc.child_txnid();
+      tree->root_crc = bc.child_crc();
+      FreePages(txn, path[0].pgno, 1, txn.txnid);
+      --tree->branch_pages;
+      --tree->depth;
+    }
+    return Status::Ok();
+  }
+  uint8_t* parent = db->Page(path[level - 1].pgno);
+  PageView pv{parent};
+  const unsigned pidx = path[level - 1].idx;
+  if (v.count() == 0) {
+    FreePages(txn, path[level].pgno, 1, txn.txnid);
+    if (leaf) {
+      --tree->leaf_pages;
+    } else {
+      --tree->branch_pages;
+    }
+    RemoveCell(pv, pidx);
+    return Rebalance(txn, tree, path, level - 1);
+  }
+  if (UsedBytes(v) >= UsableBytes(ps) / 4 || pv.count() < 2) return Status::Ok();
+
+  // Merge with a sibling when both fit in one page: the right one into the left one.
+  unsigned li = pidx + 1 < pv.count() ? pidx : pidx - 1;
+  unsigned ri = li + 1;
+  BranchCell lcell{pv.cell(li)}, rcell{pv.cell(ri)};
+  uint64_t lpg = lcell.child(), rpg = rcell.child();
+  TESSERA_RETURN_IF_ERROR(ReadPage(txn, lpg, v.type(), lcell.child_txnid()).status());
+  TESSERA_RETURN_IF_ERROR(ReadPage(txn, rpg, v.type(), rcell.child_txnid()).status());
+  PageView lv{db->Page(lpg)}, rv{db->Page(rpg)};
+  std::string sep(rcell.key());
+  uint32_t extra = leaf ? 0 : static_cast<uint32_t>(sep.size());
+  if (UsedBytes(lv) + UsedBytes(rv) + extra > UsableBytes(ps)) return Status::Ok();
+  TESSERA_ASSIGN_OR_RETURN(uint8_t * lp, Touch(txn, &lpg));
+  SetBranchChild(pv.cell(li), lpg, txn.txnid);
+  PageView lw{lp};
+  PageView r{db->Page(rpg)};
+  for (unsigned i = 0; i < r.count(); ++i) {
+    bool ok;
+    if (!leaf && i == 0) {
+      BranchCell bc{r.cell(0)};
+      std::string c = MakeBranchCell(bc.child(), bc.child_txnid(), bc.child_crc(), sep);
+      ok = InsertCell(lw, lw.count(), reinterpret_cast<const uint8_t*>(c.data()),
+                      static_cast<uint32_t>(c.size()), ps);
+    } else {
+      ok = InsertCell(lw, lw.count(), r.cell(i), CellSize(r, i), ps);
+    }
+    TESSERA_ASSERT(ok, "merge overflow on page ", lpg);
+  }
+  FreePages(txn, rpg, 1, r.txnid());
+  if (leaf) {
+    --tree->leaf_pages;
+  } else {
+    --tree->branch_pages;
+  }
+  RemoveCell(pv, ri);
+  return Rebalance(txn, tree, path, level - 1);
+}
+
+uint32_t FinalizePage(Txn& txn, TreeInfo* tree, uint64_t pgno) {
+  Db::Impl* db = txn.db;
+  uint8_t* page = db->Page(pgno);
+  PageView v{page};
+  if (v.type() == kBranch) {
+    for (unsigned i = 0; i < v.count(); ++i) {
+      uint8_t* c = v.cell(i);
+      BranchCell bc{c};
+      if (bc.child_txnid() == txn.txnid) Store(c + 16, FinalizePage(txn, tree, bc.child()));
+    }
+  } else {
+    for (unsigned i = 0; i < v.count(); ++i) {
+      LeafCell lc{v.cell(i)};
+      if (lc.overflow() && lc.ovf_txnid() == txn.txnid) {
+        uint8_t* ov = db->Page(lc.ovf_pgno());
+        uint32_t crc = db->PageCrc(ov, PageView{ov}.overflow_pages());
+        PageView{ov}.set_crc(crc);
+        Store(const_cast<uint8_t*>(lc.val()) + 16, crc);
+      }
+    }
+  }
+  uint32_t crc = db->PageCrc(page, 1);
+  v.set_crc(crc);
+  return crc;
+}
+
+void DropPage(Txn& txn, uint64_t pgno, uint64_t txnid) {
+  Db::Impl* db = txn.db;
+  PageView v{db->Page(pgno)};
+  if (v.type() == kBranch) {
+    for (unsigned i = 0; i < v.count(); ++i) {
+      BranchCell bc{v.cell(i)};
+      DropPage(txn, bc.child(), bc.child_txnid());
+    }
+  } else {
+    for (unsigned i = 0; i < v.count(); ++i) {
+      LeafCell lc{v.cell(i)};
+      if (lc.overflow()) {
+        FreePages(txn, lc.ovf_pgno(), PageView{db->Page(lc.ovf_pgno())}.overflow_pages(),
+                  lc.ovf_txnid());
+      }
+    }
+  }
+  FreePages(txn, pgno, 1, txnid);
+}
+
+}  // namespace
+
+uint32_t MaxInlineCell(uint32_t page_size) { return UsableBytes(page_size) / 4 - 2; }
+
+unsigned BranchSearch(PageView v, std::string_view key) {
+  unsigned lo = 1, hi = v.count();
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    if (BranchCell{v.cell(mid)}.key() <= key) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo - 1;
+}
+
+unsigned LeafLowerBound(PageView v, std::string_view key, bool* found) {
+  unsigned lo = 0, hi = v.count();
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    if (LeafCell{v.cell(mid)}.key() < key) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  *found = lo < v.count() && LeafCell{v.cell(lo)}.key() == key;
+  return lo;
+}
+
+Result<uint8_t*> ReadPage(const Txn& txn, uint64_t pgno, int type, uint64_t expect_txnid) {
+  TESSERA_RETURN_IF_ERROR(txn.db->CheckPage(pgno, txn.meta.last_page, type, expect_txnid));
+  return txn.db->Page(pgno);
+}
+
+Result<std::string_view> CellValue(const Txn& txn, LeafCell lc) {
+  if (!lc.overflow()) return std::string_view(reinterpret_cast<const char*>(lc.val()), lc.vlen());
+  TESSERA_ASSIGN_OR_RETURN(uint8_t * ov, ReadPage(txn, lc.ovf_pgno(), kOverflow, lc.ovf_txnid()));
+  uint64_t cap = uint64_t{PageView{ov}.overflow_pages()} * txn.db->page_size - kHeaderSize;
+  if (lc.vlen() > cap) {
+    return Status::Corruption("overflow page " + std::to_string(lc.ovf_pgno()) + " holds " +
+                              std::to_string(cap) + " bytes but the value needs " +
+                              std::to_string(lc.vlen()));
+  }
+  return std::string_view(reinterpret_cast<const char*>(ov + kHeaderSize), lc.vlen());
+}
+
+Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::string_view* value) {
+  if (tree.root == kInvalidPage) return Status::NotFound("key not found");
+  uint64_t pg = tree.root, expect = tree.root_txnid;
+  for (uint32_t depth = 0;; ++depth) {
+    TESSERA_ASSIGN_OR_RETURN(uint8_t * page, ReadPage(txn, pg, -1, expect));
+    PageView v{page};
+    if (v.type() == kLeaf) {
+      bool found;
+      unsigned idx = LeafLowerBound(v, key, &found);
+      if (!found) return Status::NotFound("key not found");
+      TESSERA_ASSIGN_OR_RETURN(*value, CellValue(txn, LeafCell{v.cell(idx)}));
+      return Status::Ok();
+    }
+    if (v.type() != kBranch || v.count() == 0 || depth > 64) {
+      return Status::Corruption("page " + std::to_string(pg) + " is not a valid tree node");
+    }
+    BranchCell bc{v.cell(BranchSearch(v, key))};
+    pg = bc.child();
+    expect = bc.child_txnid();
+  }
+}
+
+Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view value) {
+  Db::Impl* db = txn.db;
+  const uint32_t ps = db->page_size;
+  // Build the cell: inline value, or an overflow run.
+  const uint32_t inline_size = kLeafCellHeader + static_cast<uint32_t>(key.size() + value.size());
+  const bool overflow = key.size() + value.size() + kLeafCellHeader > MaxInlineCell(ps);
+  std::string cell(overflow ? kLeafCellHeader + key.size() + kOverflowRefSize : inline_size, '\0');
+  auto* c = reinterpret_cast<uint8_t*>(cell.data());
+  Store(c, static_cast<uint16_t>(key.size()));
+  c[2] = overflow ? kCellOverflow : 0;
+  Store(c + 3, static_cast<uint32_t>(value.size()));
+  std::memcpy(c + kLeafCellHeader, key.data(), key.size());
+  if (overflow) {
+    uint64_t npages = (value.size() + kHeaderSize + ps - 1) / ps;
+    TESSERA_ASSIGN_OR_RETURN(uint64_t ov, AllocPages(txn, npages));
+    uint8_t* op = db->Page(ov);
+    InitPage(op, ps, ov, txn.txnid, kOverflow);
+    PageView{op}.set_upper(static_cast<uint32_t>(npages));
+    std::memcpy(op + kHeaderSize, value.data(), value.size());
+    uint64_t tail = npages * ps - kHeaderSize - value.size();
+    std::memset(op + kHeaderSize + value.size(), 0, tail);
+    Store(c + kLeafCellHeader + key.size(), ov);
+    Store(c + kLeafCellHeader + key.size() + 8, txn.txnid);
+    Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});
+    tree->overflow_pages += npages;
+  } else {
+    std::memcpy(c + kLeafCellHeader + key.size(), value.data(), value.size());
+  }
+  ++txn.mod_count;
+
+  if (tree->root == kInvalidPage) {
+    TESSERA_ASSIGN_OR_RETURN(uint64_t root, AllocPages(txn, 1));
+    uint8_t* rp = db->Page(root);
+    InitPage(rp, ps, root, txn.txnid, kLeaf);
+    InsertCell(PageView{rp}, 0, c, static_cast<uint32_t>(cell.size()), ps);
+    tree->root = root;
+    tree->root_txnid = txn.txnid;
+    tree->depth = 1;
+    tree->leaf_pages = 1;
+    tree->entries = 1;
+    return Status::Ok();
+  }
+  std::vector<Step> path;
+  bool found = false;
+  TESSERA_RETURN_IF_ERROR(DescendForWrite(txn, tree, key, &path, &found));
+  if (found) {
+    PageView leaf{db->Page(path.back().pgno)};
+    LeafCell old{leaf.cell(path.back().idx)};
+    // Overwrite in place when the new cell has exactly the old one's size (common for
+    // fixed-size values): no slot shuffling, no fragmentation.
+    if (old.size() == cell.size() && !old.overflow() && !overflow) {
+      std::memcpy(const_cast<uint8_t*>(old.c), c, cell.size());
+      return Status::Ok();
+    }
+    FreeCellOverflow(txn, tree, old);
+    RemoveCell(leaf, path.back().idx);
+  } else {
+    ++tree->entries;
+  }
+  return InsertAt(txn, tree, path, path.size() - 1, path.back().idx, c,
+                  static_cast<uint32_t>(cell.size()));
+}
+
+Status Delete(Txn& txn, TreeInfo* tree, std::string_view key) {
+  std::string_view unused;
+  TESSERA_RETURN_IF_ERROR(Get(txn, *tree, key, &unused));  // NotFound leaves pages untouched
+  std::vector<Step> path;
+  bool found = false;
+  TESSERA_RETURN_IF_ERROR(DescendForWrite(txn, tree, key, &path, &found));
+  TESSERA_ASSERT(found, "key vanished between lookup and delete");
+  PageView leaf{txn.db->Page(path.back().pgno)};
+  FreeCellOverflow(txn, tree, LeafCell{leaf.cell(path.back().idx)});
+  RemoveCell(leaf, path.back().idx);
+  --tree->entries;
+  ++txn.mod_count;
+  return Rebalance(txn, tree, path, path.size() - 1);
+}
+
+Status Drop(Txn& txn, TreeInfo* tree) {
+  if (tree->root != kInvalidPage) DropPage(txn, tree->root, tree->root_txnid);
+  *tree = TreeInfo{};
+  ++txn.mod_count;
+  return Status::Ok();
+}
+
+void Finalize(Txn& txn, TreeInfo* tree) {
+  if (tree->root == kInvalidPage || tree->root_txnid != txn.txnid) return;
+  tree->root_crc = FinalizePage(txn, tree, tree->root);
+}
+
+Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
+  Db::Impl* db = txn.db;
+  uint64_t p = kInvalidPage;
+  if (n == 1) {
+    if (!txn.txn_reusable.empty()) {
+      p = txn.txn_reusable.back();
+      txn.txn_reusable.pop_back();
+    } else if (!db->reusable.empty()) {
+      p = db->reusable.back();
+      db->reusable.pop_back();
+      txn.taken.push_back(p);
+      txn.freelist_changed = true;
+    }
+  } else if (db->reusable.size() >= n) {
+    // A run of n consecutive free pages (reusable is sorted descending).
+    auto& r = db->reusable;
+    size_t run = 1;
+    for (size_t i = r.size() - 1; i > 0; --i) {
+      run = (r[i - 1] == r[i] + 1) ? run + 1 : 1;
+      if (run == n) {
+        p = r[i - 1 + (n - 1)];  // the lowest page of the run
+        for (uint64_t k = 0; k < n; ++k) txn.taken.push_back(p + k);
+        r.erase(r.begin() + static_cast<ptrdiff_t>(i - 1),
+                r.begin() + static_cast<ptrdiff_t>(i - 1 + n));
+        txn.freelist_changed = true;
+        break;
+      }
+    }
+  }
+  if (p == kInvalidPage) {
+    p = txn.meta.last_page;
+    uint64_t need = p + n;
+    if (db->region->page_count() < need) {
+      uint64_t cur = db->region->page_count();
+      uint64_t chunk = std::clamp<uint64_t>(cur / 8, 256, 16384);
+      uint64_t target = std::min(std::max(need, cur + chunk), db->region->capacity_pages());
+      if (target < need) {
+        return Status::NoSpace("database is full: " + std::to_string(need) +
+                               " pages needed, the reservation holds " +
+                               std::to_string(db->region->capacity_pages()));
+      }
+      TESSERA_RETURN_IF_ERROR(db->region->Grow(target));
+    }
+    txn.meta.last_page = need;
+  }
+  for (uint64_t k = 0; k < n; ++k) db->SetVerified(p + k);
+  PageView v{db->Page(p)};
+  v.set_pgno(p);
+  v.set_txnid(txn.txnid);
+  return p;
+}
+
+void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid) {
+  auto& dst = page_txnid == txn.txnid ? txn.txn_reusable : txn.freed;
+  for (uint64_t k = 0; k < n; ++k) dst.push_back(pgno + k);
+}
+
+}  // namespace tessera::engine::btree

@@ -1,0 +1,44 @@
+// B+tree operations on pages of one transaction. Internal to the engine.
+//
+// Reads work on any transaction; the mutating functions require a write transaction and make
+// every page they change writable first (copy-on-write: a page written by an earlier transaction
+// is copied to a newly allocated page, and the old one is freed by this transaction).
+#pragma once
+
+#include <string_view>
+
+#include "db_impl.h"
+
+namespace tessera::engine::btree {
+
+using Txn = ReadTxn::Impl;
+
+// Key comparisons are plain lexicographic byte order.
+unsigned BranchSearch(PageView v, std::string_view key);
+unsigned LeafLowerBound(PageView v, std::string_view key, bool* found);
+
+// Reads page `pgno` of the transaction's snapshot, checking it (see Db::Impl::CheckPage).
+Result<uint8_t*> ReadPage(const Txn& txn, uint64_t pgno, int type, uint64_t expect_txnid);
+
+// The value bytes of a leaf cell, following an overflow reference when there is one.
+Result<std::string_view> CellValue(const Txn& txn, format::LeafCell cell);
+
+Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::string_view* value);
+Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view value);
+// NotFound when absent.
+Status Delete(Txn& txn, TreeInfo* tree, std::string_view key);
+// Frees every page of the tree.
+Status Drop(Txn& txn, TreeInfo* tree);
+
+// Commit helpers: post-order checksums of this transaction's pages reachable from the tree;
+// fills tree->root_crc.
+void Finalize(Txn& txn, TreeInfo* tree);
+
+// Page allocation in a write transaction.
+Result<uint64_t> AllocPages(Txn& txn, uint64_t n);
+void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid);
+
+// Largest cell stored inline in a leaf; larger values go to overflow pages.
+uint32_t MaxInlineCell(uint32_t page_size);
+
+}  // namespace tessera::engine::btree

@@ -1,0 +1,998 @@
+// Db: open/recovery, snapshots and readers, transactions, commit and group commit.
+#include <fcntl.h>
+#include <isa-l/crc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include "btree.h"
+#include "db_impl.h"
+#include "tessera/common/errors.h"
+
+namespace tessera::engine {
+
+using format::kBranch;
+using format::kFreelist;
+using format::kFreelistBodyHeader;
+using format::kFreeRunSize;
+using format::kHeaderSize;
+using format::kInvalidPage;
+using format::kLeaf;
+using format::kMagic;
+using format::kMetaPages;
+using format::kOverflow;
+using format::Load;
+using format::Store;
+
+uint32_t Crc32c(const uint8_t* data, size_t len) {
+  uint32_t crc = 0;
+  // ISA-L takes an int length; feed large buffers in pieces.
+  while (len > 0) {
+    int n = static_cast<int>(std::min<size_t>(len, size_t{1} << 30));
+    crc = crc32_iscsi(const_cast<uint8_t*>(data), n, crc);
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return crc;
+}
+
+namespace {
+
+using Txn = ReadTxn::Impl;
+
+std::string Pg(uint64_t p) { return "page " + std::to_string(p); }
+
+uint32_t MetaCrc(const Meta& m) {
+  Meta c = m;
+  c.crc = 0;
+  return Crc32c(reinterpret_cast<const uint8_t*>(&c), sizeof c);
+}
+
+bool MetaLooksValid(const Meta& m, uint32_t page_size) {
+  return m.magic == kMagic && m.version == format::kFormatVersion && m.page_size == page_size &&
+         m.crc == MetaCrc(m) && m.last_page >= kMetaPages;
+}
+
+Status CheckKey(std::string_view key) {
+  if (key.empty() || key.size() > kMaxKeySize) {
+    return Status::InvalidArgument("key of " + std::to_string(key.size()) +
+                                   " bytes: keys must be 1 to " + std::to_string(kMaxKeySize) +
+                                   " bytes")
+        .WithCCode(TESSERA_KEY_TOO_LARGE);
+  }
+  return Status::Ok();
+}
+
+Status CheckValue(std::string_view value) {
+  if (value.size() > kMaxValueSize) {
+    return Status::InvalidArgument("value of " + std::to_string(value.size()) +
+                                   " bytes exceeds the maximum of " + std::to_string(kMaxValueSize))
+        .WithCCode(TESSERA_VALUE_TOO_LARGE);
+  }
+  return Status::Ok();
+}
+
+Status CheckTreeName(std::string_view tree) {
+  if (tree.size() > kMaxTreeNameSize) {
+    return Status::InvalidArgument("tree name of " + std::to_string(tree.size()) +
+                                   " bytes exceeds the maximum of " +
+                                   std::to_string(kMaxTreeNameSize));
+  }
+  return Status::Ok();
+}
+
+std::string_view InfoBytes(const TreeInfo& info) {
+  return {reinterpret_cast<const char*>(&info), sizeof info};
+}
+
+// ---- open-time validation of the pages a meta's unflushed commits wrote ----
+struct Validator {
+  const Db::Impl* db;
+  uint64_t last_page;
+  uint64_t durable;
+  uint64_t checked = 0;
+
+  Status Page(uint64_t p, uint64_t txnid, uint32_t crc, int type, uint8_t** out) {
+    if (p < kMetaPages || p >= last_page) return Status::Corruption(Pg(p) + " is out of range");
+    uint8_t* page = db->Page(p);
+    PageView v{page};
+    uint64_t n = v.type() == kOverflow ? v.overflow_pages() : 1;
+    if (n == 0 || p + n > last_page) return Status::Corruption(Pg(p) + " has a bad run length");
+    if (v.pgno() != p || v.txnid() != txnid || (type >= 0 && v.type() != type) || v.crc() != crc ||
+        db->PageCrc(page, n) != crc) {
+      return Status::Corruption(Pg(p) + " does not match what its parent expects (txn " +
+                                std::to_string(txnid) + ")");
+    }
+    ++checked;
+    *out = page;
+    return Status::Ok();
+  }
+
+  Status Tree(uint64_t p, uint64_t txnid, uint32_t crc, bool catalog, int depth = 0) {
+    if (p == kInvalidPage || txnid <= durable) return Status::Ok();
+    if (depth > 64) return Status::Corruption(Pg(p) + ": tree too deep");
+    uint8_t* page;
+    TESSERA_RETURN_IF_ERROR(Page(p, txnid, crc, -1, &page));
+    PageView v{page};
+    for (unsigned i = 0; i < v.count(); ++i) {
+      if (v.type() == kBranch) {
+        format::BranchCell bc{v.cell(i)};
+        TESSERA_RETURN_IF_ERROR(
+            Tree(bc.child(), bc.child_txnid(), bc.child_crc(), catalog, depth + 1));
+      } else if (v.type() == kLeaf) {
+        format::LeafCell lc{v.cell(i)};
+        if (lc.overflow()) {
+          if (lc.ovf_txnid() > durable) {
+            uint8_t* ov;
+            TESSERA_RETURN_IF_ERROR(
+                Page(lc.ovf_pgno(), lc.ovf_txnid(), lc.ovf_crc(), kOverflow, &ov));
+          }
+        } else if (catalog && lc.vlen() == sizeof(TreeInfo)) {
+          TreeInfo ti;
+          std::memcpy(&ti, lc.val(), sizeof ti);
+          TESSERA_RETURN_IF_ERROR(Tree(ti.root, ti.root_txnid, ti.root_crc, false));
+        }
+      } else {
+        return Status::Corruption(Pg(p) + " has unknown type " + std::to_string(v.type()));
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status Freelist(uint64_t p, uint64_t txnid, uint32_t crc) {
+    for (int guard = 0; p != kInvalidPage && txnid > durable; ++guard) {
+      if (guard > 1 << 24) return Status::Corruption("freelist chain loops");
+      uint8_t* page;
+      TESSERA_RETURN_IF_ERROR(Page(p, txnid, crc, kFreelist, &page));
+      const uint8_t* body = page + kHeaderSize;
+      p = Load<uint64_t>(body);
+      txnid = Load<uint64_t>(body + 8);
+      crc = Load<uint32_t>(body + 16);
+    }
+    return Status::Ok();
+  }
+};
+
+Status ValidateMeta(const Db::Impl* db, const Meta& m) {
+  if (m.last_page > db->region->page_count()) {
+    return Status::Corruption("meta txn " + std::to_string(m.txnid) + " names " +
+                              std::to_string(m.last_page) + " pages but the file has " +
+                              std::to_string(db->region->page_count()));
+  }
+  Validator v{db, m.last_page, m.durable_txn};
+  TESSERA_RETURN_IF_ERROR(v.Tree(m.main.root, m.main.root_txnid, m.main.root_crc, false));
+  TESSERA_RETURN_IF_ERROR(v.Tree(m.catalog.root, m.catalog.root_txnid, m.catalog.root_crc, true));
+  return v.Freelist(m.freelist_head, m.freelist_txnid, m.freelist_crc);
+}
+
+Result<uint32_t> DetectPageSize(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open " + path);
+  Meta m;
+  uint32_t found = 0;
+  for (uint32_t off = 0; off <= vmem::kMaxPageSize && found == 0;
+       off = off == 0 ? vmem::kMinPageSize : off * 2) {
+    ssize_t n = ::pread(fd, &m, sizeof m, off);
+    if (n != static_cast<ssize_t>(sizeof m)) continue;
+    // Meta 0 sits at offset 0; meta 1 at offset page_size.
+    if (m.magic == kMagic && m.crc == MetaCrc(m) && (off == 0 || m.page_size == off)) {
+      found = m.page_size;
+    }
+  }
+  ::close(fd);
+  if (found < vmem::kMinPageSize || found > vmem::kMaxPageSize || (found & (found - 1)) != 0) {
+    return Status::Corruption("'" + path + "' is not a Tessera database: no valid meta page");
+  }
+  return found;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Db::Impl helpers
+
+uint32_t Db::Impl::PageCrc(const uint8_t* page, uint64_t npages) const {
+  return Crc32c(page + 4, npages * page_size - 4);
+}
+
+Status Db::Impl::VerifyChecksum(uint64_t p) const {
+  const uint8_t* page = Page(p);
+  PageView v{const_cast<uint8_t*>(page)};
+  uint64_t n = v.type() == kOverflow ? v.overflow_pages() : 1;
+  if (n == 0 || p + n > region->page_count()) {
+    return Status::Corruption(Pg(p) + ": overflow run of " + std::to_string(n) +
+                              " pages runs past the end of the file");
+  }
+  uint32_t crc = PageCrc(page, n);
+  if (crc != v.crc()) {
+    return Status::Corruption(Pg(p) + ": checksum mismatch (stored " + std::to_string(v.crc()) +
+                              ", computed " + std::to_string(crc) + ")");
+  }
+  return Status::Ok();
+}
+
+Status Db::Impl::CheckPage(uint64_t p, uint64_t last_page, int expect_type,
+                           uint64_t expect_txnid) const {
+  if (p < kMetaPages || p >= last_page) {
+    return Status::Corruption(Pg(p) + " is outside the database (" + std::to_string(last_page) +
+                              " pages)");
+  }
+  if (!IsVerified(p)) {
+    TESSERA_RETURN_IF_ERROR(VerifyChecksum(p));
+    const_cast<Impl*>(this)->SetVerified(p);
+  }
+  PageView v{Page(p)};
+  if (v.pgno() != p) {
+    return Status::Corruption(Pg(p) + " claims to be page " + std::to_string(v.pgno()));
+  }
+  if (expect_type >= 0 && v.type() != expect_type) {
+    return Status::Corruption(Pg(p) + " has type " + std::to_string(v.type()) + ", expected " +
+                              std::to_string(expect_type));
+  }
+  if (expect_txnid != 0 && v.txnid() != expect_txnid) {
+    return Status::Corruption(Pg(p) + " was written by txn " + std::to_string(v.txnid()) +
+                              " but its parent expects txn " + std::to_string(expect_txnid));
+  }
+  return Status::Ok();
+}
+
+void Db::Impl::Publish(const Meta& m) {
+  uint64_t words[kMetaWords];
+  std::memcpy(words, &m, sizeof m);
+  RingEntry& e = ring[m.txnid % kRing];
+  for (size_t i = 0; i < kMetaWords; ++i) e.w[i].store(words[i], std::memory_order_relaxed);
+  current_txn.store(m.txnid, std::memory_order_seq_cst);
+}
+
+Meta Db::Impl::LoadRing(uint64_t txn) const {
+  uint64_t words[kMetaWords];
+  const RingEntry& e = ring[txn % kRing];
+  for (size_t i = 0; i < kMetaWords; ++i) words[i] = e.w[i].load(std::memory_order_relaxed);
+  Meta m;
+  std::memcpy(&m, words, sizeof m);
+  return m;
+}
+
+Result<size_t> Db::Impl::AcquireReader(Meta* m) const {
+  static thread_local size_t hint = std::hash<std::thread::id>()(std::this_thread::get_id());
+  const size_t n = opts.max_readers;
+  size_t slot = SIZE_MAX;
+  for (size_t i = 0; i < n; ++i) {
+    size_t s = (hint + i) % n;
+    uint32_t expected = 0;
+    if (readers[s].busy.load(std::memory_order_relaxed) == 0 &&
+        readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+      slot = s;
+      hint = s;
+      break;
+    }
+  }
+  if (slot == SIZE_MAX) {
+    return Status::Busy("too many concurrent readers (max_readers = " + std::to_string(n) + ")");
+  }
+  for (;;) {
+    uint64_t t = current_txn.load(std::memory_order_acquire);
+    readers[slot].txn.store(t, std::memory_order_seq_cst);
+    if (current_txn.load(std::memory_order_seq_cst) != t) continue;
+    *m = LoadRing(t);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (current_txn.load(std::memory_order_relaxed) >= t + kRing - 1) continue;
+    if (m->txnid != t) continue;
+    return slot;
+  }
+}
+
+void Db::Impl::ReleaseReader(size_t slot) const {
+  readers[slot].busy.store(0, std::memory_order_release);
+}
+
+uint64_t Db::Impl::OldestReader() const {
+  uint64_t oldest = UINT64_MAX;
+  for (size_t i = 0; i < opts.max_readers; ++i) {
+    if (readers[i].busy.load(std::memory_order_seq_cst) != 0) {
+      oldest = std::min(oldest, readers[i].txn.load(std::memory_order_seq_cst));
+    }
+  }
+  return oldest;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WriteBatch
+
+void WriteBatch::Put(std::string_view tree, std::string_view key, std::string_view value) {
+  ops_.push_back({true, std::string(tree), std::string(key), std::string(value)});
+  bytes_ += tree.size() + key.size() + value.size() + 16;
+}
+
+void WriteBatch::Delete(std::string_view tree, std::string_view key) {
+  ops_.push_back({false, std::string(tree), std::string(key), {}});
+  bytes_ += tree.size() + key.size() + 16;
+}
+
+void WriteBatch::Clear() {
+  ops_.clear();
+  bytes_ = 0;
+}
+
+std::string VerifyReport::ToString() const {
+  std::string out = ok ? "verify: ok" : "verify: FAILED";
+  out += " (" + std::to_string(pages_checked) + " pages, " + std::to_string(entries) +
+         " entries checked)\n";
+  for (const auto& p : problems) out += "  " + p + "\n";
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions
+
+ReadTxn::Impl::~Impl() {
+  if (slot != SIZE_MAX) db->ReleaseReader(slot);
+}
+
+Result<TreeInfo*> ReadTxn::Impl::Tree(std::string_view name, bool create) const {
+  auto* self = const_cast<ReadTxn::Impl*>(this);
+  if (name.empty()) return &self->meta.main;
+  auto it = trees.find(name);
+  if (it != trees.end()) {
+    if (it->second.exists) return &it->second.info;
+    if (!create) return Status::NotFound("tree '" + std::string(name) + "' does not exist");
+  } else {
+    TESSERA_RETURN_IF_ERROR(CheckTreeName(name));
+    std::string_view bytes;
+    Status s = btree::Get(*this, meta.catalog, name, &bytes);
+    TreeState st;
+    if (s.ok()) {
+      if (bytes.size() != sizeof(TreeInfo)) {
+        return Status::Corruption("catalog entry for tree '" + std::string(name) + "' has " +
+                                  std::to_string(bytes.size()) + " bytes");
+      }
+      std::memcpy(&st.info, bytes.data(), sizeof st.info);
+      st.exists = true;
+    } else if (!s.IsNotFound()) {
+      return s;
+    }
+    it = trees.emplace(std::string(name), st).first;
+    if (st.exists) return &it->second.info;
+    if (!create) return Status::NotFound("tree '" + std::string(name) + "' does not exist");
+  }
+  it->second.exists = true;
+  it->second.dirty = true;
+  it->second.info = TreeInfo{};
+  return &it->second.info;
+}
+
+ReadTxn::ReadTxn(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ReadTxn::~ReadTxn() = default;
+
+Result<std::string_view> ReadTxn::Get(std::string_view tree, std::string_view key) const {
+  if (impl_->finished) {
+    return Status::InvalidArgument("transaction already finished").WithCCode(TESSERA_TXN_FINISHED);
+  }
+  TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, false));
+  std::string_view v;
+  TESSERA_RETURN_IF_ERROR(btree::Get(*impl_, *info, key, &v));
+  return v;
+}
+
+uint64_t ReadTxn::txnid() const { return impl_->meta.txnid; }
+uint64_t ReadTxn::commit_seq() const { return impl_->meta.commit_seq; }
+
+SnapshotDescriptor ReadTxn::Descriptor() const {
+  SnapshotDescriptor d;
+  d.page_size = impl_->db->page_size;
+  d.txnid = impl_->meta.txnid;
+  d.commit_seq = impl_->meta.commit_seq;
+  d.last_page = impl_->meta.last_page;
+  d.meta_bytes.assign(reinterpret_cast<const char*>(&impl_->meta), sizeof(Meta));
+  return d;
+}
+
+Result<std::vector<std::string>> ReadTxn::ListTrees() const {
+  std::vector<std::string> names;
+  TESSERA_ASSIGN_OR_RETURN(auto cur, NewCatalogCursor(*impl_));
+  for (Status s = cur->First(); cur->Valid(); s = cur->Next()) {
+    TESSERA_RETURN_IF_ERROR(s);
+    names.emplace_back(cur->key());
+  }
+  // Trees created or dropped in this (write) transaction.
+  for (const auto& [name, st] : impl_->trees) {
+    if (!st.dirty) continue;
+    auto it = std::lower_bound(names.begin(), names.end(), name);
+    bool present = it != names.end() && *it == name;
+    if (st.exists && !present) names.insert(it, name);
+    if (!st.exists && present) names.erase(it);
+  }
+  return names;
+}
+
+WriteTxn::WriteTxn(std::unique_ptr<Impl> impl) : ReadTxn(std::move(impl)) {}
+
+WriteTxn::~WriteTxn() {
+  if (!impl_->finished) Abort();
+}
+
+namespace {
+
+Status WritableTxn(const Txn& t) {
+  if (t.finished) {
+    return Status::InvalidArgument("transaction already finished").WithCCode(TESSERA_TXN_FINISHED);
+  }
+  if (!t.db->fatal.ok()) return t.db->fatal;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteTxn::Put(std::string_view tree, std::string_view key, std::string_view value) {
+  TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
+  TESSERA_RETURN_IF_ERROR(CheckKey(key));
+  TESSERA_RETURN_IF_ERROR(CheckValue(value));
+  TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, true));
+  if (!tree.empty()) impl_->trees.find(tree)->second.dirty = true;
+  return btree::Put(*impl_, info, key, value);
+}
+
+Status WriteTxn::Delete(std::string_view tree, std::string_view key) {
+  TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
+  TESSERA_RETURN_IF_ERROR(CheckKey(key));
+  TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, false));
+  TESSERA_RETURN_IF_ERROR(btree::Delete(*impl_, info, key));
+  if (!tree.empty()) impl_->trees.find(tree)->second.dirty = true;
+  return Status::Ok();
+}
+
+Status WriteTxn::CreateTree(std::string_view tree) {
+  TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
+  if (tree.empty()) return Status::InvalidArgument("tree name must not be empty");
+  return impl_->Tree(tree, true).status();
+}
+
+Status WriteTxn::DropTree(std::string_view tree) {
+  TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
+  if (tree.empty()) return Status::InvalidArgument("the main tree cannot be dropped");
+  TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, false));
+  TESSERA_RETURN_IF_ERROR(btree::Drop(*impl_, info));
+  auto& st = impl_->trees.find(tree)->second;
+  st.exists = false;
+  st.dirty = true;
+  return Status::Ok();
+}
+
+void WriteTxn::Abort() {
+  Txn& t = *impl_;
+  if (t.finished) return;
+  Db::Impl* db = t.db;
+  // Give back the free pages this transaction took.
+  if (!t.taken.empty()) {
+    db->reusable.insert(db->reusable.end(), t.taken.begin(), t.taken.end());
+    std::sort(db->reusable.begin(), db->reusable.end(), std::greater<>());
+  }
+  t.finished = true;
+  ++t.mod_count;
+  t.lock.unlock();
+}
+
+namespace {
+
+// Writes the freelist chain describing every free page after this transaction.
+Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint64_t>* now_freed) {
+  Db::Impl* db = t.db;
+  const uint32_t ps = db->page_size;
+  const uint64_t per_page = (ps - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize;
+  std::vector<uint64_t> chain;
+  std::vector<std::pair<uint64_t, uint64_t>> entries;  // (freeing txn, page)
+  auto gather = [&] {
+    entries.clear();
+    for (uint64_t p : db->reusable) entries.emplace_back(0, p);
+    for (const auto& [txn, pages] : db->pending) {
+      for (uint64_t p : pages) entries.emplace_back(txn, p);
+    }
+    now_freed->clear();
+    now_freed->insert(now_freed->end(), t.freed.begin(), t.freed.end());
+    now_freed->insert(now_freed->end(), t.txn_reusable.begin(), t.txn_reusable.end());
+    now_freed->insert(now_freed->end(), db->freelist_chain.begin(), db->freelist_chain.end());
+    for (uint64_t p : *now_freed) entries.emplace_back(t.txnid, p);
+    std::sort(entries.begin(), entries.end());
+    uint64_t runs = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (i == 0 || entries[i].first != entries[i - 1].first ||
+          entries[i].second != entries[i - 1].second + 1) {
+        ++runs;
+      }
+    }
+    return runs;
+  };
+  for (int round = 0;; ++round) {
+    TESSERA_ASSERT(round < 1000, "freelist sizing does not converge");
+    uint64_t runs = gather();
+    uint64_t need = (runs + per_page - 1) / per_page;
+    if (chain.size() >= need) break;
+    for (uint64_t k = chain.size(); k < need + (round > 0 ? 1 : 0); ++k) {
+      TESSERA_ASSIGN_OR_RETURN(uint64_t p, btree::AllocPages(t, 1));
+      chain.push_back(p);
+    }
+  }
+  // Fill the pages with runs, then checksum from the tail so each link carries its next's crc.
+  size_t e = 0;
+  for (size_t c = 0; c < chain.size(); ++c) {
+    uint8_t* page = db->Page(chain[c]);
+    std::memset(page, 0, ps);
+    PageView v{page};
+    v.set_pgno(chain[c]);
+    v.set_txnid(t.txnid);
+    v.set_type(kFreelist);
+    v.set_upper(ps);
+    uint8_t* body = page + kHeaderSize;
+    uint32_t nruns = 0;
+    uint8_t* out = body + kFreelistBodyHeader;
+    while (e < entries.size() && nruns < per_page) {
+      uint64_t txn = entries[e].first, first = entries[e].second, count = 1;
+      while (e + count < entries.size() && entries[e + count].first == txn &&
+             entries[e + count].second == first + count) {
+        ++count;
+      }
+      Store(out, txn);
+      Store(out + 8, first);
+      Store(out + 16, count);
+      out += kFreeRunSize;
+      ++nruns;
+      e += count;
+    }
+    Store(body + 20, nruns);
+  }
+  TESSERA_ASSERT(e == entries.size(), "freelist chain too short");
+  uint64_t next = kInvalidPage, next_txn = 0;
+  uint32_t next_crc = 0;
+  for (size_t c = chain.size(); c-- > 0;) {
+    uint8_t* page = db->Page(chain[c]);
+    uint8_t* body = page + kHeaderSize;
+    Store(body, next);
+    Store(body + 8, next_txn);
+    Store(body + 16, next_crc);
+    uint32_t crc = db->PageCrc(page, 1);
+    PageView{page}.set_crc(crc);
+    next = chain[c];
+    next_txn = t.txnid;
+    next_crc = crc;
+  }
+  t.meta.freelist_head = next;
+  t.meta.freelist_txnid = next_txn;
+  t.meta.freelist_crc = next_crc;
+  t.meta.free_pages = entries.size();
+  *chain_out = std::move(chain);
+  return Status::Ok();
+}
+
+Status CommitTxn(Txn& t, bool sync) {
+  Db::Impl* db = t.db;
+  TESSERA_RETURN_IF_ERROR(WritableTxn(t));
+  // 1. Named trees: checksum their new pages, then record them in the catalog.
+  for (auto& [name, st] : t.trees) {
+    if (!st.dirty) continue;
+    if (st.exists) {
+      btree::Finalize(t, &st.info);
+      TESSERA_RETURN_IF_ERROR(btree::Put(t, &t.meta.catalog, name, InfoBytes(st.info)));
+    } else {
+      Status s = btree::Delete(t, &t.meta.catalog, name);
+      if (!s.ok() && !s.IsNotFound()) return s;
+    }
+  }
+  // 2. The freelist (allocates its own pages, so it comes after every tree change).
+  std::vector<uint64_t> chain, now_freed;
+  bool freelist_changed = t.freelist_changed || !t.freed.empty() || !t.txn_reusable.empty();
+  if (freelist_changed) TESSERA_RETURN_IF_ERROR(WriteFreelist(t, &chain, &now_freed));
+  // 3. Checksums bottom-up.
+  btree::Finalize(t, &t.meta.catalog);
+  btree::Finalize(t, &t.meta.main);
+  // 4. The meta, into the slot that does not hold the durable meta.
+  Meta m = t.meta;
+  m.txnid = t.txnid;
+  m.commit_seq = db->meta.commit_seq + 1;
+  m.durable_txn = db->durable_txn;
+  m.crc = MetaCrc(m);
+  const uint32_t slot = 1 - db->durable_slot;
+  std::memset(db->Page(slot), 0, db->page_size);
+  std::memcpy(db->Page(slot), &m, sizeof m);
+  // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
+  uint64_t backlog = db->pending_count + now_freed.size();
+  if (!sync && backlog > std::max<uint64_t>(4096, m.last_page / 4)) sync = true;
+  if (sync) {
+    Status s = db->region->Flush();
+    if (!s.ok()) {
+      db->fatal = Status::IoError("flush failed; the database refuses writes until reopened: " +
+                                  s.message())
+                      .WithCCode(TESSERA_FATAL);
+      return db->fatal;
+    }
+    db->flushes.fetch_add(1, std::memory_order_relaxed);
+    db->durable_txn = m.txnid;
+    db->durable_slot = slot;
+  }
+  // 5. Publish.
+  if (freelist_changed) {
+    db->freelist_chain = std::move(chain);
+    if (!now_freed.empty()) {
+      db->pending_count += now_freed.size();
+      db->pending[t.txnid] = std::move(now_freed);
+    }
+  }
+  db->meta = m;
+  db->meta_slot = slot;
+  db->Publish(m);
+  db->commits.fetch_add(1, std::memory_order_relaxed);
+  t.finished = true;
+  ++t.mod_count;
+  t.lock.unlock();
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteTxn::Commit(const WriteOptions& options) {
+  Status s = CommitTxn(*impl_, options.sync);
+  if (!s.ok() && !impl_->finished) Abort();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Db
+
+Db::Db(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Db::~Db() {
+  if (!impl_) return;
+  if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok()) {
+    std::lock_guard<std::mutex> l(impl_->write_mu);
+    (void)impl_->region->Flush();  // a clean close makes nosync commits durable
+  }
+}
+
+uint32_t Db::page_size() const { return impl_->page_size; }
+const std::string& Db::path() const { return impl_->path; }
+
+Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& options) {
+  const uint32_t ps_opt = options.page_size;
+  if (ps_opt < vmem::kMinPageSize || ps_opt > vmem::kMaxPageSize || (ps_opt & (ps_opt - 1)) != 0) {
+    return Status::InvalidArgument("page size " + std::to_string(ps_opt) +
+                                   " must be a power of two from 4096 to 65536")
+        .WithCCode(TESSERA_BAD_PAGE_SIZE);
+  }
+  if (options.max_readers == 0) return Status::InvalidArgument("max_readers must be at least 1");
+  struct stat st;
+  bool exists = ::stat(path.c_str(), &st) == 0;
+  if (!exists && errno != ENOENT) return ErrnoStatus(errno, "stat " + path);
+  if (!exists && (!options.create_if_missing || options.read_only)) {
+    return Status::NotFound("database file '" + path + "' does not exist");
+  }
+  const bool fresh = !exists || st.st_size == 0;
+  if (fresh && options.read_only) {
+    return Status::InvalidArgument("database file '" + path + "' is empty");
+  }
+  uint32_t ps = ps_opt;
+  if (!fresh) {
+    auto detected = DetectPageSize(path);
+    if (!detected.ok()) return detected.status();
+    ps = *detected;
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->opts = options;
+  impl->page_size = ps;
+  vmem::RegionOptions ro;
+  ro.page_size = ps;
+  ro.reserve_bytes = options.reserve_bytes;
+  ro.read_only = options.read_only;
+  ro.create = true;
+  ro.simulate_power_cut = options.simulate_power_cut;
+  auto region = vmem::Region::Open(path, ro);
+  if (!region.ok()) return region.status().WithContext("opening database '" + path + "'");
+  impl->region = std::move(region).value();
+  const uint64_t cap = impl->region->capacity_pages();
+  impl->verified_pages = cap;
+  impl->verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
+  impl->readers.reset(new ReaderSlot[options.max_readers]());
+  impl->ring.reset(new Impl::RingEntry[Impl::kRing]());
+
+  Meta chosen;
+  uint32_t chosen_slot = 0;
+  if (fresh) {
+    TESSERA_RETURN_IF_ERROR(impl->region->Grow(kMetaPages));
+    for (uint32_t s = 0; s < 2; ++s) {
+      Meta m;
+      m.page_size = ps;
+      m.txnid = s;
+      m.commit_seq = 0;
+      m.durable_txn = 0;
+      m.crc = MetaCrc(m);
+      std::memcpy(impl->Page(s), &m, sizeof m);
+      chosen = m;
+      chosen_slot = s;
+    }
+    TESSERA_RETURN_IF_ERROR(impl->region->Flush());
+  } else {
+    if (impl->region->page_count() < kMetaPages) {
+      return Status::Corruption("'" + path + "' is too small to be a Tessera database");
+    }
+    Meta m[2];
+    std::string problems;
+    bool valid[2];
+    for (uint32_t s = 0; s < 2; ++s) {
+      std::memcpy(&m[s], impl->Page(s), sizeof(Meta));
+      valid[s] = MetaLooksValid(m[s], ps);
+      if (!valid[s]) problems += " meta page " + std::to_string(s) + " is invalid;";
+    }
+    uint32_t order[2] = {0, 1};
+    if (m[1].txnid > m[0].txnid) std::swap(order[0], order[1]);
+    bool found = false;
+    for (uint32_t s : order) {
+      if (!valid[s]) continue;
+      Status vs = ValidateMeta(impl.get(), m[s]);
+      if (vs.ok()) {
+        chosen = m[s];
+        chosen_slot = s;
+        found = true;
+        break;
+      }
+      problems += " meta " + std::to_string(s) + " (txn " + std::to_string(m[s].txnid) +
+                  "): " + vs.message() + ";";
+    }
+    if (!found) {
+      return Status::Corruption("'" + path + "' has no usable meta page:" + problems);
+    }
+    if (!problems.empty() && chosen.txnid < std::max(m[0].txnid, m[1].txnid)) {
+      impl->recovery_note =
+          "newer commit rejected, opened txn " + std::to_string(chosen.txnid) + ":" + problems;
+    }
+    // Load the freelist: after open every free page is reusable (no reader, and the chosen meta
+    // is made durable below before anything is overwritten).
+    uint64_t p = chosen.freelist_head, txnid = chosen.freelist_txnid;
+    while (p != kInvalidPage) {
+      TESSERA_RETURN_IF_ERROR(impl->CheckPage(p, chosen.last_page, kFreelist, txnid));
+      impl->freelist_chain.push_back(p);
+      const uint8_t* body = impl->Page(p) + kHeaderSize;
+      uint32_t nruns = Load<uint32_t>(body + 20);
+      if (nruns > (ps - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize) {
+        return Status::Corruption(Pg(p) + ": freelist page lists too many runs");
+      }
+      for (uint32_t r = 0; r < nruns; ++r) {
+        const uint8_t* run = body + kFreelistBodyHeader + r * kFreeRunSize;
+        uint64_t first = Load<uint64_t>(run + 8), count = Load<uint64_t>(run + 16);
+        if (first < kMetaPages || count > chosen.last_page || first + count > chosen.last_page) {
+          return Status::Corruption(Pg(p) + ": freelist run out of range");
+        }
+        for (uint64_t k = 0; k < count; ++k) impl->reusable.push_back(first + k);
+      }
+      p = Load<uint64_t>(body);
+      txnid = Load<uint64_t>(body + 8);
+      if (impl->freelist_chain.size() > chosen.last_page) {
+        return Status::Corruption("freelist chain loops");
+      }
+    }
+    std::sort(impl->reusable.begin(), impl->reusable.end(), std::greater<>());
+    if (!options.read_only) TESSERA_RETURN_IF_ERROR(impl->region->Flush());
+  }
+  impl->meta = chosen;
+  impl->meta_slot = chosen_slot;
+  impl->durable_txn = chosen.txnid;
+  impl->durable_slot = chosen_slot;
+  impl->Publish(chosen);
+  return std::unique_ptr<Db>(new Db(std::move(impl)));
+}
+
+Result<std::unique_ptr<ReadTxn>> Db::BeginRead() const {
+  auto t = std::make_unique<ReadTxn::Impl>();
+  t->db = impl_.get();
+  TESSERA_ASSIGN_OR_RETURN(t->slot, impl_->AcquireReader(&t->meta));
+  return std::unique_ptr<ReadTxn>(new ReadTxn(std::move(t)));
+}
+
+Result<std::unique_ptr<WriteTxn>> Db::BeginWrite() { return impl_->BeginWrite(); }
+
+Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
+  if (opts.read_only) {
+    return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
+  }
+  auto t = std::make_unique<ReadTxn::Impl>();
+  t->db = this;
+  t->write = true;
+  t->lock = std::unique_lock<std::mutex>(write_mu);
+  if (dead) return Status::Unavailable("database is closed (simulated power cut)");
+  if (!fatal.ok()) return fatal;
+  t->meta = meta;
+  t->txnid = meta.txnid + 1;
+  // Pages freed by txn T become reusable once no reader and no durable meta can reach them.
+  uint64_t bound = std::min(durable_txn, OldestReader());
+  bool moved = false;
+  while (!pending.empty() && pending.begin()->first <= bound) {
+    auto& pages = pending.begin()->second;
+    pending_count -= pages.size();
+    reusable.insert(reusable.end(), pages.begin(), pages.end());
+    pending.erase(pending.begin());
+    moved = true;
+  }
+  if (moved) std::sort(reusable.begin(), reusable.end(), std::greater<>());
+  return std::unique_ptr<WriteTxn>(new WriteTxn(std::move(t)));
+}
+
+Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
+  for (const auto& op : batch.ops()) {
+    TESSERA_RETURN_IF_ERROR(CheckKey(op.key));
+    TESSERA_RETURN_IF_ERROR(CheckValue(op.value));
+    TESSERA_RETURN_IF_ERROR(CheckTreeName(op.tree));
+  }
+  if (opts.read_only) {
+    return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
+  }
+  Writer w;
+  w.batch = &batch;
+  w.sync = sync;
+  std::unique_lock<std::mutex> l(gc_mu);
+  gc_queue.push_back(&w);
+  while (!w.done && gc_queue.front() != &w) w.cv.wait(l);
+  if (w.done) return w.status;
+
+  // Leader: take a group of waiting batches and commit them together.
+  std::vector<Writer*> group;
+  size_t bytes = 0;
+  bool group_sync = false;
+  for (Writer* x : gc_queue) {
+    if (!group.empty() && (group.size() >= opts.group_commit_max_batches ||
+                           bytes + x->batch->ByteSize() > opts.group_commit_max_bytes)) {
+      break;
+    }
+    group.push_back(x);
+    bytes += x->batch->ByteSize();
+    group_sync = group_sync || x->sync;
+  }
+  l.unlock();
+
+  auto apply = [this](const std::vector<Writer*>& g, bool s) -> Status {
+    TESSERA_ASSIGN_OR_RETURN(auto txn, BeginWrite());
+    for (Writer* x : g) {
+      for (const auto& op : x->batch->ops()) {
+        Status st = op.is_put ? txn->Put(op.tree, op.key, op.value) : txn->Delete(op.tree, op.key);
+        if (!st.ok() && !st.IsNotFound()) return st;  // deleting a missing key is not an error
+      }
+    }
+    return txn->Commit(WriteOptions{s});
+  };
+  Status s = apply(group, group_sync);
+  if (!s.ok() && group.size() > 1 && fatal.ok() && !dead) {
+    // Isolate the failing batch: commit each on its own.
+    for (Writer* x : group) x->status = apply({x}, x->sync);
+  } else {
+    for (Writer* x : group) x->status = s;
+  }
+  for (Writer* x : group) {
+    if (x->status.ok()) batches.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  l.lock();
+  for (Writer* x : group) {
+    gc_queue.pop_front();
+    if (x != &w) {
+      x->done = true;
+      x->cv.notify_one();
+    }
+  }
+  if (!gc_queue.empty()) gc_queue.front()->cv.notify_one();
+  return w.status;
+}
+
+Status Db::Write(const WriteBatch& batch, const WriteOptions& options) {
+  return impl_->Write(batch, options.sync);
+}
+
+Status Db::Write(const WriteBatch& batch) { return impl_->Write(batch, impl_->opts.sync); }
+
+Status Db::Put(std::string_view key, std::string_view value) {
+  WriteBatch b;
+  b.Put(key, value);
+  return Write(b);
+}
+
+Status Db::Delete(std::string_view key) {
+  TESSERA_RETURN_IF_ERROR(CheckKey(key));
+  std::string v;
+  TESSERA_RETURN_IF_ERROR(Get(key, &v));
+  WriteBatch b;
+  b.Delete(key);
+  return Write(b);
+}
+
+Status Db::Get(std::string_view key, std::string* value) const { return Get({}, key, value); }
+
+Status Db::Get(std::string_view tree, std::string_view key, std::string* value) const {
+  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginRead());
+  TESSERA_ASSIGN_OR_RETURN(std::string_view v, txn->Get(tree, key));
+  value->assign(v.data(), v.size());
+  return Status::Ok();
+}
+
+Status Db::Sync() {
+  if (impl_->opts.read_only) return Status::Ok();
+  std::lock_guard<std::mutex> l(impl_->write_mu);
+  if (!impl_->fatal.ok()) return impl_->fatal;
+  Status s = impl_->region->Flush();
+  if (!s.ok()) {
+    impl_->fatal =
+        Status::IoError("flush failed; the database refuses writes until reopened: " + s.message())
+            .WithCCode(TESSERA_FATAL);
+    return impl_->fatal;
+  }
+  impl_->flushes.fetch_add(1, std::memory_order_relaxed);
+  impl_->durable_txn = impl_->meta.txnid;
+  impl_->durable_slot = impl_->meta_slot;
+  return Status::Ok();
+}
+
+Result<Stats> Db::GetStats() const {
+  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginRead());
+  Stats s;
+  const Meta& m = txn->impl_->meta;
+  s.page_size = impl_->page_size;
+  s.txnid = m.txnid;
+  s.commit_seq = m.commit_seq;
+  s.last_page = m.last_page;
+  s.free_pages = m.free_pages;
+  s.file_size = impl_->region->page_count() * uint64_t{impl_->page_size};
+  s.commits = impl_->commits.load();
+  s.flushes = impl_->flushes.load();
+  s.batches_written = impl_->batches.load();
+  s.meta_slot = impl_->meta_slot;
+  s.recovery_note = impl_->recovery_note;
+  auto add = [&s](const std::string& name, const TreeInfo& t) {
+    s.trees.push_back({name, t.entries, t.depth, t.branch_pages, t.leaf_pages, t.overflow_pages});
+  };
+  add("", m.main);
+  TESSERA_ASSIGN_OR_RETURN(auto names, txn->ListTrees());
+  for (const auto& n : names) {
+    TESSERA_ASSIGN_OR_RETURN(TreeInfo * ti, txn->impl_->Tree(n, false));
+    add(n, *ti);
+  }
+  return s;
+}
+
+Status Db::Backup(const std::string& path) const {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    return Status::InvalidArgument("backup target '" + path + "' already exists");
+  }
+  TESSERA_ASSIGN_OR_RETURN(auto snap, BeginRead());
+  Options o;
+  o.page_size = impl_->page_size;
+  o.reserve_bytes = impl_->opts.reserve_bytes;
+  TESSERA_ASSIGN_OR_RETURN(auto out, Db::Open(path, o));
+  TESSERA_ASSIGN_OR_RETURN(auto names, snap->ListTrees());
+  names.insert(names.begin(), std::string());
+  for (const auto& name : names) {
+    TESSERA_ASSIGN_OR_RETURN(auto cur, snap->NewCursor(name));
+    TESSERA_ASSIGN_OR_RETURN(auto w, out->BeginWrite());
+    if (!name.empty()) TESSERA_RETURN_IF_ERROR(w->CreateTree(name));
+    size_t n = 0;
+    for (Status s = cur->First(); cur->Valid(); s = cur->Next()) {
+      TESSERA_RETURN_IF_ERROR(s);
+      TESSERA_RETURN_IF_ERROR(w->Put(name, cur->key(), cur->value()));
+      if (++n % 100000 == 0) {
+        TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+        TESSERA_ASSIGN_OR_RETURN(w, out->BeginWrite());
+      }
+    }
+    TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+  }
+  return out->Sync();
+}
+
+Status Db::SimulatePowerCut(uint64_t seed, double keep_fraction) {
+  std::lock_guard<std::mutex> l(impl_->write_mu);
+  impl_->dead = true;
+  return impl_->region->SimulatePowerCut(seed, keep_fraction);
+}
+
+}  // namespace tessera::engine

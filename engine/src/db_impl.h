@@ -1,0 +1,162 @@
+// Internal state of a Db, shared by db.cc (transactions, B+tree, commit), cursor.cc and verify.cc.
+//
+// Invariants:
+//  - `meta_` is the last committed meta; `current_txn_` == meta_.txnid once published, and
+//    ring_[txnid % kRing] holds that meta for readers.
+//  - Every page p in [2, meta_.last_page) is reachable from meta_ (trees, overflow runs, freelist
+//    chain) or listed in the free state (reusable_ ∪ pending_), never both.
+//  - A page freed by txn T moves to reusable_ only when T <= durable_txn_ and T <= every live
+//    reader's txn: no snapshot a reader or a crash recovery can use reaches it.
+//  - Meta slot durable_slot_ holds the last flushed meta (txnid durable_txn_); commits write the
+//    other slot, so a crash mid-commit always leaves the durable meta intact.
+//
+// Thread safety: write_mu_ is held by the single active write transaction (and by Sync, Backup's
+// writer side, Verify of the writer state); everything under "writer state" is guarded by it.
+// Readers touch only reader slots, the ring and the mapping, lock-free.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "format.h"
+#include "tessera/engine/db.h"
+#include "tessera/vmem/region.h"
+
+namespace tessera::engine {
+
+using format::Meta;
+using format::PageView;
+using format::TreeInfo;
+
+uint32_t Crc32c(const uint8_t* data, size_t len);
+
+struct alignas(64) ReaderSlot {
+  std::atomic<uint32_t> busy{0};
+  std::atomic<uint64_t> txn{0};
+};
+
+struct Db::Impl {
+  static constexpr size_t kRing = 256;
+  static constexpr size_t kMetaWords = sizeof(Meta) / 8;
+
+  std::string path;
+  Options opts;
+  std::unique_ptr<vmem::Region> region;
+  uint32_t page_size = 0;
+
+  // Pages whose checksum has been verified (or that this process wrote) since open.
+  std::unique_ptr<std::atomic<uint64_t>[]> verified;
+  uint64_t verified_pages = 0;
+
+  std::unique_ptr<ReaderSlot[]> readers;
+  struct RingEntry {
+    std::atomic<uint64_t> w[kMetaWords];
+  };
+  std::unique_ptr<RingEntry[]> ring;
+  std::atomic<uint64_t> current_txn{0};
+
+  // ---- writer state (write_mu) ----
+  std::mutex write_mu;
+  Meta meta{};
+  uint32_t meta_slot = 0;
+  uint64_t durable_txn = 0;
+  uint32_t durable_slot = 0;
+  std::vector<uint64_t> reusable;  // sorted descending: back() is the lowest page
+  std::map<uint64_t, std::vector<uint64_t>> pending;  // freeing txn -> pages
+  uint64_t pending_count = 0;
+  std::vector<uint64_t> freelist_chain;  // pages of the current on-disk freelist chain
+  Status fatal;                          // sticky: set when a flush fails
+  std::string recovery_note;             // what Open rejected, if anything
+  bool dead = false;                     // after SimulatePowerCut
+
+  // ---- group commit ----
+  struct Writer {
+    const WriteBatch* batch;
+    bool sync;
+    bool done = false;
+    Status status;
+    std::condition_variable cv;
+  };
+  std::mutex gc_mu;
+  std::deque<Writer*> gc_queue;
+
+  // ---- counters ----
+  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> flushes{0};
+  std::atomic<uint64_t> batches{0};
+
+  // ---- helpers (db.cc) ----
+  bool IsVerified(uint64_t p) const {
+    return (verified[p >> 6].load(std::memory_order_relaxed) >> (p & 63)) & 1;
+  }
+  void SetVerified(uint64_t p) {
+    verified[p >> 6].fetch_or(uint64_t{1} << (p & 63), std::memory_order_relaxed);
+  }
+  void ClearVerified(uint64_t p) {
+    verified[p >> 6].fetch_and(~(uint64_t{1} << (p & 63)), std::memory_order_relaxed);
+  }
+  uint8_t* Page(uint64_t p) const { return region->Page(p); }
+
+  // Checks page p (its checksum once per open, its number and, when given, type) within a
+  // snapshot whose high-water mark is last_page. Corruption names the page.
+  Status CheckPage(uint64_t p, uint64_t last_page, int expect_type, uint64_t expect_txnid) const;
+  Status VerifyChecksum(uint64_t p) const;
+  uint32_t PageCrc(const uint8_t* page, uint64_t npages) const;
+
+  void Publish(const Meta& m);
+  Meta LoadRing(uint64_t txn) const;
+  // Registers a reader; returns its slot and fills `m` with a consistent snapshot.
+  Result<size_t> AcquireReader(Meta* m) const;
+  void ReleaseReader(size_t slot) const;
+  uint64_t OldestReader() const;
+
+  Status Write(const WriteBatch& batch, bool sync);
+  Result<std::unique_ptr<WriteTxn>> BeginWrite();
+};
+
+// A snapshot as seen by a transaction, plus the write state when it is a write transaction.
+struct ReadTxn::Impl {
+  Db::Impl* db = nullptr;
+  Meta meta{};             // the snapshot (for a write txn: the base, updated as it writes)
+  size_t slot = SIZE_MAX;  // reader slot, released at destruction
+  bool write = false;
+  bool finished = false;
+  uint64_t mod_count = 0;  // bumps on every change, invalidates cursors
+
+  // Named trees looked up (read) or touched (write).
+  struct TreeState {
+    TreeInfo info;
+    bool exists = false;
+    bool dirty = false;
+  };
+  mutable std::map<std::string, TreeState, std::less<>> trees;
+
+  // ---- write transaction state ----
+  std::unique_lock<std::mutex> lock;  // write_mu
+  uint64_t txnid = 0;
+  std::vector<uint64_t> dirty;         // pages allocated by this txn
+  std::vector<uint64_t> freed;         // committed pages this txn freed
+  std::vector<uint64_t> txn_reusable;  // pages allocated then freed by this txn
+  std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
+  bool freelist_changed = false;
+
+  // Free pages of this snapshot, sorted (loaded on first PageImage).
+  mutable std::vector<uint64_t> free_sorted;
+  mutable bool free_loaded = false;
+
+  ~Impl();
+  Result<TreeInfo*> Tree(std::string_view name, bool create) const;
+};
+
+// A cursor over the catalog (named tree -> TreeInfo) of a transaction (cursor.cc).
+Result<std::unique_ptr<Cursor>> NewCatalogCursor(const ReadTxn::Impl& txn);
+
+}  // namespace tessera::engine

@@ -1,0 +1,396 @@
+// Verify (a full walk of one snapshot) and the page-level protection support: page images,
+// changed pages between snapshots, and restore from images.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "btree.h"
+#include "db_impl.h"
+
+namespace tessera::engine {
+
+using format::BranchCell;
+using format::kBranch;
+using format::kFreelist;
+using format::kFreelistBodyHeader;
+using format::kFreeRunSize;
+using format::kHeaderSize;
+using format::kInvalidPage;
+using format::kLeaf;
+using format::kMetaPages;
+using format::kOverflow;
+using format::LeafCell;
+using format::Load;
+
+namespace {
+
+std::string Pg(uint64_t p) { return "page " + std::to_string(p); }
+
+// Free pages of a snapshot as (page, freeing txn) pairs, from its freelist chain.
+Status ReadFreelist(const ReadTxn::Impl& t, std::vector<std::pair<uint64_t, uint64_t>>* free,
+                    std::vector<uint64_t>* chain) {
+  const Db::Impl* db = t.db;
+  uint64_t p = t.meta.freelist_head, txnid = t.meta.freelist_txnid;
+  const uint32_t per_page = (db->page_size - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize;
+  while (p != kInvalidPage) {
+    TESSERA_RETURN_IF_ERROR(db->CheckPage(p, t.meta.last_page, kFreelist, txnid));
+    if (chain) chain->push_back(p);
+    if (chain && chain->size() > t.meta.last_page) return Status::Corruption("freelist loops");
+    const uint8_t* body = db->Page(p) + kHeaderSize;
+    uint32_t nruns = Load<uint32_t>(body + 20);
+    if (nruns > per_page) return Status::Corruption(Pg(p) + ": too many freelist runs");
+    for (uint32_t r = 0; r < nruns; ++r) {
+      const uint8_t* run = body + kFreelistBodyHeader + r * kFreeRunSize;
+      uint64_t ftxn = Load<uint64_t>(run), first = Load<uint64_t>(run + 8),
+               count = Load<uint64_t>(run + 16);
+      if (first < kMetaPages || count > t.meta.last_page || first + count > t.meta.last_page) {
+        return Status::Corruption(Pg(p) + ": freelist run out of range");
+      }
+      for (uint64_t k = 0; k < count; ++k) free->emplace_back(first + k, ftxn);
+    }
+    p = Load<uint64_t>(body);
+    txnid = Load<uint64_t>(body + 8);
+  }
+  return Status::Ok();
+}
+
+struct Walker {
+  const ReadTxn::Impl& t;
+  VerifyReport& rep;
+  std::vector<uint8_t> seen;
+  std::vector<std::pair<std::string, TreeInfo>> named;
+
+  void Problem(std::string s) {
+    rep.ok = false;
+    if (rep.problems.size() < 1000) rep.problems.push_back(std::move(s));
+  }
+
+  bool Mark(uint64_t p, uint64_t n, const std::string& what) {
+    if (p < kMetaPages || p + n > t.meta.last_page || p + n < p) {
+      Problem(what + ": " + Pg(p) + " is outside the database");
+      return false;
+    }
+    bool ok = true;
+    for (uint64_t k = 0; k < n; ++k) {
+      if (seen[p + k]++) {
+        Problem(Pg(p + k) + " is referenced more than once (" + what + ")");
+        ok = false;
+      }
+    }
+    return ok;
+  }
+
+  // Checks page p fully (checksum computed fresh, not from the verified cache).
+  const uint8_t* Check(uint64_t p, uint64_t txnid, uint32_t crc, int type,
+                       const std::string& what) {
+    if (p < kMetaPages || p >= t.meta.last_page) {
+      Problem(what + ": " + Pg(p) + " is outside the database");
+      return nullptr;
+    }
+    const Db::Impl* db = t.db;
+    uint8_t* page = db->Page(p);
+    PageView v{page};
+    uint64_t n = v.type() == kOverflow ? v.overflow_pages() : 1;
+    if (n == 0 || p + n > t.meta.last_page) {
+      Problem(what + ": " + Pg(p) + " has a bad overflow length");
+      return nullptr;
+    }
+    ++rep.pages_checked;
+    uint32_t computed = db->PageCrc(page, n);
+    if (computed != v.crc()) {
+      Problem(what + ": " + Pg(p) + " checksum mismatch");
+      return nullptr;
+    }
+    if (v.crc() != crc) Problem(what + ": " + Pg(p) + " checksum differs from its parent's record");
+    if (v.pgno() != p) Problem(what + ": " + Pg(p) + " claims number " + std::to_string(v.pgno()));
+    if (v.txnid() != txnid) {
+      Problem(what + ": " + Pg(p) + " txn " + std::to_string(v.txnid()) + ", parent expects " +
+              std::to_string(txnid));
+    }
+    if (v.txnid() > t.meta.txnid) Problem(what + ": " + Pg(p) + " is newer than the snapshot");
+    if (type >= 0 && v.type() != type) Problem(what + ": " + Pg(p) + " has the wrong type");
+    Mark(p, n, what);
+    return page;
+  }
+
+  // Returns the number of entries under the node; keys must lie in [lo, hi) (hi empty = none).
+  uint64_t Node(uint64_t p, uint64_t txnid, uint32_t crc, const std::string& lo,
+                const std::string* hi, uint32_t depth, uint32_t want_depth, TreeInfo* count,
+                const std::string& what, bool catalog) {
+    const uint8_t* page = Check(p, txnid, crc, -1, what);
+    if (!page) return 0;
+    PageView v{const_cast<uint8_t*>(page)};
+    const uint32_t ps = t.db->page_size;
+    if (v.upper() > ps || v.lower() > v.upper()) {
+      Problem(what + ": " + Pg(p) + " has a bad layout");
+      return 0;
+    }
+    for (unsigned i = 0; i < v.count(); ++i) {
+      if (v.slot(i) < v.lower() || v.slot(i) >= ps) {
+        Problem(what + ": " + Pg(p) + " slot " + std::to_string(i) + " out of range");
+        return 0;
+      }
+    }
+    if (v.count() == 0) Problem(what + ": " + Pg(p) + " is empty");
+    if (v.type() == kLeaf) {
+      ++count->leaf_pages;
+      if (depth != want_depth) Problem(what + ": leaf " + Pg(p) + " at the wrong depth");
+      std::string prev;
+      for (unsigned i = 0; i < v.count(); ++i) {
+        LeafCell lc{v.cell(i)};
+        if (v.slot(i) + uint64_t{lc.size()} > ps) {
+          Problem(what + ": " + Pg(p) + " cell " + std::to_string(i) + " runs off the page");
+          return i;
+        }
+        std::string k(lc.key());
+        if ((i > 0 && k <= prev) || k < lo || (hi && k >= *hi)) {
+          Problem(what + ": " + Pg(p) + " key order violated at cell " + std::to_string(i));
+        }
+        prev = k;
+        if (lc.overflow()) {
+          const uint8_t* ov = Check(lc.ovf_pgno(), lc.ovf_txnid(), lc.ovf_crc(), kOverflow, what);
+          if (ov) {
+            uint64_t n = PageView{const_cast<uint8_t*>(ov)}.overflow_pages();
+            count->overflow_pages += n;
+            if (lc.vlen() > n * ps - kHeaderSize) Problem(what + ": overflow value too long");
+          }
+        } else if (catalog) {
+          if (lc.vlen() != sizeof(TreeInfo)) {
+            Problem("catalog entry '" + k + "' has a bad size");
+          } else {
+            TreeInfo ti;
+            std::memcpy(&ti, lc.val(), sizeof ti);
+            named.emplace_back(k, ti);
+          }
+        }
+      }
+      rep.entries += v.count();
+      return v.count();
+    }
+    if (v.type() != kBranch) {
+      Problem(what + ": " + Pg(p) + " has unexpected type " + std::to_string(v.type()));
+      return 0;
+    }
+    ++count->branch_pages;
+    if (depth > 64) {
+      Problem(what + ": tree too deep");
+      return 0;
+    }
+    uint64_t total = 0;
+    for (unsigned i = 0; i < v.count(); ++i) {
+      BranchCell bc{v.cell(i)};
+      std::string k_lo = i == 0 ? lo : std::string(bc.key());
+      if (i > 0 && (k_lo < lo || (hi && k_lo >= *hi))) {
+        Problem(what + ": " + Pg(p) + " separator out of order at cell " + std::to_string(i));
+      }
+      std::string next;
+      const std::string* k_hi = hi;
+      if (i + 1 < v.count()) {
+        next = std::string(BranchCell{v.cell(i + 1)}.key());
+        k_hi = &next;
+      }
+      total += Node(bc.child(), bc.child_txnid(), bc.child_crc(), k_lo, k_hi, depth + 1, want_depth,
+                    count, what, catalog);
+    }
+    return total;
+  }
+
+  void Tree(const std::string& name, const TreeInfo& info, bool catalog) {
+    std::string what = catalog ? "catalog" : name.empty() ? "main tree" : "tree '" + name + "'";
+    if (info.root == kInvalidPage) {
+      if (info.entries != 0) Problem(what + ": empty tree records entries");
+      return;
+    }
+    TreeInfo count;
+    uint64_t n = Node(info.root, info.root_txnid, info.root_crc, std::string(), nullptr, 1,
+                      info.depth, &count, what, catalog);
+    if (n != info.entries) {
+      Problem(what + ": holds " + std::to_string(n) + " entries, records " +
+              std::to_string(info.entries));
+    }
+    if (count.leaf_pages != info.leaf_pages || count.branch_pages != info.branch_pages ||
+        count.overflow_pages != info.overflow_pages) {
+      Problem(what + ": page counts differ from its record");
+    }
+  }
+};
+
+}  // namespace
+
+VerifyReport Db::Verify() const {
+  VerifyReport rep;
+  auto snap = BeginRead();
+  if (!snap.ok()) {
+    rep.ok = false;
+    rep.problems.push_back(snap.status().ToString());
+    return rep;
+  }
+  const ReadTxn::Impl& t = *(*snap)->impl_;
+  Walker w{t, rep, std::vector<uint8_t>(t.meta.last_page, 0), {}};
+  w.Tree("", t.meta.main, false);
+  w.Tree("", t.meta.catalog, true);
+  for (const auto& [name, info] : w.named) w.Tree(name, info, false);
+  std::vector<std::pair<uint64_t, uint64_t>> free;
+  std::vector<uint64_t> chain;
+  Status s = ReadFreelist(t, &free, &chain);
+  if (!s.ok()) {
+    w.Problem("freelist: " + s.message());
+  } else {
+    for (uint64_t p : chain) w.Mark(p, 1, "freelist chain");
+    for (const auto& f : free) w.Mark(f.first, 1, "free page");
+    if (free.size() != t.meta.free_pages) w.Problem("freelist count differs from the meta");
+  }
+  uint64_t leaked = 0;
+  for (uint64_t p = kMetaPages; p < t.meta.last_page; ++p) {
+    if (!w.seen[p] && leaked++ < 20) w.Problem(Pg(p) + " is neither in use nor free (leaked)");
+  }
+  if (leaked > 20) w.Problem(std::to_string(leaked) + " pages leaked in all");
+  return rep;
+}
+
+Status Db::PageImage(const ReadTxn& snap, uint64_t pgno, uint8_t* out) const {
+  const ReadTxn::Impl& t = *snap.impl_;
+  const uint32_t ps = impl_->page_size;
+  if (pgno < kMetaPages || pgno >= t.meta.last_page) {
+    std::memset(out, 0, ps);
+    return Status::Ok();
+  }
+  if (!t.free_loaded) {
+    std::vector<std::pair<uint64_t, uint64_t>> free;
+    TESSERA_RETURN_IF_ERROR(ReadFreelist(t, &free, nullptr));
+    t.free_sorted.clear();
+    for (const auto& f : free) t.free_sorted.push_back(f.first);
+    std::sort(t.free_sorted.begin(), t.free_sorted.end());
+    t.free_loaded = true;
+  }
+  if (std::binary_search(t.free_sorted.begin(), t.free_sorted.end(), pgno)) {
+    std::memset(out, 0, ps);
+  } else {
+    std::memcpy(out, impl_->Page(pgno), ps);
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// Pages of the tree at `p` written after txn `since` (children older than that are unchanged).
+Status CollectNewer(const ReadTxn::Impl& t, uint64_t p, uint64_t txnid, uint64_t since,
+                    bool catalog, std::vector<uint64_t>* out, int depth = 0) {
+  if (p == kInvalidPage || txnid <= since) return Status::Ok();
+  if (depth > 64) return Status::Corruption("tree too deep");
+  TESSERA_ASSIGN_OR_RETURN(uint8_t * page, btree::ReadPage(t, p, -1, txnid));
+  out->push_back(p);
+  PageView v{page};
+  for (unsigned i = 0; i < v.count(); ++i) {
+    if (v.type() == kBranch) {
+      BranchCell bc{v.cell(i)};
+      TESSERA_RETURN_IF_ERROR(
+          CollectNewer(t, bc.child(), bc.child_txnid(), since, catalog, out, depth + 1));
+    } else {
+      LeafCell lc{v.cell(i)};
+      if (lc.overflow() && lc.ovf_txnid() > since) {
+        TESSERA_ASSIGN_OR_RETURN(uint8_t * ov,
+                                 btree::ReadPage(t, lc.ovf_pgno(), kOverflow, lc.ovf_txnid()));
+        uint64_t n = PageView{ov}.overflow_pages();
+        for (uint64_t k = 0; k < n; ++k) out->push_back(lc.ovf_pgno() + k);
+      } else if (catalog && !lc.overflow() && lc.vlen() == sizeof(TreeInfo)) {
+        TreeInfo ti;
+        std::memcpy(&ti, lc.val(), sizeof ti);
+        TESSERA_RETURN_IF_ERROR(CollectNewer(t, ti.root, ti.root_txnid, since, false, out));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::vector<uint64_t>> Db::ChangedPages(const ReadTxn& older, const ReadTxn& newer) const {
+  const ReadTxn::Impl& o = *older.impl_;
+  const ReadTxn::Impl& n = *newer.impl_;
+  if (o.meta.txnid > n.meta.txnid) {
+    return Status::InvalidArgument("ChangedPages: the older snapshot is newer than the newer one");
+  }
+  std::vector<uint64_t> out;
+  const uint64_t since = o.meta.txnid;
+  TESSERA_RETURN_IF_ERROR(
+      CollectNewer(n, n.meta.main.root, n.meta.main.root_txnid, since, false, &out));
+  TESSERA_RETURN_IF_ERROR(
+      CollectNewer(n, n.meta.catalog.root, n.meta.catalog.root_txnid, since, true, &out));
+  // Pages freed after `older` (in use then, free now), and freelist pages written since.
+  std::vector<std::pair<uint64_t, uint64_t>> free;
+  std::vector<uint64_t> chain;
+  TESSERA_RETURN_IF_ERROR(ReadFreelist(n, &free, &chain));
+  for (uint64_t p : chain) {
+    if (PageView{impl_->Page(p)}.txnid() > since) out.push_back(p);
+  }
+  for (const auto& [p, ftxn] : free) {
+    if (ftxn > since && p < o.meta.last_page) out.push_back(p);
+  }
+  // The older snapshot's freelist pages, if it had any that are now free or rewritten.
+  std::vector<std::pair<uint64_t, uint64_t>> ofree;
+  std::vector<uint64_t> ochain;
+  TESSERA_RETURN_IF_ERROR(ReadFreelist(o, &ofree, &ochain));
+  out.insert(out.end(), ochain.begin(), ochain.end());
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
+                   const std::function<Status(uint64_t pgno, uint8_t* buf)>& image) {
+  Meta m;
+  if (desc.meta_bytes.size() != sizeof m) {
+    return Status::InvalidArgument("snapshot descriptor has a meta of " +
+                                   std::to_string(desc.meta_bytes.size()) + " bytes");
+  }
+  std::memcpy(&m, desc.meta_bytes.data(), sizeof m);
+  Meta c = m;
+  c.crc = 0;
+  if (m.magic != format::kMagic || m.page_size != desc.page_size || m.txnid != desc.txnid ||
+      m.last_page != desc.last_page ||
+      Crc32c(reinterpret_cast<const uint8_t*>(&c), sizeof c) != m.crc) {
+    return Status::InvalidArgument("snapshot descriptor is inconsistent or corrupt");
+  }
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "create " + path);
+  const uint32_t ps = m.page_size;
+  std::vector<uint8_t> buf(ps);
+  auto write_page = [&](uint64_t p) -> Status {
+    const uint8_t* d = buf.data();
+    size_t left = ps;
+    off_t off = static_cast<off_t>(p * ps);
+    while (left > 0) {
+      ssize_t w = ::pwrite(fd, d, left, off);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, "write " + path);
+      }
+      d += w;
+      left -= static_cast<size_t>(w);
+      off += w;
+    }
+    return Status::Ok();
+  };
+  Status s;
+  std::memset(buf.data(), 0, ps);
+  std::memcpy(buf.data(), &m, sizeof m);
+  s = write_page(0);
+  std::memset(buf.data(), 0, ps);
+  if (s.ok()) s = write_page(1);
+  for (uint64_t p = kMetaPages; s.ok() && p < m.last_page; ++p) {
+    s = image(p, buf.data());
+    if (s.ok()) s = write_page(p);
+  }
+  if (s.ok() && ::fdatasync(fd) != 0) s = ErrnoStatus(errno, "fdatasync " + path);
+  ::close(fd);
+  if (!s.ok()) ::unlink(path.c_str());
+  return s;
+}
+
+}  // namespace tessera::engine

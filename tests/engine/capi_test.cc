@@ -1,0 +1,77 @@
+// The C API, from C++: every function and its documented errors.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+#include "subprocess.h"
+#include "tessera/engine/tessera.h"
+
+namespace {
+
+TEST(EngineCApiTest, RoundTripAndErrors) {
+  tessera::testing::TempDir dir;
+  std::string path = dir.File("db");
+  tessera_db* db = nullptr;
+  EXPECT_EQ(tessera_db_open(nullptr, nullptr, &db), TESSERA_NULL_HANDLE);
+  EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=4096;bogus=1", &db), TESSERA_BAD_OPTIONS);
+  EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=1000", &db), TESSERA_BAD_PAGE_SIZE);
+  EXPECT_EQ(tessera_db_open(path.c_str(), "create=0", &db), TESSERA_NOTFOUND);
+  ASSERT_EQ(tessera_db_open(path.c_str(), "page_size=8192;sync=0", &db), TESSERA_OK);
+  tessera_db* second = nullptr;
+  EXPECT_EQ(tessera_db_open(path.c_str(), nullptr, &second), TESSERA_BUSY);
+
+  tessera_txn* w = nullptr;
+  ASSERT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_OK);
+  EXPECT_EQ(tessera_put(w, "a", 1, "1", 1), TESSERA_OK);
+  EXPECT_EQ(tessera_put(w, "b", 1, "2", 1), TESSERA_OK);
+  EXPECT_EQ(tessera_put(w, "", 0, "x", 1), TESSERA_KEY_TOO_LARGE);
+  std::string longkey(2000, 'k');
+  EXPECT_EQ(tessera_put(w, longkey.data(), longkey.size(), "x", 1), TESSERA_KEY_TOO_LARGE);
+  EXPECT_EQ(tessera_put(nullptr, "a", 1, "1", 1), TESSERA_NULL_HANDLE);
+  const void* v;
+  size_t vl;
+  ASSERT_EQ(tessera_get(w, "a", 1, &v, &vl), TESSERA_OK);
+  EXPECT_EQ(std::string(static_cast<const char*>(v), vl), "1");
+  EXPECT_EQ(tessera_del(w, "zz", 2), TESSERA_NOTFOUND);
+  ASSERT_EQ(tessera_txn_commit(w), TESSERA_OK);
+
+  tessera_txn* r = nullptr;
+  ASSERT_EQ(tessera_txn_begin(db, 1, &r), TESSERA_OK);
+  EXPECT_EQ(tessera_put(r, "c", 1, "3", 1), TESSERA_READ_ONLY);
+  EXPECT_EQ(tessera_get(r, "missing", 7, &v, &vl), TESSERA_NOTFOUND);
+  tessera_cursor* c = nullptr;
+  ASSERT_EQ(tessera_cursor_open(r, &c), TESSERA_OK);
+  const void* k;
+  size_t kl;
+  ASSERT_EQ(tessera_cursor_first(c, &k, &kl, &v, &vl), TESSERA_OK);
+  EXPECT_EQ(std::string(static_cast<const char*>(k), kl), "a");
+  ASSERT_EQ(tessera_cursor_next(c, &k, &kl, &v, &vl), TESSERA_OK);
+  EXPECT_EQ(std::string(static_cast<const char*>(k), kl), "b");
+  EXPECT_EQ(tessera_cursor_next(c, &k, &kl, &v, &vl), TESSERA_NOTFOUND);
+  ASSERT_EQ(tessera_cursor_seek(c, "aa", 2, &k, &kl, &v, &vl), TESSERA_OK);
+  EXPECT_EQ(std::string(static_cast<const char*>(k), kl), "b");
+  EXPECT_EQ(tessera_cursor_seek(c, "c", 1, &k, &kl, &v, &vl), TESSERA_NOTFOUND);
+  EXPECT_EQ(tessera_cursor_first(nullptr, &k, &kl, &v, &vl), TESSERA_NULL_HANDLE);
+  tessera_cursor_close(c);
+  EXPECT_EQ(tessera_txn_commit(r), TESSERA_OK);
+
+  ASSERT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_OK);
+  EXPECT_EQ(tessera_del(w, "a", 1), TESSERA_OK);
+  tessera_txn_abort(w);
+  ASSERT_EQ(tessera_txn_begin(db, 1, &r), TESSERA_OK);
+  EXPECT_EQ(tessera_get(r, "a", 1, &v, &vl), TESSERA_OK);  // the abort kept it
+  tessera_txn_abort(r);
+  tessera_db_close(db);
+  tessera_db_close(nullptr);
+  tessera_txn_abort(nullptr);
+  tessera_cursor_close(nullptr);
+
+  ASSERT_EQ(tessera_db_open(path.c_str(), "read_only=1", &db), TESSERA_OK);
+  EXPECT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_READ_ONLY);
+  tessera_db_close(db);
+  EXPECT_STREQ(tessera_strerror(TESSERA_READ_ONLY),
+               "write attempted through a read-only handle or transaction");
+}
+
+}  // namespace

@@ -1,0 +1,422 @@
+// Engine behaviour: basic operations, persistence, errors, corruption handling, group commit.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "subprocess.h"
+#include "tessera/common/errors.h"
+#include "tessera/engine/db.h"
+
+namespace tessera::engine {
+namespace {
+
+using testing::TempDir;
+
+std::string Key(int i) {
+  char b[32];
+  std::snprintf(b, sizeof b, "key%08d", i);
+  return b;
+}
+
+std::unique_ptr<Db> MustOpen(const std::string& path, Options o = {}) {
+  auto db = Db::Open(path, o);
+  EXPECT_TRUE(db.ok()) << db.status().ToString();
+  return db.ok() ? std::move(db).value() : nullptr;
+}
+
+TEST(EngineTest, PutGetDeleteAndReopen) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    EXPECT_TRUE(db->Put("alpha", "1").ok());
+    EXPECT_TRUE(db->Put("beta", "2").ok());
+    std::string v;
+    ASSERT_TRUE(db->Get("alpha", &v).ok());
+    EXPECT_EQ(v, "1");
+    EXPECT_TRUE(db->Put("alpha", "one").ok());
+    ASSERT_TRUE(db->Get("alpha", &v).ok());
+    EXPECT_EQ(v, "one");
+    EXPECT_TRUE(db->Delete("beta").ok());
+    EXPECT_TRUE(db->Get("beta", &v).IsNotFound());
+    EXPECT_TRUE(db->Delete("beta").IsNotFound());
+  }
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  ASSERT_TRUE(db->Get("alpha", &v).ok());
+  EXPECT_EQ(v, "one");
+  EXPECT_TRUE(db->Get("beta", &v).IsNotFound());
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+}
+
+TEST(EngineTest, ManyKeysSplitAndMergeAndVerify) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  ASSERT_TRUE(db);
+  const int n = 20000;
+  {
+    auto w = db->BeginWrite();
+    ASSERT_TRUE(w.ok());
+    for (int i = 0; i < n; ++i) ASSERT_TRUE((*w)->Put(Key(i), std::string(50, 'a' + i % 26)).ok());
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+  auto rep = db->Verify();
+  ASSERT_TRUE(rep.ok) << rep.ToString();
+  EXPECT_EQ(rep.entries, static_cast<uint64_t>(n));
+  auto st = db->GetStats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->trees[0].entries, static_cast<uint64_t>(n));
+  EXPECT_GE(st->trees[0].depth, 2u);
+  // Sequential inserts fill leaves nearly completely.
+  uint64_t bytes = n * (50 + 11 + 7 + 2);
+  EXPECT_LT(st->trees[0].leaf_pages * 4096, bytes * 100 / 85) << "leaves under 85% full";
+  {
+    auto w = db->BeginWrite();
+    for (int i = 0; i < n; i += 2) ASSERT_TRUE((*w)->Delete(Key(i)).ok());
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+  rep = db->Verify();
+  ASSERT_TRUE(rep.ok) << rep.ToString();
+  EXPECT_EQ(rep.entries, static_cast<uint64_t>(n / 2));
+  {
+    auto w = db->BeginWrite();
+    for (int i = 1; i < n; i += 2) ASSERT_TRUE((*w)->Delete(Key(i)).ok());
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+  rep = db->Verify();
+  ASSERT_TRUE(rep.ok) << rep.ToString();
+  st = db->GetStats();
+  EXPECT_EQ(st->trees[0].entries, 0u);
+  EXPECT_EQ(st->trees[0].leaf_pages, 0u);
+}
+
+TEST(EngineTest, FreedPagesAreReused) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  ASSERT_TRUE(db);
+  std::string val(100, 'v');
+  for (int round = 0; round < 30; ++round) {
+    WriteBatch b;
+    for (int i = 0; i < 2000; ++i) b.Put(Key(i), val + std::to_string(round));
+    ASSERT_TRUE(db->Write(b).ok());
+  }
+  auto st = db->GetStats();
+  ASSERT_TRUE(st.ok());
+  uint64_t used = st->trees[0].leaf_pages + st->trees[0].branch_pages;
+  // 30 rewrites of the whole tree: without reuse the file would hold ~30x the live pages.
+  EXPECT_LT(st->last_page, used * 4 + 64) << "last_page " << st->last_page << " used " << used;
+  EXPECT_TRUE(db->Verify().ok);
+}
+
+TEST(EngineTest, LargeValuesUseOverflowPages) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  std::string big(3 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 + 7);
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    ASSERT_TRUE(db->Put("big", big).ok());
+    ASSERT_TRUE(db->Put("small", "x").ok());
+    std::string mid(5000, 'm');
+    ASSERT_TRUE(db->Put("mid", mid).ok());
+    auto st = db->GetStats();
+    EXPECT_GT(st->trees[0].overflow_pages, (3u << 20) / 4096);
+  }
+  auto db = MustOpen(path);
+  std::string v;
+  ASSERT_TRUE(db->Get("big", &v).ok());
+  EXPECT_TRUE(v == big);
+  ASSERT_TRUE(db->Get("mid", &v).ok());
+  EXPECT_EQ(v, std::string(5000, 'm'));
+  ASSERT_TRUE(db->Delete("big").ok());
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+  auto st = db->GetStats();
+  EXPECT_EQ(st->trees[0].overflow_pages, 2u);  // "mid" only
+}
+
+TEST(EngineTest, NamedTreesAreIndependent) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    auto w = db->BeginWrite();
+    ASSERT_TRUE((*w)->Put("users", "k", "u").ok());
+    ASSERT_TRUE((*w)->Put("orders", "k", "o").ok());
+    ASSERT_TRUE((*w)->Put("k", "main").ok());
+    EXPECT_EQ(*(*w)->Get("users", "k"), "u");  // read-your-writes
+    ASSERT_TRUE((*w)->CreateTree("empty").ok());
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+  auto db = MustOpen(path);
+  auto r = db->BeginRead();
+  EXPECT_EQ(*(*r)->Get("users", "k"), "u");
+  EXPECT_EQ(*(*r)->Get("orders", "k"), "o");
+  EXPECT_EQ(*(*r)->Get("k"), "main");
+  EXPECT_TRUE((*r)->Get("nope", "k").status().IsNotFound());
+  auto names = (*r)->ListTrees();
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, (std::vector<std::string>{"empty", "orders", "users"}));
+  r->reset();
+  auto w = db->BeginWrite();
+  ASSERT_TRUE((*w)->DropTree("users").ok());
+  ASSERT_TRUE((*w)->Commit().ok());
+  r = db->BeginRead();
+  EXPECT_TRUE((*r)->Get("users", "k").status().IsNotFound());
+  EXPECT_EQ(*(*r)->ListTrees(), (std::vector<std::string>{"empty", "orders"}));
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+}
+
+TEST(EngineTest, SnapshotsDoNotSeeLaterWrites) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  ASSERT_TRUE(db->Put("a", "1").ok());
+  auto snap = db->BeginRead();
+  ASSERT_TRUE(snap.ok());
+  WriteBatch b;
+  for (int i = 0; i < 3000; ++i) b.Put(Key(i), std::string(200, 'y'));
+  b.Put("a", "2");
+  ASSERT_TRUE(db->Write(b).ok());
+  EXPECT_EQ(*(*snap)->Get("a"), "1");
+  EXPECT_TRUE((*snap)->Get(Key(5)).status().IsNotFound());
+  auto now = db->BeginRead();
+  EXPECT_EQ(*(*now)->Get("a"), "2");
+}
+
+TEST(EngineTest, AbortDiscardsChanges) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  ASSERT_TRUE(db->Put("keep", "1").ok());
+  {
+    auto w = db->BeginWrite();
+    for (int i = 0; i < 1000; ++i) ASSERT_TRUE((*w)->Put(Key(i), "zzz").ok());
+    ASSERT_TRUE((*w)->Delete("keep").ok());
+    (*w)->Abort();
+    EXPECT_EQ((*w)->Put("x", "y").c_code(), TESSERA_TXN_FINISHED);
+  }
+  std::string v;
+  EXPECT_TRUE(db->Get("keep", &v).ok());
+  EXPECT_TRUE(db->Get(Key(1), &v).IsNotFound());
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+}
+
+TEST(EngineTest, BadInputGetsClearErrors) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  Status s = db->Put(std::string(kMaxKeySize + 1, 'k'), "v");
+  EXPECT_TRUE(s.IsInvalidArgument());
+  EXPECT_EQ(ToCError(s), TESSERA_KEY_TOO_LARGE);
+  EXPECT_NE(s.message().find("1025"), std::string::npos) << s.message();
+  EXPECT_EQ(ToCError(db->Put("", "v")), TESSERA_KEY_TOO_LARGE);
+  EXPECT_TRUE(db->Put(std::string(kMaxKeySize, 'k'), "max key is fine").ok());
+  Options bad;
+  bad.page_size = 5000;
+  EXPECT_EQ(ToCError(Db::Open(dir.File("other"), bad).status()), TESSERA_BAD_PAGE_SIZE);
+  Options nocreate;
+  nocreate.create_if_missing = false;
+  EXPECT_TRUE(Db::Open(dir.File("missing"), nocreate).status().IsNotFound());
+  EXPECT_TRUE(db->Verify().ok);
+}
+
+TEST(EngineTest, SecondWriterIsRefusedReadOnlyAllowed) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db->Put("k", "v").ok());
+  auto second = Db::Open(path);
+  EXPECT_TRUE(second.status().IsBusy()) << second.status().ToString();
+  Options ro;
+  ro.read_only = true;
+  auto reader = Db::Open(path, ro);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  std::string v;
+  EXPECT_TRUE((*reader)->Get("k", &v).ok());
+  EXPECT_EQ(ToCError((*reader)->Put("a", "b")), TESSERA_READ_ONLY);
+}
+
+TEST(EngineTest, NotADatabaseIsCorruption) {
+  TempDir dir;
+  std::string path = dir.File("junk");
+  int fd = ::open(path.c_str(), O_CREAT | O_WRONLY, 0644);
+  std::string junk(16384, 'j');
+  ASSERT_EQ(::write(fd, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+  ::close(fd);
+  auto db = Db::Open(path);
+  EXPECT_TRUE(db.status().IsCorruption()) << db.status().ToString();
+  EXPECT_NE(db.status().message().find("not a Tessera database"), std::string::npos);
+}
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  uint8_t b;
+  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  b ^= 0x40;
+  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ::close(fd);
+}
+
+TEST(EngineTest, FlippedBitInDataPageIsCorruptionNamingThePage) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  uint64_t first_commit_end;
+  {
+    auto db = MustOpen(path);
+    WriteBatch b;
+    for (int i = 0; i < 100; ++i) b.Put(Key(i), "value");
+    ASSERT_TRUE(db->Write(b).ok());
+    first_commit_end = db->GetStats()->last_page;
+    // A later commit that leaves the main tree alone, so its pages are older than the newest
+    // meta's durable point (bit rot, not a torn commit).
+    WriteBatch other;
+    other.Put("side", "k", "v");
+    ASSERT_TRUE(db->Write(other).ok());
+  }
+  for (uint64_t p = 2; p < first_commit_end; ++p) FlipByte(path, p * 4096 + 2048);
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  Status s = db->Get(Key(3), &v);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("page "), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("checksum"), std::string::npos) << s.message();
+  auto rep = db->Verify();
+  EXPECT_FALSE(rep.ok);
+  EXPECT_NE(rep.ToString().find("checksum mismatch"), std::string::npos) << rep.ToString();
+}
+
+// A commit whose pages do not all match what the meta expects is treated as torn: the database
+// opens at the commit before it and says so.
+TEST(EngineTest, TornLastCommitFallsBackAndIsReported) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  uint64_t before;
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db->Put("old", "1").ok());
+    before = db->GetStats()->last_page;
+    WriteBatch b;
+    for (int i = 0; i < 100; ++i) b.Put(Key(i), "value");
+    ASSERT_TRUE(db->Write(b).ok());
+  }
+  auto probe = MustOpen(path);
+  uint64_t after = probe->GetStats()->last_page;
+  probe.reset();
+  for (uint64_t p = before; p < after; ++p) FlipByte(path, p * 4096 + 100);
+  auto db = MustOpen(path);
+  std::string v;
+  EXPECT_TRUE(db->Get("old", &v).ok());
+  EXPECT_TRUE(db->Get(Key(1), &v).IsNotFound());
+  auto st = db->GetStats();
+  EXPECT_NE(st->recovery_note.find("rejected"), std::string::npos) << st->recovery_note;
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+}
+
+TEST(EngineTest, BadMetaFallsBackToTheOther) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  uint32_t slot;
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db->Put("a", "1").ok());
+    ASSERT_TRUE(db->Put("b", "2").ok());
+    slot = db->GetStats()->meta_slot;
+  }
+  FlipByte(path, uint64_t{slot} * 4096 + 30);  // inside the current meta
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  EXPECT_TRUE(db->Get("a", &v).ok());          // the older commit survives
+  EXPECT_TRUE(db->Get("b", &v).IsNotFound());  // the newer one was in the broken meta
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+  ASSERT_TRUE(db->Put("c", "3").ok());  // and the database keeps working
+}
+
+TEST(EngineTest, GroupCommitCombinesConcurrentWriters) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  const int threads = 16, per = 50;
+  std::vector<std::thread> ts;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < per; ++i) {
+        WriteBatch b;
+        b.Put("t" + std::to_string(t) + "-" + std::to_string(i), std::to_string(i));
+        if (!db->Write(b, WriteOptions{true}).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  auto st = db->GetStats();
+  EXPECT_EQ(st->trees[0].entries, static_cast<uint64_t>(threads * per));
+  EXPECT_EQ(st->batches_written, static_cast<uint64_t>(threads * per));
+  EXPECT_LE(st->flushes, st->batches_written);
+  std::printf("group commit: %llu batches in %llu commits, %llu flushes\n",
+              static_cast<unsigned long long>(st->batches_written),
+              static_cast<unsigned long long>(st->commits),
+              static_cast<unsigned long long>(st->flushes));
+  EXPECT_TRUE(db->Verify().ok);
+}
+
+TEST(EngineTest, BackupWhileWriting) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  WriteBatch b;
+  for (int i = 0; i < 5000; ++i) b.Put(Key(i), "v1");
+  ASSERT_TRUE(db->Write(b).ok());
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int i = 0; !stop; ++i) (void)db->Put(Key(i % 5000), "v2");
+  });
+  ASSERT_TRUE(db->Backup(dir.File("backup")).ok());
+  stop = true;
+  writer.join();
+  EXPECT_TRUE(db->Backup(dir.File("backup")).IsInvalidArgument());  // never overwrites
+  auto copy = MustOpen(dir.File("backup"));
+  auto st = copy->GetStats();
+  EXPECT_EQ(st->trees[0].entries, 5000u);
+  EXPECT_TRUE(copy->Verify().ok);
+}
+
+TEST(EngineTest, CursorDirectionsAndPrefix) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"));
+  WriteBatch b;
+  for (int i = 0; i < 3000; ++i) b.Put(Key(i), std::to_string(i));
+  ASSERT_TRUE(db->Write(b).ok());
+  auto r = db->BeginRead();
+  auto c = std::move((*r)->NewCursor()).value();
+  int n = 0;
+  for (Status s = c->First(); c->Valid(); s = c->Next()) {
+    ASSERT_TRUE(s.ok());
+    ASSERT_EQ(c->key(), Key(n));
+    ++n;
+  }
+  EXPECT_EQ(n, 3000);
+  n = 3000;
+  for (Status s = c->Last(); c->Valid(); s = c->Prev()) ASSERT_EQ(c->key(), Key(--n));
+  EXPECT_EQ(n, 0);
+  ASSERT_TRUE(c->Seek("key00001500x").ok());
+  EXPECT_EQ(c->key(), Key(1501));
+  ASSERT_TRUE(c->SeekForPrev("key00001500x").ok());
+  EXPECT_EQ(c->key(), Key(1500));
+  ASSERT_TRUE(c->SeekForPrev("a").ok());
+  EXPECT_FALSE(c->Valid());
+  ASSERT_TRUE(c->Seek("zzz").ok());
+  EXPECT_FALSE(c->Valid());
+  n = 0;
+  for (Status s = c->SeekPrefix("key0000012"); c->Valid(); s = c->Next()) ++n;
+  EXPECT_EQ(n, 10);
+}
+
+}  // namespace
+}  // namespace tessera::engine
