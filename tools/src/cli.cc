@@ -73,6 +73,7 @@ int Run(int argc, char** argv) {
   app.footer("Run 'tessera COMMAND --help' for the options of a command.");
 
   RegisterInfoCommands(app, ctx);
+  RegisterEcCommands(app, ctx);
 
   std::vector<std::string> names;
   for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {

@@ -17,7 +17,7 @@ struct ModuleStatus {
 constexpr ModuleStatus kModules[] = {
     {"common", "ready", "Status/Result, errno conversion, always-on asserts, logging"},
     {"vmem", "not built yet", "mmap-backed virtual memory regions with a C ABI"},
-    {"erasure", "not built yet", "XOR and Reed-Solomon codecs over ISA-L"},
+    {"erasure", "ready", "XOR and Reed-Solomon codecs over ISA-L"},
     {"engine", "not built yet", "copy-on-write B+tree KV engine"},
     {"cluster", "not built yet", "manager, workers and clients over Thrift"},
     {"protection", "not built yet", "erasure-coded parity generations and recovery"},
