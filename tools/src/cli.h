@@ -27,6 +27,7 @@ int Run(int argc, char** argv);
 // Subcommand registration, one per module (see the *_commands.cc files).
 void RegisterInfoCommands(CLI::App& app, Context& ctx);
 void RegisterEcCommands(CLI::App& app, Context& ctx);
+void RegisterEngineCommands(CLI::App& app, Context& ctx);
 
 // Closest name in `candidates` to `word` by edit distance, or "" when nothing is close.
 std::string Suggest(const std::string& word, const std::vector<std::string>& candidates);
