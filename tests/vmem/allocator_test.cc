@@ -107,9 +107,9 @@ TEST(PageAllocatorTest, DoubleFreeAndUnallocatedPagesAreRefused) {
 TEST(PageAllocatorTest, SkipsStatePagesAcrossGroups) {
   Opened o = OpenAnon();
   PageAllocator& a = *o.alloc;
-  // With 4 KiB pages a group is one state page and 4096 data pages: page 4098 is the second
-  // group's state page.
-  constexpr uint64_t kSecondStatePage = 1 + 4097;
+  // With 4 KiB pages a group is 4096 pages, the first of them its state page: page 4097 is the
+  // second group's state page.
+  constexpr uint64_t kSecondStatePage = 1 + 4096;
   std::vector<bool> seen(10000);
   for (int i = 0; i < 5000; ++i) {
     uint64_t p = a.Allocate().value();

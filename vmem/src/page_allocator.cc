@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 
 #include "tessera/common/errors.h"
 
@@ -17,7 +19,7 @@ struct Header {
   uint64_t magic;
   uint32_t version;
   uint32_t page_size;
-  uint64_t group_pages;  // data pages per state page (= page size)
+  uint64_t group_pages;  // pages per group, its state page included (= page size)
   uint64_t high_water;   // pages carved so far; read and written through std::atomic_ref
 };
 
@@ -34,12 +36,6 @@ constexpr uint64_t kTagOne = uint64_t{1} << kTagShift;
 // the region grows geometrically while small and in bounded steps when large.
 constexpr uint64_t kGrowMinPages = 256;
 constexpr uint64_t kGrowMaxBytes = uint64_t{1} << 30;
-
-int ThreadShard() {
-  static std::atomic<unsigned> next_index{0};
-  thread_local unsigned index = next_index.fetch_add(1, std::memory_order_relaxed);
-  return static_cast<int>(index % PageAllocator::kShards);
-}
 
 Header* HeaderOf(Region* r) { return reinterpret_cast<Header*>(r->Page(0)); }
 
@@ -63,10 +59,88 @@ Status ReadOnly(const char* op) {
       .WithCCode(TESSERA_READ_ONLY);
 }
 
+// Live allocators by id. A thread cache gives its pages back only to an allocator still listed
+// here, and the lock keeps that allocator alive while it does. Heap-allocated and never destroyed,
+// so threads exiting during process shutdown can still use them.
+std::mutex& RegistryMutex() {
+  static auto* mu = new std::mutex;
+  return *mu;
+}
+std::unordered_map<uint64_t, PageAllocator*>& Registry() {
+  static auto* live = new std::unordered_map<uint64_t, PageAllocator*>;
+  return *live;
+}
+std::atomic<uint64_t> next_allocator_id{1};
+std::atomic<unsigned> next_thread_shard{0};
+
+}  // namespace
+
+namespace internal {
+
+// A thread's private stack of free pages, bound to one allocator at a time.
+struct ThreadCache {
+  uint64_t owner_id = 0;  // the allocator these pages belong to; 0 = unbound
+  int n = 0;
+  int shard = 0;  // this thread's home shard in every allocator
+  uint64_t pages[PageAllocator::kThreadCachePages];
+
+  // Returns the pages to their allocator, if it still exists, and unbinds.
+  void Release() {
+    if (owner_id != 0 && n > 0) {
+      std::lock_guard lock(RegistryMutex());
+      auto it = Registry().find(owner_id);
+      if (it != Registry().end()) it->second->PushPages(pages, n, shard);
+    }
+    owner_id = 0;
+    n = 0;
+  }
+};
+
+}  // namespace internal
+
+namespace {
+
+// The fast path reads this pointer only: initial-exec TLS is one %fs-relative load, where the
+// default model for a shared library calls __tls_get_addr. Eight bytes fit the static TLS surplus
+// glibc keeps for libraries loaded later with dlopen (as Python's ctypes does).
+__attribute__((tls_model("initial-exec"))) thread_local internal::ThreadCache* tls_cache = nullptr;
+
+// Owns the cache and hands its pages back when the thread exits. Touched only on a thread's
+// first use of any allocator.
+struct CacheHolder {
+  internal::ThreadCache cache;
+  CacheHolder() {
+    cache.shard = static_cast<int>(next_thread_shard.fetch_add(1, std::memory_order_relaxed) %
+                                   PageAllocator::kShards);
+  }
+  ~CacheHolder() {
+    cache.Release();
+    tls_cache = nullptr;
+  }
+};
+thread_local CacheHolder tls_holder;
+
 }  // namespace
 
 PageAllocator::PageAllocator(Region* region)
-    : region_(region), group_span_(uint64_t{region->page_size()} + 1) {}
+    : region_(region),
+      id_(next_allocator_id.fetch_add(1, std::memory_order_relaxed)),
+      group_mask_(uint64_t{region->page_size()} - 1) {
+  std::lock_guard lock(RegistryMutex());
+  Registry()[id_] = this;
+}
+
+PageAllocator::~PageAllocator() {
+  {
+    std::lock_guard lock(RegistryMutex());
+    Registry().erase(id_);
+  }
+  // Other threads' caches notice the missing id when they next unbind; this one can reset now.
+  if (tls_cache != nullptr && tls_cache->owner_id == id_) {
+    tls_cache->owner_id = 0;
+    tls_cache->n = 0;
+  }
+}
 
 Result<std::unique_ptr<PageAllocator>> PageAllocator::Open(Region* region) {
   if (region == nullptr) return Status::InvalidArgument("PageAllocator::Open: null region");
@@ -128,16 +202,12 @@ Status PageAllocator::Load() {
   }
   // Rebuild the free lists from the state bytes, spreading free pages over the shards so that
   // threads start with local work. Single-threaded: nothing else can see the allocator yet.
-  int64_t allocated = 0;
   uint64_t tail[kShards] = {};
   int next_shard = 0;
   for (uint64_t p = 2; p < hw; ++p) {
     if (IsStatePage(p)) continue;
     uint8_t s = *StateByte(p);
-    if (s == kAllocated) {
-      ++allocated;
-      continue;
-    }
+    if (s == kAllocated) continue;
     if (s == kNever) continue;  // carved while the region was open but never recorded
     if (s != kFresh && s != kFreed) {
       return Status::Corruption(path + ": page " + std::to_string(p) + " has state byte " +
@@ -155,18 +225,16 @@ Status PageAllocator::Load() {
     tail[next_shard] = p;
     next_shard = (next_shard + 1) % kShards;
   }
-  shards_[0].allocations.store(allocated, std::memory_order_relaxed);
   return Status::Ok();
 }
 
+// Groups are a power of two pages long, so both lookups are a mask, no division.
 bool PageAllocator::IsStatePage(uint64_t page) const {
-  return page >= 1 && (page - 1) % group_span_ == 0;
+  return page >= 1 && ((page - 1) & group_mask_) == 0;
 }
 
 uint8_t* PageAllocator::StateByte(uint64_t page) const {
-  uint64_t g = (page - 1) / group_span_;
-  uint64_t idx = (page - 1) % group_span_ - 1;
-  return region_->Page(1 + g * group_span_) + idx;
+  return region_->Page(1 + ((page - 1) & ~group_mask_)) + ((page - 1) & group_mask_);
 }
 
 uint64_t PageAllocator::Pop(Shard& shard) {
@@ -198,15 +266,34 @@ void PageAllocator::PushChain(Shard& shard, uint64_t first, uint64_t last) {
   }
 }
 
-Result<uint64_t> PageAllocator::Carve(Shard& shard) {
+void PageAllocator::PushPages(const uint64_t* pages, int n, int shard) {
+  if (n <= 0) return;
+  for (int i = 0; i + 1 < n; ++i)
+    Link(region_, pages[i]).store(pages[i + 1], std::memory_order_relaxed);
+  PushChain(shards_[shard], pages[0], pages[n - 1]);
+}
+
+internal::ThreadCache& PageAllocator::BindCache() {
+  if (tls_cache == nullptr) tls_cache = &tls_holder.cache;
+  internal::ThreadCache& c = *tls_cache;
+  if (c.owner_id != id_) {
+    c.Release();
+    c.owner_id = id_;
+  }
+  return c;
+}
+
+Result<uint64_t> PageAllocator::Carve(internal::ThreadCache& cache) {
   std::lock_guard lock(carve_mu_);
-  // Another thread may have carved (and pushed onto this shard) while this one waited.
-  if (uint64_t p = Pop(shard); p != 0) return p;
   uint64_t hw = HighWater(region_).load(std::memory_order_relaxed);
   uint64_t first = hw;
   if (IsStatePage(first)) ++first;  // a new group starts with its (all-kNever) state page
-  // Groups hold a multiple of kCarvePages data pages, so a carve never crosses a state page.
-  uint64_t end = first + kCarvePages;
+  // A carve ends at the next multiple of kCarvePages within the group, so it never crosses a
+  // state page and each carve's state bytes fill one cache line (the first carve of a group is
+  // one page short: byte 0 belongs to the state page itself). Threads carving side by side thus
+  // do not share the lines their state bytes live on.
+  static_assert(kCarvePages <= kMinPageSize && kMinPageSize % kCarvePages == 0);
+  uint64_t end = first + kCarvePages - (((first - 1) & group_mask_) % kCarvePages);
   uint64_t have = region_->page_count();
   if (end > have) {
     uint64_t step = std::clamp<uint64_t>(
@@ -220,31 +307,62 @@ Result<uint64_t> PageAllocator::Carve(Shard& shard) {
   for (uint64_t p = first; p < end; ++p) {
     std::atomic_ref<uint8_t>(*StateByte(p)).store(kFresh, std::memory_order_relaxed);
   }
-  // Chain first+1 .. end-1 for the shard; `first` goes to the caller.
-  for (uint64_t p = first + 1; p + 1 < end; ++p) {
-    Link(region_, p).store(p + 1, std::memory_order_relaxed);
-  }
   // Published after the state bytes, so a page below the mark never reads as kNever.
   HighWater(region_).store(end, std::memory_order_release);
-  if (first + 1 < end) PushChain(shard, first + 1, end - 1);
+  // The caller's cache is empty (that is why it carves), and kCarvePages <= kThreadCachePages:
+  // the new pages go straight into it, untouched, highest first so they are used in order.
+  static_assert(kCarvePages <= kThreadCachePages);
+  for (uint64_t p = end - 1; p > first; --p) cache.pages[cache.n++] = p;
   return first;
 }
 
-Result<uint64_t> PageAllocator::Allocate() {
+Result<uint64_t> PageAllocator::AllocateSlow() {
   if (region_->read_only()) return ReadOnly("Allocate");
-  int home = ThreadShard();
-  uint64_t page = Pop(shards_[home]);
-  for (int i = 1; page == 0 && i < kShards; ++i) page = Pop(shards_[(home + i) % kShards]);
-  if (page == 0) {
-    TESSERA_ASSIGN_OR_RETURN(page, Carve(shards_[home]));
+  internal::ThreadCache& c = BindCache();
+  if (c.n == 0) {
+    // Refill half the cache from the shared stacks, own shard first.
+    for (int i = 0; i < kShards && c.n < kThreadCachePages / 2; ++i) {
+      Shard& shard = shards_[(c.shard + i) % kShards];
+      while (c.n < kThreadCachePages / 2) {
+        uint64_t p = Pop(shard);
+        if (p == 0) break;
+        c.pages[c.n++] = p;
+      }
+    }
   }
-  uint8_t old =
-      std::atomic_ref<uint8_t>(*StateByte(page)).exchange(kAllocated, std::memory_order_acq_rel);
+  if (c.n > 0) return c.pages[--c.n];
+  return Carve(c);
+}
+
+Result<uint64_t> PageAllocator::Allocate() {
+  internal::ThreadCache* c = tls_cache;
+  uint64_t page;
+  if (c != nullptr && c->owner_id == id_ && c->n > 0) {
+    page = c->pages[--c->n];
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(page, AllocateSlow());
+  }
+  // Whoever holds a free page owns its state byte: Free() changes only kAllocated bytes, so a
+  // plain load and store suffice here, no read-modify-write.
+  std::atomic_ref<uint8_t> state(*StateByte(page));
+  uint8_t old = state.load(std::memory_order_relaxed);
   TESSERA_ASSERT(old == kFresh || old == kFreed, "page ", page, " on a free list had state ",
                  int{old});
   Link(region_, page).store(0, std::memory_order_relaxed);
-  shards_[home].allocations.fetch_add(1, std::memory_order_relaxed);
+  state.store(kAllocated, std::memory_order_release);
   return page;
+}
+
+void PageAllocator::FreeSlow(uint64_t page) {
+  internal::ThreadCache& c = BindCache();
+  if (c.n == kThreadCachePages) {
+    // Spill the older half to this thread's shard, where other threads can take it.
+    constexpr int kHalf = kThreadCachePages / 2;
+    PushPages(c.pages, kHalf, c.shard);
+    std::memmove(c.pages, c.pages + kHalf, sizeof(uint64_t) * (kThreadCachePages - kHalf));
+    c.n -= kHalf;
+  }
+  c.pages[c.n++] = page;
 }
 
 Status PageAllocator::Free(uint64_t page) {
@@ -254,6 +372,7 @@ Status PageAllocator::Free(uint64_t page) {
     return NotAllocated(page, "past the high-water mark");
   }
   if (IsStatePage(page)) return NotAllocated(page, "an allocator state page");
+  // The one read-modify-write of a free: two threads freeing one page cannot both succeed.
   uint8_t expected = kAllocated;
   if (!std::atomic_ref<uint8_t>(*StateByte(page))
            .compare_exchange_strong(expected, kFreed, std::memory_order_acq_rel)) {
@@ -263,9 +382,12 @@ Status PageAllocator::Free(uint64_t page) {
     }
     return NotAllocated(page, "not handed out yet");
   }
-  int home = ThreadShard();
-  PushChain(shards_[home], page, page);
-  shards_[home].allocations.fetch_sub(1, std::memory_order_relaxed);
+  internal::ThreadCache* c = tls_cache;
+  if (c != nullptr && c->owner_id == id_ && c->n < kThreadCachePages) {
+    c->pages[c->n++] = page;
+  } else {
+    FreeSlow(page);
+  }
   return Status::Ok();
 }
 
@@ -285,9 +407,28 @@ Status PageAllocator::CheckAllocated(uint64_t page) const {
 }
 
 uint64_t PageAllocator::allocated_pages() const {
-  int64_t sum = 0;
-  for (const auto& s : shards_) sum += s.allocations.load(std::memory_order_relaxed);
-  return sum < 0 ? 0 : static_cast<uint64_t>(sum);
+  // Counted from the state bytes rather than kept in a counter, which would cost every Allocate
+  // and Free one more atomic read-modify-write. Eight state bytes are read at a time: a byte is
+  // kAllocated (binary 10) when its bit 1 is set and its bit 0 clear.
+  constexpr uint64_t kLow = 0x0101010101010101;
+  static_assert(kAllocated == 2);
+  const uint64_t hw = high_water();
+  uint64_t count = 0;
+  for (uint64_t state_page = 1; state_page < hw; state_page += group_mask_ + 1) {
+    // Bytes of the group's pages below hw; byte 0 is the state page's own and always kNever.
+    uint64_t n = std::min(group_mask_ + 1, hw - state_page);
+    uint8_t* bytes = region_->Page(state_page);
+    auto* words = reinterpret_cast<uint64_t*>(bytes);
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w = std::atomic_ref<uint64_t>(words[i / 8]).load(std::memory_order_relaxed);
+      count += static_cast<uint64_t>(std::popcount((w >> 1) & ~w & kLow));
+    }
+    for (; i < n; ++i) {
+      count += std::atomic_ref<uint8_t>(bytes[i]).load(std::memory_order_relaxed) == kAllocated;
+    }
+  }
+  return count;
 }
 
 uint64_t PageAllocator::high_water() const {

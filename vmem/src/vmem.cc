@@ -2,6 +2,9 @@
 // only the negative codes of errors.h.
 #include "tessera/vmem/vmem.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <new>
@@ -40,6 +43,25 @@ int CheckAccess(tessera_vmem* vm, uint64_t page, uint32_t offset, const void* bu
   return TESSERA_OK;
 }
 
+// True when `path` starts with a page-allocator header recording a page size other than
+// `page_size`. Region::Open cannot tell that case from any file of the wrong length; the C caller
+// deserves the specific code.
+bool HeaderHasOtherPageSize(const char* path, uint32_t page_size) {
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  uint8_t head[16];
+  bool other = false;
+  if (pread(fd, head, sizeof head, 0) == static_cast<ssize_t>(sizeof head)) {
+    uint64_t magic;
+    uint32_t recorded;
+    std::memcpy(&magic, head, sizeof magic);
+    std::memcpy(&recorded, head + 12, sizeof recorded);
+    other = magic == tessera::vmem::kAllocatorMagic && recorded != page_size;
+  }
+  ::close(fd);
+  return other;
+}
+
 }  // namespace
 
 extern "C" {
@@ -52,7 +74,13 @@ int tessera_vmem_open(const char* path, uint32_t page_size, tessera_vmem** out) 
     options.page_size = page_size;
     auto region = path == nullptr ? tessera::vmem::Region::OpenAnonymous(options)
                                   : tessera::vmem::Region::Open(path, options);
-    if (!region.ok()) return tessera::ToCError(region.status());
+    if (!region.ok()) {
+      if (path != nullptr && region.status().IsInvalidArgument() &&
+          HeaderHasOtherPageSize(path, page_size)) {
+        return TESSERA_BAD_PAGE_SIZE;
+      }
+      return tessera::ToCError(region.status());
+    }
     auto allocator = tessera::vmem::PageAllocator::Open(region->get());
     if (!allocator.ok()) return tessera::ToCError(allocator.status());
     auto vm = std::make_unique<tessera_vmem>();
