@@ -212,7 +212,8 @@ void Codec::XorInto(std::span<uint8_t* const> srcs, uint8_t* dest, size_t len) c
     for (uint8_t* s : srcs) x ^= s[i];
     dest[i] = x;
   }
-  std::array<void*, kMaxShards + 1> arr{};
+  std::array<void*, kMaxShards + 1>
+      arr;  // left uninitialised: only the first nsrc + 1 entries are read
   for (size_t off = head; off < len; off += kKernelChunk) {
     const size_t piece = std::min(kKernelChunk, len - off);
     for (int i = 0; i < nsrc; ++i) arr[i] = srcs[i] + off;
@@ -267,7 +268,7 @@ Status Codec::Decode(std::span<uint8_t* const> shards, std::span<const int> eras
 
   if (scheme_ == Scheme::kXor) {
     // One lost shard is the XOR of the other k; no tables to look up.
-    PtrArray src{};
+    PtrArray src;
     int ns = 0;
     for (int i = 0; i < n(); ++i) {
       if (i != erased[0]) src[ns++] = shards[i];
@@ -277,7 +278,7 @@ Status Codec::Decode(std::span<uint8_t* const> shards, std::span<const int> eras
   }
 
   TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<const DecodePlan> plan, PlanFor(key));
-  PtrArray src{}, dst{};
+  PtrArray src, dst;  // hot path: no 4 KiB zero-fill; only k and ne entries are read
   for (int i = 0; i < k_; ++i) src[i] = shards[plan->survivors[i]];
   const int ne = static_cast<int>(plan->erased.size());
   for (int i = 0; i < ne; ++i) dst[i] = shards[plan->erased[i]];
