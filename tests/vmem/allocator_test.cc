@@ -269,6 +269,7 @@ TEST(PageAllocatorTest, MultithreadedAllocateFreeStress) {
   std::atomic<uint64_t> errors{0};
   std::vector<std::vector<uint64_t>> owned(kThreads);
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937_64 rng(seed + t);
@@ -316,8 +317,8 @@ TEST(PageAllocatorTest, RacingFreesOfOnePageSucceedOnce) {
   Opened o = OpenAnon();
   PageAllocator& a = *o.alloc;
   constexpr int kPages = 2000;
-  std::vector<uint64_t> pages;
-  for (int i = 0; i < kPages; ++i) pages.push_back(a.Allocate().value());
+  std::vector<uint64_t> pages(kPages);
+  for (auto& p : pages) p = a.Allocate().value();
   std::atomic<int> ok{0}, already{0}, other{0};
   auto worker = [&] {
     for (uint64_t p : pages) {

@@ -140,6 +140,7 @@ TEST(RegionTest, ConcurrentReadersSeeOnlyMappedPagesWhileGrowing) {
   std::atomic<bool> done{false};
   std::atomic<uint64_t> bad{0};
   std::vector<std::thread> readers;
+  readers.reserve(2);
   for (int t = 0; t < 2; ++t) {
     readers.emplace_back([&] {
       while (!done.load()) {
@@ -270,7 +271,7 @@ TEST(RegionTest, ReadOnlyRegionRefusesChanges) {
   auto r = MustOpen(path, ro);
   ASSERT_NE(r, nullptr);
   EXPECT_TRUE(PageIs(*r, 2, 0xab));
-  for (Status st : {r->Grow(8), r->Truncate(1), r->Flush(), r->Protect({0, 1}, true)}) {
+  for (const Status& st : {r->Grow(8), r->Truncate(1), r->Flush(), r->Protect({0, 1}, true)}) {
     EXPECT_TRUE(st.IsInvalidArgument()) << st.ToString();
     EXPECT_EQ(ToCError(st), TESSERA_READ_ONLY);
   }

@@ -55,14 +55,13 @@ Result<uint8_t*> Reserve(uint64_t bytes, uint64_t align) {
   if (p == MAP_FAILED) {
     return ErrnoStatus(errno, "reserving " + std::to_string(bytes) + " bytes of address space");
   }
-  auto start = reinterpret_cast<uintptr_t>(p);
-  uintptr_t aligned = (start + align - 1) & ~(uintptr_t{align} - 1);
+  auto* start = static_cast<uint8_t*>(p);
+  uint64_t head = (align - reinterpret_cast<uintptr_t>(start) % align) % align;
+  uint8_t* aligned = start + head;
   // Trim the slack on both sides so exactly `bytes` stay reserved.
-  if (aligned > start) munmap(p, aligned - start);
-  uintptr_t end = start + total;
-  if (end > aligned + bytes)
-    munmap(reinterpret_cast<void*>(aligned + bytes), end - aligned - bytes);
-  return reinterpret_cast<uint8_t*>(aligned);
+  if (head > 0) munmap(start, head);
+  if (align - head > 0) munmap(aligned + bytes, align - head);
+  return aligned;
 }
 
 Status PwriteAll(int fd, const uint8_t* src, uint64_t len, uint64_t off, const std::string& what) {
