@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -362,7 +363,7 @@ uint32_t FinalizePage(Txn& txn, TreeInfo* tree, uint64_t pgno) {
       BranchCell bc{c};
       if (bc.child_txnid() == txn.txnid) Store(c + 16, FinalizePage(txn, tree, bc.child()));
     }
-  } else {
+  } else if (tree->overflow_pages > 0) {  // a tree without overflow values has no refs to fix
     for (unsigned i = 0; i < v.count(); ++i) {
       LeafCell lc{v.cell(i)};
       if (lc.overflow() && lc.ovf_txnid() == txn.txnid) {
@@ -474,12 +475,19 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
   // Build the cell: inline value, or an overflow run.
   const uint32_t inline_size = kLeafCellHeader + static_cast<uint32_t>(key.size() + value.size());
   const bool overflow = key.size() + value.size() + kLeafCellHeader > MaxInlineCell(ps);
-  std::string cell(overflow ? kLeafCellHeader + key.size() + kOverflowRefSize : inline_size, '\0');
-  auto* c = reinterpret_cast<uint8_t*>(cell.data());
+  // The cell is built on the stack when it is small (the common case), else on the heap.
+  const size_t cell_size = overflow ? kLeafCellHeader + key.size() + kOverflowRefSize : inline_size;
+  uint8_t stack_cell[512];
+  std::unique_ptr<uint8_t[]> heap_cell;
+  uint8_t* c = stack_cell;
+  if (cell_size > sizeof stack_cell) {
+    heap_cell = std::make_unique<uint8_t[]>(cell_size);
+    c = heap_cell.get();
+  }
   Store(c, static_cast<uint16_t>(key.size()));
   c[2] = overflow ? kCellOverflow : 0;
   Store(c + 3, static_cast<uint32_t>(value.size()));
-  std::memcpy(c + kLeafCellHeader, key.data(), key.size());
+  std::copy_n(key.data(), key.size(), c + kLeafCellHeader);
   if (overflow) {
     uint64_t npages = (value.size() + kHeaderSize + ps - 1) / ps;
     TESSERA_ASSIGN_OR_RETURN(uint64_t ov, AllocPages(txn, npages));
@@ -494,7 +502,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});
     tree->overflow_pages += npages;
   } else {
-    std::memcpy(c + kLeafCellHeader + key.size(), value.data(), value.size());
+    std::copy_n(value.data(), value.size(), c + kLeafCellHeader + key.size());
   }
   ++txn.mod_count;
 
@@ -502,7 +510,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     TESSERA_ASSIGN_OR_RETURN(uint64_t root, AllocPages(txn, 1));
     uint8_t* rp = db->Page(root);
     InitPage(rp, ps, root, txn.txnid, kLeaf);
-    InsertCell(PageView{rp}, 0, c, static_cast<uint32_t>(cell.size()), ps);
+    InsertCell(PageView{rp}, 0, c, static_cast<uint32_t>(cell_size), ps);
     tree->root = root;
     tree->root_txnid = txn.txnid;
     tree->depth = 1;
@@ -518,8 +526,8 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     LeafCell old{leaf.cell(path.back().idx)};
     // Overwrite in place when the new cell has exactly the old one's size (common for
     // fixed-size values): no slot shuffling, no fragmentation.
-    if (old.size() == cell.size() && !old.overflow() && !overflow) {
-      std::memcpy(const_cast<uint8_t*>(old.c), c, cell.size());
+    if (old.size() == cell_size && !old.overflow() && !overflow) {
+      std::memcpy(const_cast<uint8_t*>(old.c), c, cell_size);
       return Status::Ok();
     }
     FreeCellOverflow(txn, tree, old);
@@ -528,7 +536,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     ++tree->entries;
   }
   return InsertAt(txn, tree, path, path.size() - 1, path.back().idx, c,
-                  static_cast<uint32_t>(cell.size()));
+                  static_cast<uint32_t>(cell_size));
 }
 
 Status Delete(Txn& txn, TreeInfo* tree, std::string_view key) {
@@ -561,27 +569,33 @@ void Finalize(Txn& txn, TreeInfo* tree) {
 Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
   Db::Impl* db = txn.db;
   uint64_t p = kInvalidPage;
+  auto& r = db->reusable;
   if (n == 1) {
     if (!txn.txn_reusable.empty()) {
       p = txn.txn_reusable.back();
       txn.txn_reusable.pop_back();
-    } else if (!db->reusable.empty()) {
-      p = db->reusable.back();
-      db->reusable.pop_back();
+    } else if (!r.empty()) {
+      p = *r.begin();
+      r.erase(r.begin());
       txn.taken.push_back(p);
       txn.freelist_changed = true;
     }
-  } else if (db->reusable.size() >= n) {
-    // A run of n consecutive free pages (reusable is sorted descending).
-    auto& r = db->reusable;
-    size_t run = 1;
-    for (size_t i = r.size() - 1; i > 0; --i) {
-      run = (r[i - 1] == r[i] + 1) ? run + 1 : 1;
-      if (run == n) {
-        p = r[i - 1 + (n - 1)];  // the lowest page of the run
-        for (uint64_t k = 0; k < n; ++k) txn.taken.push_back(p + k);
-        r.erase(r.begin() + static_cast<ptrdiff_t>(i - 1),
-                r.begin() + static_cast<ptrdiff_t>(i - 1 + n));
+  } else if (r.size() >= n) {
+    // A run of n consecutive free pages among the lowest ones; past a bounded search the run
+    // comes from the end of the file instead.
+    uint64_t start = 0, len = 0;
+    int steps = 0;
+    for (auto it = r.begin(); it != r.end() && steps < 4096; ++it, ++steps) {
+      if (len > 0 && *it == start + len) {
+        ++len;
+      } else {
+        start = *it;
+        len = 1;
+      }
+      if (len == n) {
+        p = start;
+        r.erase(r.lower_bound(start), r.upper_bound(start + n - 1));
+        for (uint64_t k = 0; k < n; ++k) txn.taken.push_back(start + k);
         txn.freelist_changed = true;
         break;
       }
@@ -611,7 +625,9 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
 }
 
 void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid) {
-  auto& dst = page_txnid == txn.txnid ? txn.txn_reusable : txn.freed;
+  auto& dst = page_txnid == txn.txnid            ? txn.txn_reusable
+              : page_txnid > txn.db->durable_txn ? txn.freed_young
+                                                 : txn.freed;
   for (uint64_t k = 0; k < n; ++k) dst.push_back(pgno + k);
 }
 

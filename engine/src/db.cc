@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "btree.h"
@@ -468,10 +469,7 @@ void WriteTxn::Abort() {
   if (t.finished) return;
   Db::Impl* db = t.db;
   // Give back the free pages this transaction took.
-  if (!t.taken.empty()) {
-    db->reusable.insert(db->reusable.end(), t.taken.begin(), t.taken.end());
-    std::sort(db->reusable.begin(), db->reusable.end(), std::greater<>());
-  }
+  db->reusable.insert(t.taken.begin(), t.taken.end());
   t.finished = true;
   ++t.mod_count;
   t.lock.unlock();
@@ -479,23 +477,36 @@ void WriteTxn::Abort() {
 
 namespace {
 
-// Writes the freelist chain describing every free page after this transaction.
+// Writes this transaction's freelist record (what it took from and gave back to the free set), or
+// a full dump of the free set when the log has grown long; see format.h.
 Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint64_t>* now_freed) {
   Db::Impl* db = t.db;
   const uint32_t ps = db->page_size;
   const uint64_t per_page = (ps - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize;
-  std::vector<uint64_t> chain;
-  std::vector<std::pair<uint64_t, uint64_t>> entries;  // (freeing txn, page)
+  const uint64_t free_est = db->reusable.size() + db->pending_count + t.freed.size() +
+                            t.freed_young.size() + t.txn_reusable.size() +
+                            db->freelist_chain.size();
+  const uint64_t dump_pages = free_est / per_page + 1;
+  const bool dump = db->freelist_chain.empty() || db->freelist_chain.size() >= 2 * dump_pages + 16;
+  std::vector<uint64_t> record;
+  std::vector<std::pair<uint64_t, uint64_t>> entries;  // (freeing txn or kRunRemoved, page)
   auto gather = [&] {
     entries.clear();
-    for (uint64_t p : db->reusable) entries.emplace_back(0, p);
-    for (const auto& [txn, pages] : db->pending) {
-      for (uint64_t p : pages) entries.emplace_back(txn, p);
-    }
     now_freed->clear();
     now_freed->insert(now_freed->end(), t.freed.begin(), t.freed.end());
+    now_freed->insert(now_freed->end(), t.freed_young.begin(), t.freed_young.end());
     now_freed->insert(now_freed->end(), t.txn_reusable.begin(), t.txn_reusable.end());
-    now_freed->insert(now_freed->end(), db->freelist_chain.begin(), db->freelist_chain.end());
+    if (dump) {
+      now_freed->insert(now_freed->end(), db->freelist_chain.begin(), db->freelist_chain.end());
+      for (uint64_t p : db->reusable) entries.emplace_back(0, p);
+      for (const auto* pend : {&db->pending, &db->pending_young}) {
+        for (const auto& [txn, pages] : *pend) {
+          for (uint64_t p : pages) entries.emplace_back(txn, p);
+        }
+      }
+    } else {
+      for (uint64_t p : t.taken) entries.emplace_back(format::kRunRemoved, p);
+    }
     for (uint64_t p : *now_freed) entries.emplace_back(t.txnid, p);
     std::sort(entries.begin(), entries.end());
     uint64_t runs = 0;
@@ -510,22 +521,23 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
   for (int round = 0;; ++round) {
     TESSERA_ASSERT(round < 1000, "freelist sizing does not converge");
     uint64_t runs = gather();
-    uint64_t need = (runs + per_page - 1) / per_page;
-    if (chain.size() >= need) break;
-    for (uint64_t k = chain.size(); k < need + (round > 0 ? 1 : 0); ++k) {
+    uint64_t need = std::max<uint64_t>(1, (runs + per_page - 1) / per_page);
+    if (record.size() >= need) break;
+    for (uint64_t k = record.size(); k < need + (round > 0 ? 1 : 0); ++k) {
       TESSERA_ASSIGN_OR_RETURN(uint64_t p, btree::AllocPages(t, 1));
-      chain.push_back(p);
+      record.push_back(p);
     }
   }
-  // Fill the pages with runs, then checksum from the tail so each link carries its next's crc.
+  // Fill the record's pages with runs.
   size_t e = 0;
-  for (size_t c = 0; c < chain.size(); ++c) {
-    uint8_t* page = db->Page(chain[c]);
+  for (uint64_t pg : record) {
+    uint8_t* page = db->Page(pg);
     std::memset(page, 0, ps);
     PageView v{page};
-    v.set_pgno(chain[c]);
+    v.set_pgno(pg);
     v.set_txnid(t.txnid);
     v.set_type(kFreelist);
+    v.set_flags(dump ? format::kFreelistDump : 0);
     v.set_upper(ps);
     uint8_t* body = page + kHeaderSize;
     uint32_t nruns = 0;
@@ -545,26 +557,32 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
     }
     Store(body + 20, nruns);
   }
-  TESSERA_ASSERT(e == entries.size(), "freelist chain too short");
-  uint64_t next = kInvalidPage, next_txn = 0;
-  uint32_t next_crc = 0;
-  for (size_t c = chain.size(); c-- > 0;) {
-    uint8_t* page = db->Page(chain[c]);
+  TESSERA_ASSERT(e == entries.size(), "freelist record too short");
+  // Link: the record's last page points at the previous log head (or ends the chain for a dump);
+  // checksums from the tail so each link carries its successor's crc.
+  uint64_t next = dump ? kInvalidPage : t.meta.freelist_head;
+  uint64_t next_txn = dump ? 0 : t.meta.freelist_txnid;
+  uint32_t next_crc = dump ? 0 : t.meta.freelist_crc;
+  for (size_t c = record.size(); c-- > 0;) {
+    uint8_t* page = db->Page(record[c]);
     uint8_t* body = page + kHeaderSize;
     Store(body, next);
     Store(body + 8, next_txn);
     Store(body + 16, next_crc);
     uint32_t crc = db->PageCrc(page, 1);
     PageView{page}.set_crc(crc);
-    next = chain[c];
+    next = record[c];
     next_txn = t.txnid;
     next_crc = crc;
   }
   t.meta.freelist_head = next;
   t.meta.freelist_txnid = next_txn;
   t.meta.freelist_crc = next_crc;
-  t.meta.free_pages = entries.size();
-  *chain_out = std::move(chain);
+  t.meta.free_pages = db->reusable.size() + db->pending_count + now_freed->size();
+  chain_out->assign(record.begin(), record.end());
+  if (!dump) {
+    chain_out->insert(chain_out->end(), db->freelist_chain.begin(), db->freelist_chain.end());
+  }
   return Status::Ok();
 }
 
@@ -584,7 +602,8 @@ Status CommitTxn(Txn& t, bool sync) {
   }
   // 2. The freelist (allocates its own pages, so it comes after every tree change).
   std::vector<uint64_t> chain, now_freed;
-  bool freelist_changed = t.freelist_changed || !t.freed.empty() || !t.txn_reusable.empty();
+  bool freelist_changed =
+      t.freelist_changed || !t.freed.empty() || !t.freed_young.empty() || !t.txn_reusable.empty();
   if (freelist_changed) TESSERA_RETURN_IF_ERROR(WriteFreelist(t, &chain, &now_freed));
   // 3. Checksums bottom-up.
   btree::Finalize(t, &t.meta.catalog);
@@ -599,8 +618,8 @@ Status CommitTxn(Txn& t, bool sync) {
   std::memset(db->Page(slot), 0, db->page_size);
   std::memcpy(db->Page(slot), &m, sizeof m);
   // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
-  uint64_t backlog = db->pending_count + now_freed.size();
-  if (!sync && backlog > std::max<uint64_t>(4096, m.last_page / 4)) sync = true;
+  uint64_t backlog = db->pending_old_count + t.freed.size();
+  if (!sync && backlog > std::max<uint64_t>(16384, m.last_page / 2)) sync = true;
   if (sync) {
     Status s = db->region->Flush();
     if (!s.ok()) {
@@ -616,10 +635,16 @@ Status CommitTxn(Txn& t, bool sync) {
   // 5. Publish.
   if (freelist_changed) {
     db->freelist_chain = std::move(chain);
-    if (!now_freed.empty()) {
-      db->pending_count += now_freed.size();
-      db->pending[t.txnid] = std::move(now_freed);
-    }
+    // now_freed = freed, freed_young, txn_reusable, and (after a dump) the old log's pages.
+    std::vector<uint64_t> young(t.freed_young);
+    young.insert(young.end(), t.txn_reusable.begin(), t.txn_reusable.end());
+    std::vector<uint64_t> old(t.freed);
+    old.insert(old.end(), now_freed.begin() + static_cast<ptrdiff_t>(t.freed.size() + young.size()),
+               now_freed.end());
+    db->pending_count += old.size() + young.size();
+    db->pending_old_count += old.size();
+    if (!old.empty()) db->pending[t.txnid] = std::move(old);
+    if (!young.empty()) db->pending_young[t.txnid] = std::move(young);
   }
   db->meta = m;
   db->meta_slot = slot;
@@ -669,7 +694,22 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   if (!exists && (!options.create_if_missing || options.read_only)) {
     return Status::NotFound("database file '" + path + "' does not exist");
   }
-  const bool fresh = !exists || st.st_size == 0;
+  bool fresh = !exists || st.st_size == 0;
+  if (!fresh && !options.read_only && st.st_size <= 2 * vmem::kMaxPageSize) {
+    // A creation interrupted before its first meta reached the file leaves only zeros: no data
+    // can be lost by starting that file again.
+    std::string bytes(static_cast<size_t>(st.st_size), '\0');
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open " + path);
+    bool zeros = ::pread(fd, bytes.data(), bytes.size(), 0) == st.st_size &&
+                 bytes.find_first_not_of('\0') == std::string::npos;
+    if (zeros && ::ftruncate(fd, 0) != 0) {
+      ::close(fd);
+      return ErrnoStatus(errno, "truncate " + path);
+    }
+    ::close(fd);
+    fresh = zeros;
+  }
   if (fresh && options.read_only) {
     return Status::InvalidArgument("database file '" + path + "' is empty");
   }
@@ -751,30 +791,14 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     }
     // Load the freelist: after open every free page is reusable (no reader, and the chosen meta
     // is made durable below before anything is overwritten).
-    uint64_t p = chosen.freelist_head, txnid = chosen.freelist_txnid;
-    while (p != kInvalidPage) {
-      TESSERA_RETURN_IF_ERROR(impl->CheckPage(p, chosen.last_page, kFreelist, txnid));
-      impl->freelist_chain.push_back(p);
-      const uint8_t* body = impl->Page(p) + kHeaderSize;
-      uint32_t nruns = Load<uint32_t>(body + 20);
-      if (nruns > (ps - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize) {
-        return Status::Corruption(Pg(p) + ": freelist page lists too many runs");
-      }
-      for (uint32_t r = 0; r < nruns; ++r) {
-        const uint8_t* run = body + kFreelistBodyHeader + r * kFreeRunSize;
-        uint64_t first = Load<uint64_t>(run + 8), count = Load<uint64_t>(run + 16);
-        if (first < kMetaPages || count > chosen.last_page || first + count > chosen.last_page) {
-          return Status::Corruption(Pg(p) + ": freelist run out of range");
-        }
-        for (uint64_t k = 0; k < count; ++k) impl->reusable.push_back(first + k);
-      }
-      p = Load<uint64_t>(body);
-      txnid = Load<uint64_t>(body + 8);
-      if (impl->freelist_chain.size() > chosen.last_page) {
-        return Status::Corruption("freelist chain loops");
-      }
+    std::map<uint64_t, uint64_t> free;
+    TESSERA_RETURN_IF_ERROR(ReplayFreelist(impl.get(), chosen.freelist_head, chosen.freelist_txnid,
+                                           chosen.last_page, &free, &impl->freelist_chain));
+    if (free.size() != chosen.free_pages) {
+      return Status::Corruption("freelist holds " + std::to_string(free.size()) +
+                                " pages but the meta records " + std::to_string(chosen.free_pages));
     }
-    std::sort(impl->reusable.begin(), impl->reusable.end(), std::greater<>());
+    for (const auto& f : free) impl->reusable.insert(impl->reusable.end(), f.first);
     if (!options.read_only) TESSERA_RETURN_IF_ERROR(impl->region->Flush());
   }
   impl->meta = chosen;
@@ -807,16 +831,21 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   t->meta = meta;
   t->txnid = meta.txnid + 1;
   // Pages freed by txn T become reusable once no reader and no durable meta can reach them.
-  uint64_t bound = std::min(durable_txn, OldestReader());
-  bool moved = false;
+  const uint64_t oldest = OldestReader();
+  const uint64_t bound = std::min(durable_txn, oldest);
   while (!pending.empty() && pending.begin()->first <= bound) {
     auto& pages = pending.begin()->second;
     pending_count -= pages.size();
-    reusable.insert(reusable.end(), pages.begin(), pages.end());
+    pending_old_count -= pages.size();
+    reusable.insert(pages.begin(), pages.end());
     pending.erase(pending.begin());
-    moved = true;
   }
-  if (moved) std::sort(reusable.begin(), reusable.end(), std::greater<>());
+  while (!pending_young.empty() && pending_young.begin()->first <= oldest) {
+    auto& pages = pending_young.begin()->second;
+    pending_count -= pages.size();
+    reusable.insert(pages.begin(), pages.end());
+    pending_young.erase(pending_young.begin());
+  }
   return std::unique_ptr<WriteTxn>(new WriteTxn(std::move(t)));
 }
 
@@ -909,8 +938,16 @@ Status Db::Delete(std::string_view key) {
 Status Db::Get(std::string_view key, std::string* value) const { return Get({}, key, value); }
 
 Status Db::Get(std::string_view tree, std::string_view key, std::string* value) const {
-  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginRead());
-  TESSERA_ASSIGN_OR_RETURN(std::string_view v, txn->Get(tree, key));
+  // A snapshot on the stack: no allocation on the read path.
+  ReadTxn::Impl t;
+  t.db = impl_.get();
+  TESSERA_ASSIGN_OR_RETURN(t.slot, impl_->AcquireReader(&t.meta));
+  const TreeInfo* info = &t.meta.main;
+  if (!tree.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(info, t.Tree(tree, false));
+  }
+  std::string_view v;
+  TESSERA_RETURN_IF_ERROR(btree::Get(t, *info, key, &v));
   value->assign(v.data(), v.size());
   return Status::Ok();
 }
@@ -987,6 +1024,58 @@ Status Db::Backup(const std::string& path) const {
     TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
   }
   return out->Sync();
+}
+
+Status ReplayFreelist(const Db::Impl* db, uint64_t head, uint64_t head_txnid, uint64_t last_page,
+                      std::map<uint64_t, uint64_t>* free, std::vector<uint64_t>* chain) {
+  const uint32_t per_page = (db->page_size - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize;
+  std::vector<uint64_t> pages;
+  for (uint64_t p = head, txnid = head_txnid; p != kInvalidPage;) {
+    TESSERA_RETURN_IF_ERROR(db->CheckPage(p, last_page, kFreelist, txnid));
+    pages.push_back(p);
+    if (pages.size() > last_page) return Status::Corruption("freelist chain loops");
+    const uint8_t* body = db->Page(p) + kHeaderSize;
+    p = Load<uint64_t>(body);
+    txnid = Load<uint64_t>(body + 8);
+  }
+  if (chain) chain->insert(chain->end(), pages.begin(), pages.end());
+  // Records oldest first; within a record removals, then additions.
+  size_t end = pages.size();
+  while (end > 0) {
+    size_t begin = end - 1;
+    uint64_t rec_txn = PageView{db->Page(pages[begin])}.txnid();
+    while (begin > 0 && PageView{db->Page(pages[begin - 1])}.txnid() == rec_txn) --begin;
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t i = begin; i < end; ++i) {
+        const uint8_t* body = db->Page(pages[i]) + kHeaderSize;
+        uint32_t nruns = Load<uint32_t>(body + 20);
+        if (nruns > per_page) {
+          return Status::Corruption(Pg(pages[i]) + ": freelist page lists too many runs");
+        }
+        for (uint32_t r = 0; r < nruns; ++r) {
+          const uint8_t* run = body + kFreelistBodyHeader + r * kFreeRunSize;
+          uint64_t ftxn = Load<uint64_t>(run), first = Load<uint64_t>(run + 8),
+                   count = Load<uint64_t>(run + 16);
+          bool removal = ftxn == format::kRunRemoved;
+          if (removal != (pass == 0)) continue;
+          if (first < kMetaPages || count > last_page || first + count > last_page) {
+            return Status::Corruption(Pg(pages[i]) + ": freelist run out of range");
+          }
+          for (uint64_t k = 0; k < count; ++k) {
+            bool ok = removal ? free->erase(first + k) == 1 : free->emplace(first + k, ftxn).second;
+            if (!ok) {
+              return Status::Corruption(Pg(pages[i]) + ": freelist " +
+                                        (removal ? "removes page " : "adds page ") +
+                                        std::to_string(first + k) +
+                                        (removal ? " that is not free" : " that is already free"));
+            }
+          }
+        }
+      }
+    }
+    end = begin;
+  }
+  return Status::Ok();
 }
 
 Status Db::SimulatePowerCut(uint64_t seed, double keep_fraction) {

@@ -5,8 +5,10 @@
 //    ring_[txnid % kRing] holds that meta for readers.
 //  - Every page p in [2, meta_.last_page) is reachable from meta_ (trees, overflow runs, freelist
 //    chain) or listed in the free state (reusable_ ∪ pending_), never both.
-//  - A page freed by txn T moves to reusable_ only when T <= durable_txn_ and T <= every live
-//    reader's txn: no snapshot a reader or a crash recovery can use reaches it.
+//  - A page freed by txn T moves to reusable only when no live reader's snapshot and no snapshot
+//    a crash recovery can fall back to reaches it: T <= every live reader's txn, and either
+//    T <= durable_txn or the page itself was written after durable_txn ("young": the durable
+//    meta never reached it, and a newer meta that did would fail its open-time validation).
 //  - Meta slot durable_slot_ holds the last flushed meta (txnid durable_txn_); commits write the
 //    other slot, so a crash mid-commit always leaves the durable meta intact.
 //
@@ -22,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -69,10 +72,12 @@ struct Db::Impl {
   uint32_t meta_slot = 0;
   uint64_t durable_txn = 0;
   uint32_t durable_slot = 0;
-  std::vector<uint64_t> reusable;  // sorted descending: back() is the lowest page
-  std::map<uint64_t, std::vector<uint64_t>> pending;  // freeing txn -> pages
-  uint64_t pending_count = 0;
-  std::vector<uint64_t> freelist_chain;  // pages of the current on-disk freelist chain
+  std::set<uint64_t> reusable;                              // free pages any transaction may take
+  std::map<uint64_t, std::vector<uint64_t>> pending;        // freeing txn -> pages not yet reusable
+  std::map<uint64_t, std::vector<uint64_t>> pending_young;  // the same, for young pages
+  uint64_t pending_count = 0;                               // pages in pending and pending_young
+  uint64_t pending_old_count = 0;        // pages in pending: they wait for a flush
+  std::vector<uint64_t> freelist_chain;  // pages of the on-disk freelist log, newest first
   Status fatal;                          // sticky: set when a flush fails
   std::string recovery_note;             // what Open rejected, if anything
   bool dead = false;                     // after SimulatePowerCut
@@ -143,7 +148,8 @@ struct ReadTxn::Impl {
   std::unique_lock<std::mutex> lock;  // write_mu
   uint64_t txnid = 0;
   std::vector<uint64_t> dirty;         // pages allocated by this txn
-  std::vector<uint64_t> freed;         // committed pages this txn freed
+  std::vector<uint64_t> freed;         // committed pages this txn freed (written <= durable)
+  std::vector<uint64_t> freed_young;   // committed pages this txn freed (written > durable)
   std::vector<uint64_t> txn_reusable;  // pages allocated then freed by this txn
   std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
   bool freelist_changed = false;
@@ -155,6 +161,11 @@ struct ReadTxn::Impl {
   ~Impl();
   Result<TreeInfo*> Tree(std::string_view name, bool create) const;
 };
+
+// Reads the freelist log of a snapshot (records newest first, each removing then adding pages;
+// the oldest is a full dump) and replays it: page -> the txn that freed it (0: long ago).
+Status ReplayFreelist(const Db::Impl* db, uint64_t head, uint64_t head_txnid, uint64_t last_page,
+                      std::map<uint64_t, uint64_t>* free, std::vector<uint64_t>* chain);
 
 // A cursor over the catalog (named tree -> TreeInfo) of a transaction (cursor.cc).
 Result<std::unique_ptr<Cursor>> NewCatalogCursor(const ReadTxn::Impl& txn);

@@ -67,6 +67,8 @@ struct PageView {
   void set_crc(uint32_t v) { Store(p, v); }
   uint8_t type() const { return p[4]; }
   void set_type(uint8_t t) { p[4] = t; }
+  uint8_t flags() const { return p[5]; }
+  void set_flags(uint8_t f) { p[5] = f; }
   uint16_t count() const { return Load<uint16_t>(p + 6); }
   void set_count(uint16_t c) { Store(p + 6, c); }
   uint64_t pgno() const { return Load<uint64_t>(p + 8); }
@@ -159,9 +161,18 @@ struct Meta {
 };
 static_assert(sizeof(Meta) == 224);
 
+// The freelist is a log: each commit that changes the free set prepends a record (one or more
+// freelist pages) listing the pages it took out of the free set and the pages it freed; every so
+// often a commit writes a full dump instead and frees the old log. Replaying the log from the
+// oldest record gives the free set.
 // Freelist page body: next pgno u64 | next txnid u64 | next crc u32 | run count u32 | runs, each
-// (freeing txnid u64, first pgno u64, page count u64). Freeing txnid 0: reusable at once.
+// (freeing txnid u64, first pgno u64, page count u64). Freeing txnid 0: freed long ago;
+// kRunRemoved: the pages left the free set (a record's removals apply before its additions; a
+// record is the run of consecutive chain pages with one txnid).
 inline constexpr uint32_t kFreelistBodyHeader = 24;
 inline constexpr uint32_t kFreeRunSize = 24;
+inline constexpr uint64_t kRunRemoved = ~uint64_t{0};
+// A page whose header flags carry kFreelistDump starts a full dump: older pages are not read.
+inline constexpr uint8_t kFreelistDump = 1;
 
 }  // namespace tessera::engine::format

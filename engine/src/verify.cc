@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <set>
 
 #include "btree.h"
@@ -31,31 +32,13 @@ namespace {
 
 std::string Pg(uint64_t p) { return "page " + std::to_string(p); }
 
-// Free pages of a snapshot as (page, freeing txn) pairs, from its freelist chain.
+// Free pages of a snapshot as (page, freeing txn) pairs, from its freelist log.
 Status ReadFreelist(const ReadTxn::Impl& t, std::vector<std::pair<uint64_t, uint64_t>>* free,
                     std::vector<uint64_t>* chain) {
-  const Db::Impl* db = t.db;
-  uint64_t p = t.meta.freelist_head, txnid = t.meta.freelist_txnid;
-  const uint32_t per_page = (db->page_size - kHeaderSize - kFreelistBodyHeader) / kFreeRunSize;
-  while (p != kInvalidPage) {
-    TESSERA_RETURN_IF_ERROR(db->CheckPage(p, t.meta.last_page, kFreelist, txnid));
-    if (chain) chain->push_back(p);
-    if (chain && chain->size() > t.meta.last_page) return Status::Corruption("freelist loops");
-    const uint8_t* body = db->Page(p) + kHeaderSize;
-    uint32_t nruns = Load<uint32_t>(body + 20);
-    if (nruns > per_page) return Status::Corruption(Pg(p) + ": too many freelist runs");
-    for (uint32_t r = 0; r < nruns; ++r) {
-      const uint8_t* run = body + kFreelistBodyHeader + r * kFreeRunSize;
-      uint64_t ftxn = Load<uint64_t>(run), first = Load<uint64_t>(run + 8),
-               count = Load<uint64_t>(run + 16);
-      if (first < kMetaPages || count > t.meta.last_page || first + count > t.meta.last_page) {
-        return Status::Corruption(Pg(p) + ": freelist run out of range");
-      }
-      for (uint64_t k = 0; k < count; ++k) free->emplace_back(first + k, ftxn);
-    }
-    p = Load<uint64_t>(body);
-    txnid = Load<uint64_t>(body + 8);
-  }
+  std::map<uint64_t, uint64_t> m;
+  TESSERA_RETURN_IF_ERROR(ReplayFreelist(t.db, t.meta.freelist_head, t.meta.freelist_txnid,
+                                         t.meta.last_page, &m, chain));
+  free->assign(m.begin(), m.end());
   return Status::Ok();
 }
 
@@ -332,11 +315,6 @@ Result<std::vector<uint64_t>> Db::ChangedPages(const ReadTxn& older, const ReadT
   for (const auto& [p, ftxn] : free) {
     if (ftxn > since && p < o.meta.last_page) out.push_back(p);
   }
-  // The older snapshot's freelist pages, if it had any that are now free or rewritten.
-  std::vector<std::pair<uint64_t, uint64_t>> ofree;
-  std::vector<uint64_t> ochain;
-  TESSERA_RETURN_IF_ERROR(ReadFreelist(o, &ofree, &ochain));
-  out.insert(out.end(), ochain.begin(), ochain.end());
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;

@@ -254,6 +254,19 @@ TEST(EngineTest, NotADatabaseIsCorruption) {
   EXPECT_NE(db.status().message().find("not a Tessera database"), std::string::npos);
 }
 
+// A creation killed before its first meta was written leaves a file of zeros; it opens as new.
+TEST(EngineTest, InterruptedCreationStartsAfresh) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  int fd = ::open(path.c_str(), O_CREAT | O_WRONLY, 0644);
+  std::string zeros(8192, '\0');
+  ASSERT_EQ(::write(fd, zeros.data(), zeros.size()), 8192);
+  ::close(fd);
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  EXPECT_TRUE(db->Put("k", "v").ok());
+}
+
 void FlipByte(const std::string& path, uint64_t offset) {
   int fd = ::open(path.c_str(), O_RDWR);
   uint8_t b;
