@@ -147,6 +147,7 @@ struct Fixture {
     const int n = cfg.k + cfg.m;
     auto snapshot = [&] {
       std::vector<std::vector<uint8_t>> s;
+      s.reserve(n);
       for (int i = 0; i < n; ++i) s.emplace_back(shards[i], shards[i] + len);
       return s;
     };

@@ -7,7 +7,6 @@
 
 #include "tessera/erasure/codec.h"
 
-using tessera::Status;
 using tessera::erasure::Codec;
 
 struct tessera_ec {

@@ -155,7 +155,9 @@ class PendingFiles {
   Status Commit() {
     for (const auto& [tmp, final_path] : files_) {
       if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-        return ErrnoStatus(errno, "renaming " + tmp + " to " + final_path);
+        std::string what = "renaming ";
+        what.append(tmp).append(" to ").append(final_path);
+        return ErrnoStatus(errno, what);
       }
     }
     files_.clear();

@@ -127,8 +127,7 @@ struct Stripe {
       const size_t off = vary ? (misalign + 7 * i) % 61 : misalign;
       storage.emplace_back(len + 128, 0);
       auto* base = storage.back().data();
-      auto* aligned =
-          reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t{63});
+      uint8_t* aligned = base + (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
       ptrs.push_back(aligned + off);
     }
   }
@@ -427,6 +426,7 @@ TEST(CodecTest, ConcurrentDecodesShareOneCodec) {
   const uint64_t seed = TestSeed() + 8;
   constexpr int kThreads = 4;
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   std::vector<std::string> failures(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {

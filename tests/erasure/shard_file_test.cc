@@ -56,6 +56,7 @@ void FlipByte(const std::string& path, size_t offset) {
 
 std::vector<std::string> Shards(const std::string& base, int n) {
   std::vector<std::string> v;
+  v.reserve(n);
   for (int i = 0; i < n; ++i) v.push_back(base + "." + std::to_string(i));
   return v;
 }
