@@ -16,7 +16,7 @@ struct ModuleStatus {
 // Kept true as features land: the README's capability table says the same.
 constexpr ModuleStatus kModules[] = {
     {"common", "ready", "Status/Result, errno conversion, always-on asserts, logging"},
-    {"vmem", "not built yet", "mmap-backed virtual memory regions with a C ABI"},
+    {"vmem", "ready", "mmap-backed virtual memory regions with a C ABI"},
     {"erasure", "ready", "XOR and Reed-Solomon codecs over ISA-L"},
     {"engine", "not built yet", "copy-on-write B+tree KV engine"},
     {"cluster", "not built yet", "manager, workers and clients over Thrift"},

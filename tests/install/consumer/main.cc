@@ -7,6 +7,8 @@
 #include "tessera/common/version.h"
 #include "tessera/erasure/codec.h"
 #include "tessera/erasure/ec.h"
+#include "tessera/vmem/region.h"
+#include "tessera/vmem/vmem.h"
 
 int main() {
   tessera::Status s = tessera::Status::NotFound("consumer probe");
@@ -29,6 +31,23 @@ int main() {
   for (int i = 0; i < 5; ++i) {
     if (lost[i] != a[i]) return 6;
   }
+  // tessera::vmem through both APIs: a region that grows in place, and a page via the C ABI.
+  auto region = tessera::vmem::Region::OpenAnonymous({});
+  if (!region.ok() || !(*region)->Grow(2).ok()) return 7;
+  (*region)->Page(1)[0] = 42;
+  tessera_vmem* vm = nullptr;
+  if (tessera_vmem_open(nullptr, 4096, &vm) != TESSERA_OK) return 8;
+  uint64_t page = 0;
+  uint8_t in[3] = {1, 2, 3}, out[3] = {};
+  if (tessera_vmem_allocate_page(vm, &page) != TESSERA_OK ||
+      tessera_vmem_write(vm, page, 10, in, 3) != TESSERA_OK ||
+      tessera_vmem_read(vm, page, 10, out, 3) != TESSERA_OK || out[2] != 3 ||
+      tessera_vmem_free_page(vm, page) != TESSERA_OK ||
+      tessera_vmem_free_page(vm, page) != TESSERA_PAGE_ALREADY_FREE) {
+    tessera_vmem_close(vm);
+    return 9;
+  }
+  tessera_vmem_close(vm);
   std::printf("consumer linked against tessera %s: %s\n", TESSERA_VERSION,
               tessera_strerror(TESSERA_NOTFOUND));
   return 0;
