@@ -53,7 +53,7 @@ inline constexpr uint32_t kAllocatorVersion = 1;
 class PageAllocator {
  public:
   static constexpr int kShards = 16;
-  static constexpr uint64_t kCarvePages = 64;   // pages taken from the high-water mark at a time
+  static constexpr uint64_t kCarvePages = 64;    // pages taken from the high-water mark at a time
   static constexpr int kThreadCachePages = 128;  // free pages a thread keeps for itself
 
   // Formats an empty region (or one whose header page is all zeros, as a crash right after
