@@ -341,5 +341,62 @@ TEST(PageAllocatorTest, RacingFreesOfOnePageSucceedOnce) {
   EXPECT_EQ(a.allocated_pages(), 0u);
 }
 
+// A thread's page cache serves one allocator at a time; switching hands the cached pages back.
+TEST(PageAllocatorTest, OneThreadAlternatingBetweenAllocatorsKeepsTheirPagesApart) {
+  Opened a = OpenAnon();
+  Opened b = OpenAnon();
+  std::vector<uint64_t> pa(10), pb(10);
+  for (auto& p : pa) p = a.alloc->Allocate().value();
+  uint64_t hw = a.alloc->high_water();
+  for (uint64_t p : pa) ASSERT_TRUE(a.alloc->Free(p).ok());  // cached by this thread for `a`
+  for (auto& p : pb) p = b.alloc->Allocate().value();        // the cache switches to `b`
+  std::set<uint64_t> again;
+  for (int i = 0; i < 10; ++i) {
+    uint64_t p = a.alloc->Allocate().value();
+    EXPECT_TRUE(a.alloc->IsAllocated(p));
+    again.insert(p);
+  }
+  EXPECT_EQ(again, std::set<uint64_t>(pa.begin(), pa.end())) << "a's freed pages came back to a";
+  EXPECT_EQ(a.alloc->high_water(), hw) << "nothing new carved for them";
+  for (uint64_t p : pb) EXPECT_TRUE(b.alloc->IsAllocated(p));
+  EXPECT_EQ(a.alloc->allocated_pages(), 10u);
+  EXPECT_EQ(b.alloc->allocated_pages(), 10u);
+}
+
+TEST(PageAllocatorTest, PagesCachedByAnExitedThreadAreReused) {
+  Opened o = OpenAnon();
+  PageAllocator& a = *o.alloc;
+  std::thread t([&] {
+    std::vector<uint64_t> pages(100);
+    for (auto& p : pages) p = a.Allocate().value();
+    for (uint64_t p : pages) EXPECT_TRUE(a.Free(p).ok());
+  });
+  t.join();
+  uint64_t hw = a.high_water();
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(a.Allocate().ok());
+  EXPECT_EQ(a.high_water(), hw) << "the exited thread's cached pages were handed back";
+  EXPECT_EQ(a.allocated_pages(), 100u);
+}
+
+TEST(PageAllocatorTest, ThreadCacheOutlivingItsAllocatorIsDropped) {
+  auto a = std::make_unique<Opened>(OpenAnon());
+  Opened b = OpenAnon();
+  std::atomic<int> step{0};
+  std::thread t([&] {
+    uint64_t p = a->alloc->Allocate().value();
+    EXPECT_TRUE(a->alloc->Free(p).ok());  // now cached for `a` in this thread
+    step = 1;
+    while (step.load() != 2) std::this_thread::yield();
+    // `a` is gone: switching to `b` must drop the stale cache, not touch freed memory.
+    uint64_t q = b.alloc->Allocate().value();
+    EXPECT_TRUE(b.alloc->IsAllocated(q));
+  });
+  while (step.load() != 1) std::this_thread::yield();
+  a.reset();
+  step = 2;
+  t.join();
+  EXPECT_EQ(b.alloc->allocated_pages(), 1u);
+}
+
 }  // namespace
 }  // namespace tessera::vmem
