@@ -75,6 +75,7 @@ int Run(int argc, char** argv) {
   RegisterInfoCommands(app, ctx);
   RegisterEcCommands(app, ctx);
   RegisterEngineCommands(app, ctx);
+  RegisterClusterCommands(app, ctx);
 
   std::vector<std::string> names;
   for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {

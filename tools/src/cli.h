@@ -28,6 +28,7 @@ int Run(int argc, char** argv);
 void RegisterInfoCommands(CLI::App& app, Context& ctx);
 void RegisterEcCommands(CLI::App& app, Context& ctx);
 void RegisterEngineCommands(CLI::App& app, Context& ctx);
+void RegisterClusterCommands(CLI::App& app, Context& ctx);
 
 // Closest name in `candidates` to `word` by edit distance, or "" when nothing is close.
 std::string Suggest(const std::string& word, const std::vector<std::string>& candidates);

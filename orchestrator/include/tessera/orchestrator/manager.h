@@ -1,0 +1,35 @@
+// The manager: control plane of a Tessera cluster.
+//
+// It keeps membership (node id, address, incarnation, last heartbeat), the shard map (each shard
+// with an owner and an epoch) and the cluster state in LMDB under its data directory, so a
+// restarted manager knows its cluster. Workers register with a stable node id; the map forms
+// (round-robin) when the expected number of workers has registered. Missed heartbeats mark a node
+// down. Shutdown drains the workers (optionally deleting their data) and then the manager exits.
+//
+// Thread safety: RunManager blocks; `stop` may be set from a signal handler's thread.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "tessera/common/status.h"
+#include "tessera/orchestrator/cluster.h"
+
+namespace tessera::orchestrator {
+
+struct ManagerOptions {
+  std::string listen = "127.0.0.1:8081";
+  std::string data_dir = "tessera-manager";
+  std::string http;  // HOST:PORT for GET /health and GET /status; empty: none
+  int num_shards = kDefaultShards;
+  int expected_workers = kDefaultWorkers;
+  int heartbeat_ms = 300;
+  int heartbeat_timeout_ms = 3000;
+  std::string token;
+};
+
+// Serves until a Shutdown request completes (returns Ok) or *stop becomes true (SIGTERM: returns
+// Ok after stopping the servers; the workers keep running).
+Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop);
+
+}  // namespace tessera::orchestrator

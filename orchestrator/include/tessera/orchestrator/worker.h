@@ -1,0 +1,29 @@
+// A worker: data plane of a Tessera cluster.
+//
+// One engine per worker (DATA/data.tdb), one named tree per shard. The node id lives in
+// DATA/node_id so a restarted worker is the same node; each start is a new incarnation. Every
+// request is checked: token, shard owner, shard epoch. Registration and heartbeats keep the
+// worker's view of the shard map current; a heartbeat refused because a newer incarnation took
+// its place makes the worker stop (it is a zombie).
+//
+// Thread safety: RunWorker blocks; `stop` may be set from a signal handler's thread.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "tessera/common/status.h"
+
+namespace tessera::orchestrator {
+
+struct WorkerOptions {
+  std::string listen = "127.0.0.1:8082";
+  std::string manager = "127.0.0.1:8081";
+  std::string data_dir = "tessera-worker";
+  std::string token;
+  bool sync = false;  // default durability of writes that do not ask for sync
+};
+
+Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop);
+
+}  // namespace tessera::orchestrator

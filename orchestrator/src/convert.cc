@@ -1,0 +1,118 @@
+#include "convert.h"
+
+#include <xxhash.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace tessera::orchestrator {
+
+int ShardOf(std::string_view key, int num_shards) {
+  return static_cast<int>(XXH3_64bits(key.data(), key.size()) % static_cast<uint64_t>(num_shards));
+}
+
+Result<std::string> ReadTokenFile(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream f(path);
+  if (!f) return Status::NotFound("cannot read token file '" + path + "'");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string t = ss.str();
+  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
+  if (t.empty()) return Status::InvalidArgument("token file '" + path + "' is empty");
+  return t;
+}
+
+std::string StatusJson(const ClusterStatus& s) {
+  nlohmann::json j;
+  j["manager"] = s.manager_address;
+  j["expected_workers"] = s.expected_workers;
+  j["state"] = s.map.state;
+  j["formed"] = s.map.formed;
+  j["map_version"] = s.map.version;
+  j["num_shards"] = s.map.num_shards;
+  j["nodes"] = nlohmann::json::array();
+  for (const auto& n : s.nodes) {
+    j["nodes"].push_back({{"node_id", n.node_id},
+                          {"address", n.address},
+                          {"role", n.role},
+                          {"up", n.up},
+                          {"last_heartbeat_ms_ago", n.last_heartbeat_ms_ago},
+                          {"incarnation", n.incarnation},
+                          {"shards", n.shards_owned}});
+  }
+  j["shards"] = nlohmann::json::array();
+  for (const auto& sh : s.map.shards) {
+    j["shards"].push_back(
+        {{"shard", sh.shard}, {"owner", sh.owner}, {"address", sh.address}, {"epoch", sh.epoch}});
+  }
+  return j.dump(2);
+}
+
+ShardMap FromGen(const gen::ShardMap& m) {
+  ShardMap out;
+  out.version = m.version;
+  out.num_shards = m.num_shards;
+  out.formed = m.formed;
+  out.state = m.state;
+  for (const auto& s : m.shards) out.shards.push_back({s.shard, s.owner, s.address, s.epoch});
+  return out;
+}
+
+gen::ShardMap ToGen(const ShardMap& m) {
+  gen::ShardMap out;
+  out.version = m.version;
+  out.num_shards = m.num_shards;
+  out.formed = m.formed;
+  out.state = m.state;
+  for (const auto& s : m.shards) {
+    gen::ShardInfo g;
+    g.shard = s.shard;
+    g.owner = s.owner;
+    g.address = s.address;
+    g.epoch = s.epoch;
+    out.shards.push_back(g);
+  }
+  return out;
+}
+
+NodeInfo FromGen(const gen::NodeInfo& n) {
+  return {n.node_id, n.address,     n.role,        n.last_heartbeat_ms_ago,
+          n.up,      n.incarnation, n.shards_owned};
+}
+
+ClusterStatus FromGen(const gen::ClusterStatus& s) {
+  ClusterStatus out;
+  for (const auto& n : s.nodes) out.nodes.push_back(FromGen(n));
+  out.map = FromGen(s.shard_map);
+  out.expected_workers = s.expected_workers;
+  out.manager_address = s.manager_address;
+  return out;
+}
+
+void Throw(gen::ErrorCode::type code, const std::string& message, const std::string& node) {
+  gen::TesseraError e;
+  e.code = code;
+  e.message = message;
+  e.node = node;
+  throw e;
+}
+
+Status FromError(const gen::TesseraError& e) {
+  std::string msg = e.message + (e.node.empty() ? "" : " (node " + e.node + ")");
+  switch (e.code) {
+    case gen::ErrorCode::INVALID_ARGUMENT:
+      return Status::InvalidArgument(msg);
+    case gen::ErrorCode::UNAUTHENTICATED:
+      return Status::InvalidArgument("unauthenticated: " + msg);
+    case gen::ErrorCode::UNAVAILABLE:
+    case gen::ErrorCode::NOT_OWNER:
+    case gen::ErrorCode::STALE_EPOCH:
+      return Status::Unavailable(msg);
+    default:
+      return Status::Internal(msg);
+  }
+}
+
+}  // namespace tessera::orchestrator

@@ -1,0 +1,25 @@
+// Conversions between generated Thrift types and orchestrator types, and TesseraError helpers.
+// Internal to orchestrator/.
+#pragma once
+
+#include "ManagerService.h"
+#include "WorkerService.h"
+#include "tessera/orchestrator/cluster.h"
+#include "tessera_types.h"
+
+namespace tessera::orchestrator {
+
+namespace gen = ::tessera::rpc::gen;
+
+ShardMap FromGen(const gen::ShardMap& m);
+gen::ShardMap ToGen(const ShardMap& m);
+NodeInfo FromGen(const gen::NodeInfo& n);
+ClusterStatus FromGen(const gen::ClusterStatus& s);
+
+[[noreturn]] void Throw(gen::ErrorCode::type code, const std::string& message,
+                        const std::string& node);
+
+// A Status for a TesseraError received from `node`.
+Status FromError(const gen::TesseraError& e);
+
+}  // namespace tessera::orchestrator

@@ -1,0 +1,329 @@
+#include "tessera/orchestrator/worker.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <shared_mutex>
+#include <thread>
+
+#include "convert.h"
+#include "tessera/engine/db.h"
+#include "tessera/rpc/rpc.h"
+
+namespace tessera::orchestrator {
+namespace {
+
+using gen::ErrorCode;
+
+std::string ShardTree(int shard) { return "s" + std::to_string(shard); }
+
+Result<std::string> LoadOrCreateNodeId(const std::string& dir) {
+  std::string path = dir + "/node_id";
+  std::ifstream in(path);
+  std::string id;
+  if (in && std::getline(in, id) && !id.empty()) return id;
+  std::random_device rd;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "w-%08x%08x", rd(), rd());
+  id = buf;
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << id << "\n";
+    out.flush();
+    if (!out) return Status::IoError("cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return Status::IoError("cannot create " + path + ": " + ec.message());
+  return id;
+}
+
+class WorkerState {
+ public:
+  WorkerOptions opts;
+  std::string node_id;
+  int64_t incarnation = 0;
+  std::string address;
+  std::unique_ptr<engine::Db> db;
+
+  std::atomic<bool> registered{false};
+  std::atomic<bool> shutting_down{false};
+  std::atomic<bool> exit_requested{false};
+  std::atomic<bool> cleanup{false};
+  std::atomic<int> in_flight{0};
+
+  // Shard ownership as learned from the manager: epoch if owned, 0 otherwise.
+  std::shared_mutex map_mu;
+  std::vector<int64_t> owned_epoch;
+  int num_shards = 0;
+
+  void ApplyMap(const ShardMap& m) {
+    std::unique_lock<std::shared_mutex> l(map_mu);
+    num_shards = m.num_shards;
+    owned_epoch.assign(m.num_shards, 0);
+    for (const auto& s : m.shards) {
+      if (s.owner == node_id && s.shard >= 0 && s.shard < m.num_shards) {
+        owned_epoch[s.shard] = s.epoch;
+      }
+    }
+  }
+
+  // Throws the right TesseraError unless this worker serves `shard` at `epoch` now.
+  void CheckShard(int shard, int64_t epoch) {
+    if (shutting_down.load()) Throw(ErrorCode::UNAVAILABLE, "worker is shutting down", node_id);
+    if (!registered.load()) Throw(ErrorCode::UNAVAILABLE, "worker has not registered yet", node_id);
+    std::shared_lock<std::shared_mutex> l(map_mu);
+    if (shard < 0 || shard >= num_shards) {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "shard " + std::to_string(shard) + " out of range 0.." + std::to_string(num_shards - 1),
+            node_id);
+    }
+    int64_t mine = owned_epoch[shard];
+    if (mine == 0)
+      Throw(ErrorCode::NOT_OWNER, "shard " + std::to_string(shard) + " is not here", node_id);
+    if (epoch < mine) {
+      Throw(ErrorCode::STALE_EPOCH,
+            "shard " + std::to_string(shard) + " epoch " + std::to_string(epoch) +
+                " is stale (current " + std::to_string(mine) + ")",
+            node_id);
+    }
+    if (epoch > mine) {
+      Throw(ErrorCode::UNAVAILABLE,
+            "shard " + std::to_string(shard) + " epoch " + std::to_string(epoch) +
+                " not yet known here (have " + std::to_string(mine) + ")",
+            node_id);
+    }
+  }
+};
+
+// Counts a request in flight for the drain at shutdown.
+class InFlight {
+ public:
+  explicit InFlight(WorkerState* s) : s_(s) { s_->in_flight.fetch_add(1); }
+  ~InFlight() { s_->in_flight.fetch_sub(1); }
+
+ private:
+  WorkerState* s_;
+};
+
+class Handler : public gen::WorkerServiceIf {
+ public:
+  explicit Handler(WorkerState* s) : s_(s) {}
+
+  void Get(gen::GetReply& r, const std::string& token, int32_t shard, int64_t epoch,
+           const std::string& key) override {
+    InFlight f(s_);
+    Auth(token);
+    s_->CheckShard(shard, epoch);
+    std::string v;
+    Status st = s_->db->Get(ShardTree(shard), key, &v);
+    if (st.ok()) {
+      r.found = true;
+      r.value = std::move(v);
+    } else if (st.IsNotFound()) {
+      r.found = false;
+    } else {
+      Fail(st);
+    }
+  }
+
+  void Write(const std::string& token, const std::vector<gen::Op>& ops, bool sync) override {
+    InFlight f(s_);
+    Auth(token);
+    engine::WriteBatch b;
+    for (const auto& op : ops) {
+      s_->CheckShard(op.shard, op.epoch);
+      if (op.key.empty() || op.key.size() > kMaxKeyBytes) {
+        Throw(ErrorCode::INVALID_ARGUMENT,
+              "key of " + std::to_string(op.key.size()) + " bytes (1 to 1024 allowed)",
+              s_->node_id);
+      }
+      if (op.value.size() > kMaxValueBytes) {
+        Throw(ErrorCode::INVALID_ARGUMENT,
+              "value over " + std::to_string(kMaxValueBytes) + " bytes", s_->node_id);
+      }
+      if (op.put) {
+        b.Put(ShardTree(op.shard), op.key, op.value);
+      } else {
+        b.Delete(ShardTree(op.shard), op.key);
+      }
+    }
+    Status st = s_->db->Write(b, engine::WriteOptions{sync || s_->opts.sync});
+    if (!st.ok()) Fail(st);
+  }
+
+  void Scan(gen::ScanReply& r, const std::string& token, int32_t shard, int64_t epoch,
+            const std::string& start, const std::string& prefix, int32_t limit) override {
+    InFlight f(s_);
+    Auth(token);
+    s_->CheckShard(shard, epoch);
+    if (limit < 1 || limit > kMaxScanLimit) {
+      Throw(ErrorCode::INVALID_ARGUMENT, "scan limit must be 1 to " + std::to_string(kMaxScanLimit),
+            s_->node_id);
+    }
+    auto txn = s_->db->BeginRead();
+    if (!txn.ok()) Fail(txn.status());
+    auto cur = (*txn)->NewCursor(ShardTree(shard));
+    if (!cur.ok()) {
+      if (cur.status().IsNotFound()) return;  // no key was ever written to this shard
+      Fail(cur.status());
+    }
+    std::string from = std::max(start, prefix);
+    Status st = prefix.empty() ? (*cur)->Seek(from) : (*cur)->SeekPrefix(prefix);
+    if (st.ok() && !prefix.empty() && from != prefix) st = (*cur)->Seek(from);
+    for (; st.ok() && (*cur)->Valid(); st = (*cur)->Next()) {
+      if (!prefix.empty() && (*cur)->key().substr(0, prefix.size()) != prefix) break;
+      if (static_cast<int>(r.items.size()) == limit) {
+        r.next_start.assign((*cur)->key());
+        break;
+      }
+      gen::KV kv;
+      kv.key.assign((*cur)->key());
+      kv.value.assign((*cur)->value());
+      r.items.push_back(std::move(kv));
+    }
+    if (!st.ok()) Fail(st);
+  }
+
+  void Ping(std::string& r, const std::string& token) override {
+    Auth(token);
+    r = s_->node_id;
+  }
+
+  void Shutdown(const std::string& token, bool cleanup) override {
+    Auth(token);
+    spdlog::info("worker {}: shutdown requested{}", s_->node_id, cleanup ? " with cleanup" : "");
+    s_->shutting_down.store(true);
+    // Drain: wait for requests already inside the worker (bounded).
+    for (int i = 0; i < 1000 && s_->in_flight.load() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    Status st = s_->db->Sync();
+    if (!st.ok()) Fail(st);
+    s_->cleanup.store(cleanup);
+    s_->exit_requested.store(true);
+  }
+
+ private:
+  void Auth(const std::string& token) const {
+    if (token != s_->opts.token) {
+      Throw(ErrorCode::UNAUTHENTICATED, "wrong or missing cluster token", s_->node_id);
+    }
+  }
+  [[noreturn]] void Fail(const Status& st) const {
+    Throw(st.IsInvalidArgument() ? ErrorCode::INVALID_ARGUMENT : ErrorCode::INTERNAL, st.ToString(),
+          s_->node_id);
+  }
+  WorkerState* s_;
+};
+
+}  // namespace
+
+Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
+  WorkerState s;
+  s.opts = options;
+  TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint ep, rpc::Endpoint::Parse(options.listen));
+  TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint mep, rpc::Endpoint::Parse(options.manager));
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return Status::IoError("cannot create data directory '" + options.data_dir +
+                           "': " + ec.message());
+  }
+  TESSERA_ASSIGN_OR_RETURN(s.node_id, LoadOrCreateNodeId(options.data_dir));
+  std::random_device rd;
+  s.incarnation = (static_cast<int64_t>(rd()) << 31 ^ rd() ^
+                   std::chrono::system_clock::now().time_since_epoch().count()) &
+                  INT64_MAX;
+  auto db = engine::Db::Open(options.data_dir + "/data.tdb");
+  if (!db.ok()) return db.status().WithContext("worker data");
+  s.db = std::move(db).value();
+
+  auto handler = std::make_shared<Handler>(&s);
+  auto server = rpc::Server::Start(ep, std::make_shared<gen::WorkerServiceProcessor>(handler));
+  if (!server.ok()) return server.status();
+  s.address = ep.host + ":" + std::to_string((*server)->port());
+  spdlog::info("worker {}: serving on {} (data {}, incarnation {})", s.node_id, s.address,
+               options.data_dir, s.incarnation);
+
+  rpc::ClientPool<gen::ManagerServiceClient> pool(
+      rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(5000)});
+  int heartbeat_ms = 300;
+  auto backoff = std::chrono::milliseconds(50);
+  bool fenced = false;
+  std::string last_error;
+  while (!stop->load() && !s.exit_requested.load()) {
+    auto lease = pool.Get(mep);
+    Status st = lease.status();
+    if (st.ok()) {
+      try {
+        if (!s.registered.load()) {
+          gen::RegisterReply r;
+          (*lease)->Register(r, options.token, s.node_id, s.address, s.incarnation);
+          s.ApplyMap(FromGen(r.shard_map));
+          heartbeat_ms = std::max(50, r.heartbeat_ms);
+          s.registered.store(true);
+          spdlog::info("worker {}: registered with manager {} (map version {})", s.node_id,
+                       options.manager, r.shard_map.version);
+        } else {
+          gen::ShardMap m;
+          (*lease)->Heartbeat(m, options.token, s.node_id, s.incarnation);
+          s.ApplyMap(FromGen(m));
+        }
+        backoff = std::chrono::milliseconds(50);
+        last_error.clear();
+      } catch (const gen::TesseraError& e) {
+        st = FromError(e);
+        if (e.code == ErrorCode::STALE_EPOCH) {
+          spdlog::error("worker {}: fenced by the manager: {}", s.node_id, e.message);
+          fenced = true;
+          break;
+        }
+        if (e.code == ErrorCode::UNAUTHENTICATED) {
+          return Status::InvalidArgument("manager refused the cluster token: " + e.message);
+        }
+        if (e.code == ErrorCode::UNAVAILABLE &&
+            e.message.find("unknown node") != std::string::npos) {
+          s.registered.store(false);
+        }
+      } catch (const std::exception& e) {
+        lease->Broken();
+        st = Status::Unavailable(e.what());
+      }
+    }
+    if (!st.ok()) {
+      if (st.message() != last_error) {
+        spdlog::warn("worker {}: manager {}: {}", s.node_id, options.manager, st.message());
+        last_error = st.message();
+      }
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+      continue;
+    }
+    for (int waited = 0; waited < heartbeat_ms && !stop->load() && !s.exit_requested.load();
+         waited += 10) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  s.shutting_down.store(true);
+  // Give an in-progress Shutdown reply time to reach the manager.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  (*server)->Stop();
+  Status sync = s.db->Sync();
+  s.db.reset();
+  if (s.exit_requested.load() && s.cleanup.load()) {
+    std::filesystem::remove_all(options.data_dir, ec);
+    if (ec) spdlog::warn("worker {}: removing {}: {}", s.node_id, options.data_dir, ec.message());
+    spdlog::info("worker {}: data directory {} deleted", s.node_id, options.data_dir);
+  }
+  spdlog::info("worker {}: exited", s.node_id);
+  if (fenced) return Status::Unavailable("fenced: a newer incarnation of this node registered");
+  return sync;
+}
+
+}  // namespace tessera::orchestrator

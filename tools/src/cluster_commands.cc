@@ -1,0 +1,350 @@
+// Cluster commands: `tessera manager`, `tessera worker`, and the client commands put, get, del,
+// scan, load, status, shutdown.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "cli.h"
+#include "tessera/orchestrator/client.h"
+#include "tessera/orchestrator/manager.h"
+#include "tessera/orchestrator/worker.h"
+
+namespace tessera::cli {
+namespace {
+
+using orchestrator::Client;
+using orchestrator::ClientOptions;
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop.store(true); }
+
+void InstallStopHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+int Fail(const std::string& cmd, const Status& s) {
+  std::fprintf(stderr, "tessera %s: %s\n", cmd.c_str(), s.ToString().c_str());
+  return kExitFailure;
+}
+
+struct ClientFlags {
+  std::string manager = "127.0.0.1:8081";
+  std::string token_file;
+  int deadline_ms = 10000;
+
+  void Add(CLI::App* app) {
+    app->add_option("--manager", manager, "Manager address HOST:PORT")->capture_default_str();
+    app->add_option("--token-file", token_file, "File holding the cluster token");
+    app->add_option("--deadline-ms", deadline_ms, "Give up on a request after this long")
+        ->capture_default_str()
+        ->check(CLI::Range(100, 3600000));
+  }
+
+  Result<std::unique_ptr<Client>> Connect() const {
+    ClientOptions o;
+    o.manager = manager;
+    o.deadline = std::chrono::milliseconds(deadline_ms);
+    TESSERA_ASSIGN_OR_RETURN(o.token, orchestrator::ReadTokenFile(token_file));
+    return Client::Connect(o);
+  }
+};
+
+std::string Printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 32 && c < 127 && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02x", c);
+      out += b;
+    }
+  }
+  return out;
+}
+
+int RunLoad(const ClientFlags& f, uint64_t count, size_t value_size, size_t batch,
+            const std::string& prefix) {
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("load", c.status());
+  std::string value(value_size, 'v');
+  std::mt19937_64 rng(7);
+  for (auto& ch : value) ch = static_cast<char>('a' + rng() % 26);
+  auto start = std::chrono::steady_clock::now();
+  auto last_print = start;
+  std::vector<std::pair<std::string, std::string>> kvs;
+  for (uint64_t i = 0; i < count;) {
+    kvs.clear();
+    for (; i < count && kvs.size() < batch; ++i)
+      kvs.emplace_back(prefix + std::to_string(i), value);
+    Status s = (*c)->PutMany(kvs, false);
+    if (!s.ok())
+      return Fail("load", s.WithContext("after " + std::to_string(i - kvs.size()) + " keys"));
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_print > std::chrono::milliseconds(250) || i == count) {
+      double secs = std::chrono::duration<double>(now - start).count();
+      int width = 30;
+      int filled = static_cast<int>(width * i / count);
+      std::fprintf(stderr, "\r  load [%s%s] %llu/%llu keys  %.0f ops/s ",
+                   std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                   static_cast<unsigned long long>(i), static_cast<unsigned long long>(count),
+                   i / std::max(secs, 1e-9));
+      last_print = now;
+    }
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "\n");
+  std::printf("loaded %llu keys of %zu bytes in %.2f s (%.0f ops/s)\n",
+              static_cast<unsigned long long>(count), value_size, secs,
+              count / std::max(secs, 1e-9));
+  return kExitOk;
+}
+
+}  // namespace
+
+void RegisterClusterCommands(CLI::App& app, Context& ctx) {
+  // ---- manager ----
+  auto mo = std::make_shared<orchestrator::ManagerOptions>();
+  auto mtoken = std::make_shared<std::string>();
+  auto* manager = app.add_subcommand("manager", "Run a manager (the cluster's control plane)");
+  manager->add_option("--listen", mo->listen, "Address to serve on HOST:PORT")
+      ->capture_default_str();
+  manager->add_option("--data", mo->data_dir, "Data directory (cluster state in LMDB)")
+      ->capture_default_str();
+  manager->add_option("--http", mo->http, "Serve GET /health and GET /status on HOST:PORT");
+  manager->add_option("--shards", mo->num_shards, "Number of shards")
+      ->capture_default_str()
+      ->check(CLI::Range(1, orchestrator::kMaxShards));
+  manager
+      ->add_option("--workers", mo->expected_workers,
+                   "Workers to wait for before the shard map forms")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  manager->add_option("--heartbeat-ms", mo->heartbeat_ms, "Worker heartbeat interval")
+      ->capture_default_str()
+      ->check(CLI::Range(10, 60000));
+  manager
+      ->add_option("--heartbeat-timeout-ms", mo->heartbeat_timeout_ms,
+                   "Mark a worker down after this long without a heartbeat")
+      ->capture_default_str()
+      ->check(CLI::Range(50, 600000));
+  manager->add_option("--token-file", *mtoken, "File holding the cluster token");
+  manager->callback([&ctx, mo, mtoken] {
+    ctx.action = [mo, mtoken] {
+      auto t = orchestrator::ReadTokenFile(*mtoken);
+      if (!t.ok()) return Fail("manager", t.status());
+      mo->token = *t;
+      InstallStopHandlers();
+      Status s = orchestrator::RunManager(*mo, &g_stop);
+      return s.ok() ? kExitOk : Fail("manager", s);
+    };
+  });
+
+  // ---- worker ----
+  auto wo = std::make_shared<orchestrator::WorkerOptions>();
+  auto wtoken = std::make_shared<std::string>();
+  auto* worker = app.add_subcommand("worker", "Run a worker (stores and serves shards)");
+  worker->add_option("--listen", wo->listen, "Address to serve on HOST:PORT")
+      ->capture_default_str();
+  worker->add_option("--manager", wo->manager, "Manager address HOST:PORT")->capture_default_str();
+  worker->add_option("--data", wo->data_dir, "Data directory (node id and engine file)")
+      ->capture_default_str();
+  worker->add_option("--token-file", *wtoken, "File holding the cluster token");
+  worker->add_flag("--sync", wo->sync, "Flush every write before acknowledging it");
+  worker->callback([&ctx, wo, wtoken] {
+    ctx.action = [wo, wtoken] {
+      auto t = orchestrator::ReadTokenFile(*wtoken);
+      if (!t.ok()) return Fail("worker", t.status());
+      wo->token = *t;
+      InstallStopHandlers();
+      Status s = orchestrator::RunWorker(*wo, &g_stop);
+      return s.ok() ? kExitOk : Fail("worker", s);
+    };
+  });
+
+  // ---- put / get / del ----
+  struct KV {
+    ClientFlags f;
+    std::string key, value;
+    bool nosync = false;
+  };
+  auto put = std::make_shared<KV>();
+  auto* putc = app.add_subcommand("put", "Store KEY = VALUE in the cluster");
+  putc->add_option("KEY", put->key, "Key")->required();
+  putc->add_option("VALUE", put->value, "Value")->required();
+  putc->add_flag("--nosync", put->nosync, "Do not wait for the worker to flush");
+  put->f.Add(putc);
+  putc->callback([&ctx, put] {
+    ctx.action = [put] {
+      auto c = put->f.Connect();
+      if (!c.ok()) return Fail("put", c.status());
+      Status s = (*c)->Put(put->key, put->value, !put->nosync);
+      if (!s.ok()) return Fail("put", s);
+      std::printf("ok\n");
+      return kExitOk;
+    };
+  });
+
+  auto get = std::make_shared<KV>();
+  auto* getc = app.add_subcommand("get", "Print the value of KEY (exit 1 when absent)");
+  getc->add_option("KEY", get->key, "Key")->required();
+  get->f.Add(getc);
+  getc->callback([&ctx, get] {
+    ctx.action = [get] {
+      auto c = get->f.Connect();
+      if (!c.ok()) return Fail("get", c.status());
+      auto v = (*c)->Get(get->key);
+      if (!v.ok()) return Fail("get", v.status());
+      if (!*v) {
+        std::fprintf(stderr, "tessera get: key '%s' not found\n", Printable(get->key).c_str());
+        return kExitFailure;
+      }
+      std::printf("%s\n", (*v)->c_str());
+      return kExitOk;
+    };
+  });
+
+  auto del = std::make_shared<KV>();
+  auto* delc = app.add_subcommand("del", "Delete KEY (exit 1 when absent)");
+  delc->add_option("KEY", del->key, "Key")->required();
+  del->f.Add(delc);
+  delc->callback([&ctx, del] {
+    ctx.action = [del] {
+      auto c = del->f.Connect();
+      if (!c.ok()) return Fail("del", c.status());
+      auto existed = (*c)->Delete(del->key);
+      if (!existed.ok()) return Fail("del", existed.status());
+      if (!*existed) {
+        std::fprintf(stderr, "tessera del: key '%s' not found\n", Printable(del->key).c_str());
+        return kExitFailure;
+      }
+      std::printf("deleted\n");
+      return kExitOk;
+    };
+  });
+
+  // ---- scan ----
+  struct ScanArgs {
+    ClientFlags f;
+    std::string prefix;
+    int limit = 100;
+  };
+  auto scan = std::make_shared<ScanArgs>();
+  auto* scanc = app.add_subcommand("scan", "List keys and values (ordered within each shard)");
+  scanc->add_option("--prefix", scan->prefix, "Only keys starting with this");
+  scanc->add_option("--limit", scan->limit, "At most this many entries")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000000));
+  scan->f.Add(scanc);
+  scanc->callback([&ctx, scan] {
+    ctx.action = [scan] {
+      auto c = scan->f.Connect();
+      if (!c.ok()) return Fail("scan", c.status());
+      int left = scan->limit;
+      std::string token;
+      do {
+        auto page = (*c)->Scan(scan->prefix, std::min(left, orchestrator::kMaxScanLimit), token);
+        if (!page.ok()) return Fail("scan", page.status());
+        for (const auto& it : page->items) {
+          std::printf("%s\t%s\n", Printable(it.key).c_str(), Printable(it.value).c_str());
+        }
+        left -= static_cast<int>(page->items.size());
+        token = page->next;
+      } while (left > 0 && !token.empty());
+      return kExitOk;
+    };
+  });
+
+  // ---- load ----
+  struct LoadArgs {
+    ClientFlags f;
+    uint64_t count = 100000;
+    size_t value_size = 100;
+    size_t batch = 1000;
+    std::string prefix = "key";
+  };
+  auto load = std::make_shared<LoadArgs>();
+  auto* loadc = app.add_subcommand("load", "Bulk-load COUNT generated keys (dummy data)");
+  loadc->add_option("--count", load->count, "Keys to write")->capture_default_str();
+  loadc->add_option("--value-size", load->value_size, "Bytes per value")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 24));
+  loadc->add_option("--batch", load->batch, "Keys per request batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  loadc->add_option("--prefix", load->prefix, "Key prefix (keys are PREFIX0, PREFIX1, ...)")
+      ->capture_default_str();
+  load->f.Add(loadc);
+  loadc->callback([&ctx, load] {
+    ctx.action = [load] {
+      return RunLoad(load->f, load->count, load->value_size, load->batch, load->prefix);
+    };
+  });
+
+  // ---- status ----
+  struct StatusArgs {
+    ClientFlags f;
+    bool json = false;
+  };
+  auto st = std::make_shared<StatusArgs>();
+  auto* stc = app.add_subcommand("status", "Show the cluster's nodes and shard map");
+  stc->add_flag("--json", st->json, "Print JSON");
+  st->f.Add(stc);
+  stc->callback([&ctx, st] {
+    ctx.action = [st] {
+      auto c = st->f.Connect();
+      if (!c.ok()) return Fail("status", c.status());
+      auto s = (*c)->GetStatus();
+      if (!s.ok()) return Fail("status", s.status());
+      if (st->json) {
+        std::printf("%s\n", orchestrator::StatusJson(*s).c_str());
+        return kExitOk;
+      }
+      std::printf("cluster %s: %s, map version %lld, %d shards, %zu/%d workers\n",
+                  s->manager_address.c_str(), s->map.state.c_str(),
+                  static_cast<long long>(s->map.version), s->map.num_shards, s->nodes.size(),
+                  s->expected_workers);
+      std::printf("%-20s %-22s %-5s %7s %14s\n", "node", "address", "up", "shards", "heartbeat");
+      for (const auto& n : s->nodes) {
+        std::printf("%-20s %-22s %-5s %7d %11lld ms\n", n.node_id.c_str(), n.address.c_str(),
+                    n.up ? "yes" : "DOWN", n.shards_owned,
+                    static_cast<long long>(n.last_heartbeat_ms_ago));
+      }
+      return kExitOk;
+    };
+  });
+
+  // ---- shutdown ----
+  struct ShutdownArgs {
+    ClientFlags f;
+    bool cleanup = false;
+  };
+  auto sd = std::make_shared<ShutdownArgs>();
+  auto* sdc = app.add_subcommand("shutdown",
+                                 "Shut the cluster down: workers flush and exit, then the manager");
+  sdc->add_flag("--cleanup", sd->cleanup, "Also delete every node's data directory");
+  sd->f.Add(sdc);
+  sdc->callback([&ctx, sd] {
+    ctx.action = [sd] {
+      auto c = sd->f.Connect();
+      if (!c.ok()) return Fail("shutdown", c.status());
+      Status s = (*c)->Shutdown(sd->cleanup);
+      if (!s.ok()) return Fail("shutdown", s);
+      std::printf("cluster shut down%s\n", sd->cleanup ? " and data deleted" : "");
+      return kExitOk;
+    };
+  });
+}
+
+}  // namespace tessera::cli
