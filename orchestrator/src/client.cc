@@ -65,6 +65,7 @@ struct Client::Impl {
     auto deadline = Clock::now() + opts.deadline;
     auto backoff = std::chrono::milliseconds(10);
     bool refresh = false;
+    bool refreshed_for_this = false;
     Status last;
     for (;;) {
       auto m = Map(refresh);
@@ -94,10 +95,12 @@ struct Client::Impl {
                 call(*lease, si);
                 return Status::Ok();
               } catch (const gen::TesseraError& e) {
-                if (e.code == ErrorCode::NOT_OWNER || e.code == ErrorCode::STALE_EPOCH) {
+                if ((e.code == ErrorCode::NOT_OWNER || e.code == ErrorCode::STALE_EPOCH) &&
+                    !refreshed_for_this) {
                   refresh = true;
+                  refreshed_for_this = true;
                   last = FromError(e);
-                  continue;  // retry at once with a fresh map
+                  continue;  // retry at once with a fresh map; after that, back off
                 }
                 if (e.code != ErrorCode::UNAVAILABLE) return FromError(e);
                 last = FromError(e);
@@ -120,6 +123,7 @@ struct Client::Impl {
       std::this_thread::sleep_for(backoff);
       backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
       refresh = true;
+      refreshed_for_this = false;
     }
   }
 };

@@ -61,10 +61,12 @@ class WorkerState {
   std::shared_mutex map_mu;
   std::vector<int64_t> owned_epoch;
   int num_shards = 0;
+  bool formed = false;
 
   void ApplyMap(const ShardMap& m) {
     std::unique_lock<std::shared_mutex> l(map_mu);
     num_shards = m.num_shards;
+    formed = m.formed;
     owned_epoch.assign(m.num_shards, 0);
     for (const auto& s : m.shards) {
       if (s.owner == node_id && s.shard >= 0 && s.shard < m.num_shards) {
@@ -78,6 +80,9 @@ class WorkerState {
     if (shutting_down.load()) Throw(ErrorCode::UNAVAILABLE, "worker is shutting down", node_id);
     if (!registered.load()) Throw(ErrorCode::UNAVAILABLE, "worker has not registered yet", node_id);
     std::shared_lock<std::shared_mutex> l(map_mu);
+    if (!formed) {
+      Throw(ErrorCode::UNAVAILABLE, "worker has not learned the formed shard map yet", node_id);
+    }
     if (shard < 0 || shard >= num_shards) {
       Throw(ErrorCode::INVALID_ARGUMENT,
             "shard " + std::to_string(shard) + " out of range 0.." + std::to_string(num_shards - 1),

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <thrift/TConfiguration.h>
+#include <thrift/TOutput.h>
 #include <thrift/protocol/TBinaryProtocol.h>
 #include <thrift/server/TThreadedServer.h>
 #include <thrift/transport/TBufferTransports.h>
@@ -54,6 +55,13 @@ class ListenOnceSocket : public TServerSocket {
 };
 
 }  // namespace
+
+// Thrift prints its own transport errors to stderr; ours go through Status and spdlog instead.
+const bool kQuietThrift = [] {
+  apache::thrift::GlobalOutput.setOutputFunction(
+      [](const char* msg) { spdlog::debug("thrift: {}", msg); });
+  return true;
+}();
 
 Result<Endpoint> Endpoint::Parse(const std::string& s) {
   size_t colon = s.rfind(':');

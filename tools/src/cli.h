@@ -29,6 +29,7 @@ void RegisterInfoCommands(CLI::App& app, Context& ctx);
 void RegisterEcCommands(CLI::App& app, Context& ctx);
 void RegisterEngineCommands(CLI::App& app, Context& ctx);
 void RegisterClusterCommands(CLI::App& app, Context& ctx);
+void RegisterDemoCommand(CLI::App& app, Context& ctx);
 
 // Closest name in `candidates` to `word` by edit distance, or "" when nothing is close.
 std::string Suggest(const std::string& word, const std::vector<std::string>& candidates);

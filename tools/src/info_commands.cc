@@ -1,4 +1,4 @@
-// `tessera version` and, until the cluster exists, `tessera demo` as a report of what is built.
+// `tessera version`: the version and a report of what is built.
 #include <cstdio>
 
 #include "cli.h"
@@ -18,8 +18,8 @@ constexpr ModuleStatus kModules[] = {
     {"common", "ready", "Status/Result, errno conversion, always-on asserts, logging"},
     {"vmem", "ready", "mmap-backed virtual memory regions with a C ABI"},
     {"erasure", "ready", "XOR and Reed-Solomon codecs over ISA-L"},
-    {"engine", "not built yet", "copy-on-write B+tree KV engine"},
-    {"cluster", "not built yet", "manager, workers and clients over Thrift"},
+    {"engine", "ready", "copy-on-write B+tree KV engine, C API, inspect/verify"},
+    {"cluster", "ready", "manager, workers and clients over Thrift; tessera demo"},
     {"protection", "not built yet", "erasure-coded parity generations and recovery"},
     {"managers", "not built yet", "Raft-replicated managers and a lock service"},
 };
@@ -36,16 +36,6 @@ int PrintModules() {
 void RegisterInfoCommands(CLI::App& app, Context& ctx) {
   auto* version = app.add_subcommand("version", "Print the version and the status of each module");
   version->callback([&ctx] { ctx.action = PrintModules; });
-
-  auto* demo = app.add_subcommand(
-      "demo", "Run the local cluster demo (until the cluster is built: print what is built)");
-  demo->callback([&ctx] {
-    ctx.action = [] {
-      int rc = PrintModules();
-      std::printf("\nThe cluster demo needs the cluster module, which is not built yet.\n");
-      return rc;
-    };
-  });
 }
 
 }  // namespace tessera::cli

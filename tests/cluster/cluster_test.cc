@@ -1,0 +1,437 @@
+// The cluster with real processes on loopback: registration (duplicates, restarts), routing,
+// SIGKILL and restart, epochs, the token, garbage on the wire, shutdown, manager restart.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "ManagerService.h"
+#include "WorkerService.h"
+#include "subprocess.h"
+#include "tessera/orchestrator/client.h"
+#include "tessera/rpc/rpc.h"
+
+namespace tessera::orchestrator {
+namespace {
+
+namespace gen = ::tessera::rpc::gen;
+using testing::Process;
+using testing::RunCommand;
+using testing::TempDir;
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string Addr(int port) { return "127.0.0.1:" + std::to_string(port); }
+
+class Cluster {
+ public:
+  explicit Cluster(int workers = 3, std::string token = "") : token_(std::move(token)) {
+    if (!token_.empty()) {
+      token_file_ = dir_.File("token");
+      std::ofstream(token_file_) << token_ << "\n";
+    }
+    manager_port_ = FreePort();
+    for (int i = 0; i < workers; ++i) worker_ports_.push_back(FreePort());
+    workers_.resize(workers);
+  }
+
+  std::vector<std::string> Token() const {
+    return token_file_.empty() ? std::vector<std::string>{}
+                               : std::vector<std::string>{"--token-file", token_file_};
+  }
+
+  void StartManager() {
+    std::vector<std::string> argv = {TESSERA_BIN,
+                                     "manager",
+                                     "--listen",
+                                     manager(),
+                                     "--data",
+                                     dir_.File("manager"),
+                                     "--workers",
+                                     std::to_string(worker_ports_.size()),
+                                     "--shards",
+                                     "16",
+                                     "--heartbeat-ms",
+                                     "100",
+                                     "--heartbeat-timeout-ms",
+                                     "1000"};
+    for (auto& t : Token()) argv.push_back(t);
+    manager_ = std::make_unique<Process>(argv, dir_.File("manager.log"));
+  }
+
+  void StartWorker(size_t i) {
+    std::vector<std::string> argv = {TESSERA_BIN, "worker",  "--listen", Addr(worker_ports_[i]),
+                                     "--manager", manager(), "--data",   WorkerDir(i)};
+    for (auto& t : Token()) argv.push_back(t);
+    workers_[i] = std::make_unique<Process>(argv, dir_.File("worker" + std::to_string(i) + ".log"));
+  }
+
+  void Start() {
+    StartManager();
+    for (size_t i = 0; i < workers_.size(); ++i) StartWorker(i);
+    ASSERT_TRUE(WaitServing()) << Logs();
+  }
+
+  std::unique_ptr<Client> NewClient(bool with_token = true) {
+    ClientOptions o;
+    o.manager = manager();
+    o.token = with_token ? token_ : "";
+    o.deadline = std::chrono::milliseconds(10000);
+    return std::move(Client::Connect(o)).value();
+  }
+
+  bool WaitServing() {
+    auto c = NewClient();
+    for (int i = 0; i < 200; ++i) {
+      auto s = c->GetStatus();
+      if (s.ok() && s->map.formed && s->map.state == "serving") {
+        size_t up = 0;
+        for (const auto& n : s->nodes) up += n.up;
+        if (up == workers_.size()) {
+          // Every worker has learned its shards once a read of each shard succeeds.
+          std::set<int> covered;
+          for (int k = 0; covered.size() < static_cast<size_t>(s->map.num_shards); ++k) {
+            std::string key = "probe-" + std::to_string(k);
+            int shard = ShardOf(key, s->map.num_shards);
+            if (covered.count(shard)) continue;
+            if (!c->Get(key).ok()) return false;
+            covered.insert(shard);
+          }
+          return true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  std::string Logs() const {
+    std::string out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+      if (e.path().extension() == ".log") {
+        out += "==== " + e.path().filename().string() + "\n" + testing::ReadFile(e.path());
+      }
+    }
+    return out;
+  }
+
+  std::string manager() const { return Addr(manager_port_); }
+  std::string WorkerDir(size_t i) const { return dir_.File("worker" + std::to_string(i)); }
+  int worker_port(size_t i) const { return worker_ports_[i]; }
+  Process& worker(size_t i) { return *workers_[i]; }
+  Process& manager_process() { return *manager_; }
+  const std::string& dir() const { return dir_.path(); }
+
+ private:
+  TempDir dir_;
+  std::string token_, token_file_;
+  int manager_port_;
+  std::vector<int> worker_ports_;
+  std::unique_ptr<Process> manager_;
+  std::vector<std::unique_ptr<Process>> workers_;
+};
+
+TEST(ClusterTest, RoutesKeysAcrossWorkersAndReadsThemBack) {
+  Cluster c;
+  c.Start();
+  auto client = c.NewClient();
+  std::vector<std::pair<std::string, std::string>> kvs;
+  for (int i = 0; i < 10000; ++i)
+    kvs.emplace_back("k" + std::to_string(i), "v" + std::to_string(i));
+  ASSERT_TRUE(client->PutMany(kvs, false).ok());
+  for (int i = 0; i < 10000; i += 7) {
+    auto v = client->Get("k" + std::to_string(i));
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    ASSERT_TRUE(v->has_value()) << i;
+    EXPECT_EQ(**v, "v" + std::to_string(i));
+  }
+  // Every worker owns shards, and every key is found exactly once by a full scan.
+  auto st = client->GetStatus();
+  ASSERT_TRUE(st.ok());
+  for (const auto& n : st->nodes) EXPECT_GT(n.shards_owned, 0) << n.node_id;
+  std::set<std::string> seen;
+  std::string token;
+  do {
+    auto page = client->Scan("", 1000, token);
+    ASSERT_TRUE(page.ok()) << page.status().ToString();
+    for (const auto& it : page->items) EXPECT_TRUE(seen.insert(it.key).second) << it.key;
+    token = page->next;
+  } while (!token.empty());
+  EXPECT_EQ(seen.size(), 10000u);
+  auto p = client->Scan("k999", 100);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->items.size(), 11u);  // k999, k9990..k9999
+  EXPECT_TRUE(client->Delete("k5").value());
+  EXPECT_FALSE(client->Delete("k5").value());
+  EXPECT_FALSE(client->Get("k5")->has_value());
+}
+
+TEST(ClusterTest, DuplicateRegistrationIsHarmlessAndRestartBumpsEpochs) {
+  Cluster c;
+  c.Start();
+  auto client = c.NewClient();
+  auto before = client->GetShardMap(true);
+  ASSERT_TRUE(before.ok());
+  auto st = client->GetStatus();
+  ASSERT_TRUE(st.ok());
+  const NodeInfo& n = st->nodes[0];
+  auto conn = rpc::Connect(*rpc::Endpoint::Parse(c.manager()), {});
+  ASSERT_TRUE(conn.ok());
+  gen::ManagerServiceClient mc(conn->protocol);
+  gen::RegisterReply r1, r2;
+  mc.Register(r1, "", n.node_id, n.address, n.incarnation);  // the same registration again
+  mc.Register(r2, "", n.node_id, n.address, n.incarnation);
+  EXPECT_EQ(r1.shard_map.version, before->version);
+  EXPECT_EQ(r2.shard_map.version, before->version);
+  // Bad registrations get clear errors.
+  try {
+    gen::RegisterReply r;
+    mc.Register(r, "", "", "127.0.0.1:1", 1);
+    ADD_FAILURE() << "empty node id accepted";
+  } catch (const gen::TesseraError& e) {
+    EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT);
+  }
+  try {
+    gen::RegisterReply r;
+    mc.Register(r, "", "x", "no-port", 1);
+    ADD_FAILURE() << "bad address accepted";
+  } catch (const gen::TesseraError& e) {
+    EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT);
+  }
+
+  // Find worker 0's node and restart it: same node id, new incarnation, epochs of its shards bump.
+  ASSERT_TRUE(client->Put("before-restart", "x").ok());
+  c.worker(0).Kill(SIGKILL);
+  c.worker(0).Wait(std::chrono::seconds(5));
+  c.StartWorker(0);
+  Result<ShardMap> after = client->GetShardMap(true);
+  for (int i = 0; i < 200 && after.ok() && after->version == before->version; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = client->GetShardMap(true);
+  }
+  ASSERT_TRUE(after.ok());
+  EXPECT_GT(after->version, before->version) << c.Logs();
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto st2 = client->GetStatus();
+  EXPECT_EQ(st2->nodes.size(), 3u);  // still three nodes: the restart was not a new node
+  int bumped = 0;
+  for (int s = 0; s < after->num_shards; ++s) {
+    EXPECT_EQ(after->shards[s].owner, before->shards[s].owner);
+    bumped += after->shards[s].epoch > before->shards[s].epoch;
+  }
+  EXPECT_GT(bumped, 0);
+  EXPECT_EQ(**client->Get("before-restart"), "x");
+}
+
+TEST(ClusterTest, KilledWorkerKeepsItsDataAfterRestart) {
+  Cluster c;
+  c.Start();
+  auto client = c.NewClient();
+  std::vector<std::pair<std::string, std::string>> kvs;
+  for (int i = 0; i < 3000; ++i) kvs.emplace_back("key" + std::to_string(i), std::to_string(i * i));
+  ASSERT_TRUE(client->PutMany(kvs, false).ok());
+  for (size_t w = 0; w < 3; ++w) {
+    c.worker(w).Kill(SIGKILL);
+    c.worker(w).Wait(std::chrono::seconds(5));
+    c.StartWorker(w);
+  }
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  for (int i = 0; i < 3000; ++i) {
+    auto v = client->Get("key" + std::to_string(i));
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    ASSERT_TRUE(v->has_value()) << "key" << i;
+    ASSERT_EQ(**v, std::to_string(i * i));
+  }
+}
+
+TEST(ClusterTest, WorkerRejectsStaleEpochWrongOwnerAndMissingToken) {
+  Cluster c(3, "s3cret");
+  c.Start();
+  auto client = c.NewClient();
+  auto map = client->GetShardMap(true);
+  ASSERT_TRUE(map.ok()) << map.status().ToString();
+  const ShardInfo& si = map->shards[0];
+  auto conn = rpc::Connect(*rpc::Endpoint::Parse(si.address), {});
+  ASSERT_TRUE(conn.ok());
+  gen::WorkerServiceClient wc(conn->protocol);
+  auto expect_code = [&](gen::ErrorCode::type code, auto&& call) {
+    try {
+      call();
+      ADD_FAILURE() << "call succeeded, expected error " << code;
+    } catch (const gen::TesseraError& e) {
+      EXPECT_EQ(e.code, code) << e.message;
+      EXPECT_FALSE(e.message.empty());
+    }
+  };
+  gen::GetReply r;
+  wc.Get(r, "s3cret", si.shard, si.epoch, "k");  // the right epoch works
+  EXPECT_FALSE(r.found);
+  expect_code(gen::ErrorCode::STALE_EPOCH,
+              [&] { wc.Get(r, "s3cret", si.shard, si.epoch - 1, "k"); });
+  expect_code(gen::ErrorCode::UNAUTHENTICATED, [&] { wc.Get(r, "", si.shard, si.epoch, "k"); });
+  expect_code(gen::ErrorCode::UNAUTHENTICATED,
+              [&] { wc.Get(r, "wrong", si.shard, si.epoch, "k"); });
+  expect_code(gen::ErrorCode::INVALID_ARGUMENT, [&] { wc.Get(r, "s3cret", 999, 1, "k"); });
+  for (const auto& other : map->shards) {
+    if (other.owner != si.owner) {
+      expect_code(gen::ErrorCode::NOT_OWNER,
+                  [&] { wc.Get(r, "s3cret", other.shard, other.epoch, "k"); });
+      break;
+    }
+  }
+  // The CLI without the token: a clear error and exit 1; with it: works.
+  auto no = RunCommand({TESSERA_BIN, "get", "k", "--manager", c.manager()});
+  EXPECT_EQ(no.exit_code, 1);
+  EXPECT_NE(no.err.find("unauthenticated"), std::string::npos) << no.err;
+  std::string tf = c.dir() + "/token";
+  auto put =
+      RunCommand({TESSERA_BIN, "put", "k", "v", "--manager", c.manager(), "--token-file", tf});
+  EXPECT_EQ(put.exit_code, 0) << put.err;
+  auto get = RunCommand({TESSERA_BIN, "get", "k", "--manager", c.manager(), "--token-file", tf});
+  EXPECT_EQ(get.exit_code, 0) << get.err;
+  EXPECT_EQ(get.out, "v\n");
+}
+
+void SendRaw(int port, const std::string& bytes) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    (void)!write(fd, bytes.data(), bytes.size());
+    char buf[256];
+    timeval tv{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    (void)!read(fd, buf, sizeof buf);
+  }
+  close(fd);
+}
+
+TEST(ClusterTest, GarbageAndOversizedFramesDoNotCrashServers) {
+  Cluster c;
+  c.Start();
+  std::mt19937_64 rng(1);
+  std::vector<int> ports = {std::stoi(c.manager().substr(10))};
+  for (size_t i = 0; i < 3; ++i) ports.push_back(c.worker_port(i));
+  for (int port : ports) {
+    std::string junk(4096, '\0');
+    for (auto& ch : junk) ch = static_cast<char>(rng());
+    SendRaw(port, junk);
+    SendRaw(port, std::string("\x7f\xff\xff\xff", 4) + std::string(100, 'x'));     // 2 GiB frame
+    SendRaw(port, std::string("\x00\x00\x01\x00", 4) + std::string(256, '\x80'));  // bad message
+    SendRaw(port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  }
+  EXPECT_TRUE(c.manager_process().Running());
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(c.worker(i).Running());
+  auto client = c.NewClient();
+  EXPECT_TRUE(client->Put("still", "alive").ok());
+  EXPECT_EQ(**client->Get("still"), "alive");
+  // Values beyond the limit are refused with a clear error, not a crash.
+  Status big = client->Put("big", std::string(kMaxValueBytes + 1, 'b'));
+  EXPECT_TRUE(big.IsInvalidArgument()) << big.ToString();
+  EXPECT_TRUE(client->Put(std::string(2000, 'k'), "v").IsInvalidArgument());
+}
+
+TEST(ClusterTest, ShutdownWithCleanupLeavesNoProcessAndNoData) {
+  Cluster c;
+  c.Start();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("a", "1").ok());
+  auto r = RunCommand({TESSERA_BIN, "shutdown", "--cleanup", "--manager", c.manager()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(c.manager_process().Wait(std::chrono::seconds(10)), 0) << c.Logs();
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(c.worker(i).Wait(std::chrono::seconds(10)), 0) << c.Logs();
+    EXPECT_FALSE(std::filesystem::exists(c.WorkerDir(i))) << c.WorkerDir(i);
+  }
+  EXPECT_FALSE(std::filesystem::exists(c.dir() + "/manager"));
+}
+
+TEST(ClusterTest, ShutdownWithoutCleanupKeepsDataForTheNextStart) {
+  Cluster c;
+  c.Start();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("durable", "yes", false).ok());
+  ASSERT_TRUE(client->Shutdown(false).ok());
+  EXPECT_EQ(c.manager_process().Wait(std::chrono::seconds(10)), 0);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(c.worker(i).Wait(std::chrono::seconds(10)), 0);
+  c.Start();
+  auto again = c.NewClient();
+  EXPECT_EQ(**again->Get("durable"), "yes");
+}
+
+TEST(ClusterTest, RestartedManagerKeepsItsShardMap) {
+  Cluster c;
+  c.Start();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("m", "1").ok());
+  auto before = client->GetShardMap(true);
+  ASSERT_TRUE(before.ok());
+  c.manager_process().Kill(SIGKILL);
+  c.manager_process().Wait(std::chrono::seconds(5));
+  c.StartManager();
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto after = c.NewClient()->GetShardMap(true);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->formed);
+  ASSERT_EQ(after->num_shards, before->num_shards);
+  for (int s = 0; s < after->num_shards; ++s) {
+    EXPECT_EQ(after->shards[s].owner, before->shards[s].owner);
+    EXPECT_EQ(after->shards[s].epoch, before->shards[s].epoch);
+  }
+  EXPECT_EQ(**c.NewClient()->Get("m"), "1");
+}
+
+TEST(ClusterTest, UnreachableWorkerIsReportedByName) {
+  Cluster c;
+  c.Start();
+  ClientOptions o;
+  o.manager = c.manager();
+  o.deadline = std::chrono::milliseconds(1500);
+  auto client = std::move(Client::Connect(o)).value();
+  auto map = client->GetShardMap(true);
+  ASSERT_TRUE(map.ok());
+  // Stop worker 0 and find a key it owns.
+  auto st = client->GetStatus();
+  std::string victim_addr = Addr(c.worker_port(0));
+  c.worker(0).Kill(SIGKILL);
+  c.worker(0).Wait(std::chrono::seconds(5));
+  for (int i = 0;; ++i) {
+    std::string k = "probe" + std::to_string(i);
+    if (map->shards[ShardOf(k, map->num_shards)].address != victim_addr) continue;
+    auto v = client->Get(k);
+    EXPECT_TRUE(v.status().IsUnavailable()) << v.status().ToString();
+    EXPECT_NE(v.status().message().find(victim_addr), std::string::npos) << v.status().message();
+    break;
+  }
+  auto bad =
+      RunCommand({TESSERA_BIN, "status", "--manager", "127.0.0.1:1", "--deadline-ms", "300"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("127.0.0.1:1"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+}  // namespace tessera::orchestrator

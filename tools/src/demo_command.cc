@@ -1,0 +1,346 @@
+// `tessera demo`: a whole local cluster in one command. Starts a manager and three workers as
+// child processes on loopback, loads keys with progress, reads every one back, SIGKILLs a worker
+// and restarts it on the same data, checks every key again, and shuts the cluster down with
+// cleanup. Exits 0 only if every check passed.
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli.h"
+#include "tessera/orchestrator/client.h"
+
+namespace tessera::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Child {
+  pid_t pid = -1;
+  std::vector<std::string> argv;
+  std::string log;
+
+  bool Start() {
+    pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+      FILE* f = std::fopen(log.c_str(), "a");
+      if (f) {
+        dup2(fileno(f), 1);
+        dup2(fileno(f), 2);
+      }
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      execv("/proc/self/exe", args.data());
+      _exit(127);
+    }
+    return true;
+  }
+  bool Running() {
+    if (pid <= 0) return false;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      pid = -1;
+      return false;
+    }
+    return true;
+  }
+  void Kill(int sig) {
+    if (pid > 0) kill(pid, sig);
+  }
+  bool WaitExit(std::chrono::milliseconds timeout) {
+    auto end = Clock::now() + timeout;
+    while (Running()) {
+      if (Clock::now() > end) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return true;
+  }
+  ~Child() {
+    if (Running()) {
+      Kill(SIGKILL);
+      WaitExit(std::chrono::seconds(5));
+    }
+  }
+};
+
+struct Step {
+  std::string name;
+  bool ok;
+  double secs;
+  std::string detail;
+};
+
+class Demo {
+ public:
+  std::vector<int> ports;
+  uint64_t keys = 100000;
+  std::string dir;
+  std::vector<Step> steps;
+
+  int Run() {
+    std::string host = "127.0.0.1";
+    std::string manager = host + ":" + std::to_string(ports[1]);
+    std::printf("Tessera demo: manager %s, HTTP status %s:%d, %zu workers, %llu keys\n",
+                manager.c_str(), host.c_str(), ports[0], ports.size() - 2,
+                static_cast<unsigned long long>(keys));
+    std::printf("data and logs under %s\n\n", dir.c_str());
+    std::filesystem::create_directories(dir);
+
+    Child mgr;
+    mgr.argv = {"tessera",
+                "manager",
+                "--listen",
+                manager,
+                "--data",
+                dir + "/manager",
+                "--http",
+                host + ":" + std::to_string(ports[0]),
+                "--workers",
+                std::to_string(ports.size() - 2),
+                "--heartbeat-ms",
+                "200",
+                "--heartbeat-timeout-ms",
+                "1500"};
+    mgr.log = dir + "/manager.log";
+    std::vector<std::unique_ptr<Child>> workers;
+    for (size_t i = 2; i < ports.size(); ++i) {
+      auto w = std::make_unique<Child>();
+      w->argv = {"tessera",   "worker", "--listen", host + ":" + std::to_string(ports[i]),
+                 "--manager", manager,  "--data",   dir + "/worker-" + std::to_string(i - 1)};
+      w->log = dir + "/worker-" + std::to_string(i - 1) + ".log";
+      workers.push_back(std::move(w));
+    }
+
+    bool ok = Do("start manager and workers", [&](std::string* d) {
+      if (!mgr.Start()) return false;
+      for (auto& w : workers) {
+        if (!w->Start()) return false;
+      }
+      *d = std::to_string(workers.size() + 1) + " processes";
+      return true;
+    });
+    orchestrator::ClientOptions co;
+    co.manager = manager;
+    co.deadline = std::chrono::milliseconds(15000);
+    auto client = std::move(orchestrator::Client::Connect(co)).value();
+    ok = ok && Do("workers register, shard map forms",
+                  [&](std::string* d) { return WaitServing(*client, workers.size(), d); });
+    ok = ok && Do("HTTP GET /health and /status", [&](std::string* d) {
+           httplib::Client http(host, ports[0]);
+           auto h = http.Get("/health");
+           auto s = http.Get("/status");
+           if (!h || h->status != 200 || !s || s->status != 200) return false;
+           *d = std::to_string(s->body.size()) + " bytes of JSON";
+           return s->body.find("\"serving\"") != std::string::npos;
+         });
+    ok = ok && Do("load " + std::to_string(keys) + " keys",
+                  [&](std::string* d) { return Load(*client, d); });
+    ok = ok && Do("read back every key", [&](std::string* d) { return CheckAll(*client, d); });
+    ok = ok && Do("SIGKILL worker 1", [&](std::string* d) {
+           workers[0]->Kill(SIGKILL);
+           bool dead = workers[0]->WaitExit(std::chrono::seconds(5));
+           *d = "pid gone: " + std::string(dead ? "yes" : "no");
+           return dead;
+         });
+    ok = ok && Do("restart worker 1 on its data", [&](std::string* d) {
+           if (!workers[0]->Start()) return false;
+           return WaitServing(*client, workers.size(), d);
+         });
+    ok =
+        ok && Do("read back every key again", [&](std::string* d) { return CheckAll(*client, d); });
+    ok = ok && Do("shutdown --cleanup", [&](std::string* d) {
+           Status s = client->Shutdown(true);
+           if (!s.ok()) {
+             *d = s.ToString();
+             return false;
+           }
+           bool exited = mgr.WaitExit(std::chrono::seconds(10));
+           for (auto& w : workers) exited = w->WaitExit(std::chrono::seconds(10)) && exited;
+           bool data_gone = !std::filesystem::exists(dir + "/manager");
+           for (size_t i = 1; i <= workers.size(); ++i) {
+             data_gone =
+                 data_gone && !std::filesystem::exists(dir + "/worker-" + std::to_string(i));
+           }
+           *d = std::string("processes exited: ") + (exited ? "yes" : "NO") +
+                ", data deleted: " + (data_gone ? "yes" : "NO");
+           return exited && data_gone;
+         });
+
+    std::printf("\nsummary\n");
+    for (const auto& s : steps) {
+      std::printf("  [%s] %-36s %7.2f s  %s\n", s.ok ? "ok" : "FAILED", s.name.c_str(), s.secs,
+                  s.detail.c_str());
+    }
+    if (ok) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+      std::printf("\ndemo passed: every check succeeded\n");
+      return kExitOk;
+    }
+    std::printf("\ndemo FAILED: see the logs under %s\n", dir.c_str());
+    return kExitFailure;
+  }
+
+ private:
+  template <typename F>
+  bool Do(const std::string& name, F&& f) {
+    std::printf("- %s ...\n", name.c_str());
+    std::fflush(stdout);
+    auto t0 = Clock::now();
+    std::string detail;
+    bool ok = f(&detail);
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    steps.push_back({name, ok, secs, detail});
+    std::printf("  %s (%.2f s) %s\n", ok ? "ok" : "FAILED", secs, detail.c_str());
+    std::fflush(stdout);
+    return ok;
+  }
+
+  bool WaitServing(orchestrator::Client& c, size_t n, std::string* d) {
+    auto end = Clock::now() + std::chrono::seconds(20);
+    while (Clock::now() < end) {
+      auto s = c.GetStatus();
+      if (s.ok() && s->map.formed && s->map.state == "serving") {
+        size_t up = 0;
+        for (const auto& node : s->nodes) up += node.up ? 1 : 0;
+        if (up == n && s->nodes.size() == n) {
+          *d = std::to_string(n) + " workers up, map version " + std::to_string(s->map.version);
+          (void)c.GetShardMap(true);
+          return true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    *d = "timed out waiting for the cluster";
+    return false;
+  }
+
+  static std::string Value(uint64_t i) { return "value-" + std::to_string(i * 2654435761u); }
+
+  bool Load(orchestrator::Client& c, std::string* d) {
+    auto t0 = Clock::now();
+    std::vector<std::pair<std::string, std::string>> kvs;
+    for (uint64_t i = 0; i < keys;) {
+      kvs.clear();
+      for (; i < keys && kvs.size() < 2000; ++i)
+        kvs.emplace_back("demo-" + std::to_string(i), Value(i));
+      Status s = c.PutMany(kvs, false);
+      if (!s.ok()) {
+        *d = s.ToString();
+        return false;
+      }
+      Progress("load", i, t0);
+    }
+    std::fprintf(stderr, "\n");
+    *d = Rate(keys, t0);
+    return true;
+  }
+
+  bool CheckAll(orchestrator::Client& c, std::string* d) {
+    auto t0 = Clock::now();
+    std::atomic<uint64_t> next{0}, done{0}, bad{0};
+    std::string first_error;
+    std::mutex mu;
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t) {
+      ts.emplace_back([&] {
+        for (uint64_t i; (i = next++) < keys;) {
+          auto v = c.Get("demo-" + std::to_string(i));
+          if (!v.ok() || !*v || **v != Value(i)) {
+            ++bad;
+            std::lock_guard<std::mutex> l(mu);
+            if (first_error.empty()) {
+              first_error = "key demo-" + std::to_string(i) + ": " +
+                            (!v.ok() ? v.status().ToString()
+                             : !*v   ? "missing"
+                                     : "wrong value");
+            }
+          }
+          ++done;
+        }
+      });
+    }
+    while (done.load() < keys && bad.load() == 0) {
+      Progress("check", done.load(), t0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    for (auto& t : ts) t.join();
+    Progress("check", done.load(), t0);
+    std::fprintf(stderr, "\n");
+    if (bad.load() > 0) {
+      *d = std::to_string(bad.load()) + " bad keys; first: " + first_error;
+      return false;
+    }
+    *d = std::to_string(keys) + " keys correct, " + Rate(keys, t0);
+    return true;
+  }
+
+  void Progress(const char* what, uint64_t n, Clock::time_point t0) const {
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    int filled = static_cast<int>(30 * n / std::max<uint64_t>(keys, 1));
+    std::fprintf(stderr, "\r  %-5s [%s%s] %llu/%llu  %.0f ops/s ", what,
+                 std::string(filled, '#').c_str(), std::string(30 - filled, '.').c_str(),
+                 static_cast<unsigned long long>(n), static_cast<unsigned long long>(keys),
+                 n / std::max(secs, 1e-9));
+  }
+
+  static std::string Rate(uint64_t n, Clock::time_point t0) {
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    char b[64];
+    std::snprintf(b, sizeof b, "%.0f ops/s", n / std::max(secs, 1e-9));
+    return b;
+  }
+};
+
+}  // namespace
+
+void RegisterDemoCommand(CLI::App& app, Context& ctx) {
+  auto ports = std::make_shared<std::vector<int>>();
+  auto keys = std::make_shared<uint64_t>(100000);
+  auto dir = std::make_shared<std::string>();
+  auto* demo = app.add_subcommand(
+      "demo",
+      "Run a local cluster end to end: start a manager and workers, load and check keys, kill and "
+      "restart a worker, shut down with cleanup");
+  demo->add_option("PORTS", *ports,
+                   "STATUS MANAGER WORKER... ports (default 8080 8081 8082 8083 8084)")
+      ->check(CLI::Range(1, 65535));
+  demo->add_option("--keys", *keys, "Keys to load and check")->capture_default_str();
+  demo->add_option("--dir", *dir, "Directory for data and logs (default: a new temporary one)");
+  demo->callback([&ctx, ports, keys, dir] {
+    ctx.action = [ports, keys, dir] {
+      Demo d;
+      d.ports = ports->empty() ? std::vector<int>{8080, 8081, 8082, 8083, 8084} : *ports;
+      if (d.ports.size() < 3) {
+        std::fprintf(stderr, "tessera demo: give STATUS MANAGER and at least one WORKER port\n");
+        return kExitUsage;
+      }
+      d.keys = *keys;
+      if (dir->empty()) {
+        char tmpl[] = "/tmp/tessera-demo-XXXXXX";
+        if (!mkdtemp(tmpl)) {
+          std::perror("tessera demo: mkdtemp");
+          return kExitFailure;
+        }
+        d.dir = tmpl;
+      } else {
+        d.dir = *dir;
+      }
+      signal(SIGPIPE, SIG_IGN);
+      return d.Run();
+    };
+  });
+}
+
+}  // namespace tessera::cli
