@@ -1,10 +1,14 @@
 // A program outside the Tessera tree, built against the installed package.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "tessera/common/errors.h"
 #include "tessera/common/status.h"
 #include "tessera/common/version.h"
+#include "tessera/engine/db.h"
+#include "tessera/engine/tessera.h"
 #include "tessera/erasure/codec.h"
 #include "tessera/erasure/ec.h"
 #include "tessera/vmem/region.h"
@@ -48,6 +52,28 @@ int main() {
     return 9;
   }
   tessera_vmem_close(vm);
+  // tessera::engine through both APIs: a database file written with C++ and read with C.
+  char dir[] = "/tmp/tessera-consumer-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return 10;
+  std::string path = std::string(dir) + "/db";
+  {
+    auto db = tessera::engine::Db::Open(path);
+    if (!db.ok() || !(*db)->Put("hello", "world").ok()) return 11;
+  }
+  tessera_db* cdb = nullptr;
+  tessera_txn* txn = nullptr;
+  const void* v = nullptr;
+  size_t vl = 0;
+  if (tessera_db_open(path.c_str(), "read_only=1", &cdb) != TESSERA_OK ||
+      tessera_txn_begin(cdb, 1, &txn) != TESSERA_OK ||
+      tessera_get(txn, "hello", 5, &v, &vl) != TESSERA_OK ||
+      std::string((const char*)v, vl) != "world") {
+    return 12;
+  }
+  tessera_txn_abort(txn);
+  tessera_db_close(cdb);
+  std::remove(path.c_str());
+  std::remove(dir);
   std::printf("consumer linked against tessera %s: %s\n", TESSERA_VERSION,
               tessera_strerror(TESSERA_NOTFOUND));
   return 0;
