@@ -7,16 +7,19 @@
 #   make format     clang-format our code in place
 #   make tla        model-check the TLA+ specs with TLC (needs TLA2TOOLS=/path/to/tla2tools.jar)
 #   make test-asan  build with AddressSanitizer + UBSan and run the tests
+#   make fuzz       build the libFuzzer targets with clang and fuzz the engine for FUZZ_SECONDS
 
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?=
 
 SOURCES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null | grep -v '^tests/install/consumer/')
 
-.PHONY: all deps build demo test bench lint format tla test-asan clean
+.PHONY: all deps build demo test bench lint format tla test-asan fuzz clean
 
 all: build
 
@@ -60,5 +63,14 @@ test-asan: deps $(ASAN_BUILD)/build.ninja
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS) -LE 'soak|manual|install' $(CTEST_FLAGS)
 
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DTESSERA_FUZZ=ON -DTESSERA_SANITIZE=ON -DTESSERA_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target engine_fuzz
+	mkdir -p $(FUZZ_BUILD)/corpus
+	$(FUZZ_BUILD)/tests/fuzz/engine_fuzz -max_total_time=$(FUZZ_SECONDS) $(FUZZ_BUILD)/corpus
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

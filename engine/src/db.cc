@@ -214,6 +214,32 @@ Status Db::Impl::VerifyChecksum(uint64_t p) const {
     return Status::Corruption(Pg(p) + ": checksum mismatch (stored " + std::to_string(v.crc()) +
                               ", computed " + std::to_string(crc) + ")");
   }
+  // The checksum proves the page is what was written; the layout check makes sure that even a
+  // well-checksummed but malformed page (a crafted file) cannot send a reader outside it.
+  if (v.type() == kBranch || v.type() == format::kLeaf) {
+    const uint32_t lower = v.lower();
+    if (v.count() == 0 || lower > v.upper() || v.upper() > page_size) {
+      return Status::Corruption(Pg(p) + ": bad node layout");
+    }
+    for (unsigned i = 0; i < v.count(); ++i) {
+      uint32_t off = v.slot(i);
+      uint32_t head = v.type() == kBranch ? format::kBranchCellHeader : format::kLeafCellHeader;
+      if (off < lower || off + head > page_size) {
+        return Status::Corruption(Pg(p) + ": cell " + std::to_string(i) + " outside the page");
+      }
+      uint64_t size = format::BranchCell{v.cell(i)}.size();
+      if (v.type() != kBranch) {
+        format::LeafCell lc{v.cell(i)};
+        size = uint64_t{format::kLeafCellHeader} + lc.klen() +
+               (lc.overflow() ? format::kOverflowRefSize : uint64_t{lc.vlen()});
+      }
+      if (off + size > page_size) {
+        return Status::Corruption(Pg(p) + ": cell " + std::to_string(i) + " runs off the page");
+      }
+    }
+  } else if (v.type() != kOverflow && v.type() != kFreelist) {
+    return Status::Corruption(Pg(p) + ": unknown page type " + std::to_string(v.type()));
+  }
   return Status::Ok();
 }
 

@@ -1,0 +1,231 @@
+// cluster_bench: puts and gets through the client library against a manager and 3 workers on
+// loopback (real `tessera` processes), with 1 and 16 concurrent clients, next to a bare Thrift
+// round trip (WorkerService.Ping to an in-process server on the same transport stack): the
+// ceiling. Prints ops/s, p50 and p99 latency, and the ratio to the ceiling.
+//
+//   cluster_bench [--ops N] [--value-size B] [--base-port P]
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <thrift/concurrency/ThreadFactory.h>
+#include <thrift/concurrency/ThreadManager.h>
+#include <thrift/protocol/TBinaryProtocol.h>
+#include <thrift/server/TNonblockingServer.h>
+#include <thrift/transport/TNonblockingServerSocket.h>
+
+#include "WorkerService.h"
+#include "tessera/orchestrator/client.h"
+#include "tessera/rpc/rpc.h"
+
+namespace {
+
+namespace gen = ::tessera::rpc::gen;
+using Clock = std::chrono::steady_clock;
+using tessera::orchestrator::Client;
+
+[[noreturn]] void Die(const std::string& s) {
+  std::fprintf(stderr, "cluster_bench: %s\n", s.c_str());
+  std::exit(1);
+}
+
+// The ceiling: a handler that does nothing but answer.
+class EchoHandler : public gen::WorkerServiceIf {
+ public:
+  void Get(gen::GetReply&, const std::string&, int32_t, int64_t, const std::string&) override {}
+  void Write(const std::string&, const std::vector<gen::Op>&, bool) override {}
+  void Scan(gen::ScanReply&, const std::string&, int32_t, int64_t, const std::string&,
+            const std::string&, int32_t) override {}
+  void Ping(std::string& r, const std::string&) override { r = "pong"; }
+  void Shutdown(const std::string&, bool) override {}
+};
+
+struct Result {
+  double ops_per_sec;
+  double p50_us, p99_us;
+};
+
+// Runs `op(thread, i)` `total` times over `threads` threads; records each latency.
+Result Measure(int threads, uint64_t total, const std::function<void(int, uint64_t)>& op) {
+  std::vector<std::vector<double>> lat(threads);
+  std::atomic<uint64_t> next{0};
+  auto t0 = Clock::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      lat[t].reserve(total / threads + 1);
+      for (uint64_t i; (i = next++) < total;) {
+        auto a = Clock::now();
+        op(t, i);
+        lat[t].push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count());
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::vector<double> all;
+  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  std::sort(all.begin(), all.end());
+  return {total / secs, all[all.size() / 2], all[std::min(all.size() - 1, all.size() * 99 / 100)]};
+}
+
+struct Proc {
+  pid_t pid = -1;
+  void Start(const std::vector<std::string>& argv, const std::string& log) {
+    pid = fork();
+    if (pid == 0) {
+      FILE* f = std::fopen(log.c_str(), "w");
+      if (f) {
+        dup2(fileno(f), 1);
+        dup2(fileno(f), 2);
+      }
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+      a.push_back(nullptr);
+      execv(TESSERA_BIN, a.data());
+      _exit(127);
+    }
+  }
+  ~Proc() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t ops = 100000;
+  size_t value_size = 100;
+  int base = 27080;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--ops" && i + 1 < argc) {
+      ops = std::stoull(argv[++i]);
+    } else if (a == "--value-size" && i + 1 < argc) {
+      value_size = std::stoul(argv[++i]);
+    } else if (a == "--base-port" && i + 1 < argc) {
+      base = std::stoi(argv[++i]);
+    } else {
+      std::printf("usage: cluster_bench [--ops N] [--value-size B] [--base-port P]\n");
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  signal(SIGPIPE, SIG_IGN);
+  char tmpl[] = "/tmp/cluster_bench-XXXXXX";
+  if (!mkdtemp(tmpl)) Die("mkdtemp");
+  std::string dir = tmpl;
+
+  // Ceiling: bare Thrift round trips to an in-process server.
+  auto echo_ep = tessera::rpc::Endpoint{"127.0.0.1", base + 9};
+  auto echo = tessera::rpc::Server::Start(
+      echo_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()));
+  if (!echo.ok()) Die(echo.status().ToString());
+  tessera::rpc::ClientPool<gen::WorkerServiceClient> pool;
+  auto echo_op = [&](int, uint64_t) {
+    auto lease = pool.Get(echo_ep);
+    if (!lease.ok()) Die(lease.status().ToString());
+    std::string r;
+    (*lease)->Ping(r, "");
+  };
+
+  // The same echo on TNonblockingServer (libevent, 2 I/O threads + a 4-thread worker pool), to
+  // compare the two server models on this machine.
+  auto nb_socket =
+      std::make_shared<apache::thrift::transport::TNonblockingServerSocket>("127.0.0.1", base + 8);
+  auto tm = apache::thrift::concurrency::ThreadManager::newSimpleThreadManager(4);
+  tm->threadFactory(std::make_shared<apache::thrift::concurrency::ThreadFactory>());
+  tm->start();
+  auto nb = std::make_shared<apache::thrift::server::TNonblockingServer>(
+      std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()),
+      std::make_shared<apache::thrift::protocol::TBinaryProtocolFactory>(), nb_socket, tm);
+  nb->setNumIOThreads(2);
+  std::thread nb_thread([nb] { nb->serve(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let it bind and start serving
+  auto nb_ep = tessera::rpc::Endpoint{"127.0.0.1", base + 8};
+  tessera::rpc::ClientPool<gen::WorkerServiceClient> nb_pool;
+  auto nb_op = [&](int, uint64_t) {
+    auto lease = nb_pool.Get(nb_ep);
+    if (!lease.ok()) Die(lease.status().ToString());
+    std::string r;
+    (*lease)->Ping(r, "");
+  };
+
+  // The cluster.
+  std::string mgr = "127.0.0.1:" + std::to_string(base + 1);
+  Proc m;
+  m.Start({"tessera", "manager", "--listen", mgr, "--data", dir + "/m", "--workers", "3"},
+          dir + "/m.log");
+  std::vector<std::unique_ptr<Proc>> ws;
+  for (int i = 0; i < 3; ++i) {
+    ws.push_back(std::make_unique<Proc>());
+    ws.back()->Start({"tessera", "worker", "--listen", "127.0.0.1:" + std::to_string(base + 2 + i),
+                      "--manager", mgr, "--data", dir + "/w" + std::to_string(i)},
+                     dir + "/w" + std::to_string(i) + ".log");
+  }
+  tessera::orchestrator::ClientOptions co;
+  co.manager = mgr;
+  auto client = std::move(Client::Connect(co)).value();
+  for (int i = 0; i < 200; ++i) {
+    auto s = client->GetStatus();
+    if (s.ok() && s->map.formed) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  // Warm up: every worker learned its shards and every connection exists.
+  for (int i = 0; i < 2000; ++i) {
+    if (!client->Put("warm" + std::to_string(i), "x", false).ok()) Die("warm-up put failed");
+  }
+  std::string value(value_size, 'v');
+  auto put_op = [&](int, uint64_t i) {
+    tessera::Status s = client->Put("key" + std::to_string(i), value, false);
+    if (!s.ok()) Die(s.ToString());
+  };
+  auto get_op = [&](int, uint64_t i) {
+    auto v = client->Get("key" + std::to_string(i % ops));
+    if (!v.ok() || !v->has_value()) Die("get failed");
+  };
+
+  struct Row {
+    std::string name;
+    int threads;
+    Result r;
+  };
+  std::vector<Row> rows;
+  for (int threads : {1, 16}) {
+    rows.push_back({"thrift echo (ceiling)", threads, Measure(threads, ops, echo_op)});
+    rows.push_back({"echo, nonblocking srv", threads, Measure(threads, ops, nb_op)});
+    rows.push_back({"put nosync", threads, Measure(threads, ops, put_op)});
+    rows.push_back({"get", threads, Measure(threads, ops, get_op)});
+  }
+  std::printf("cluster_bench: %llu ops per row, %zu-byte values, 3 workers on loopback\n",
+              static_cast<unsigned long long>(ops), value_size);
+  std::printf("%-24s %8s %12s %10s %10s %12s\n", "operation", "clients", "ops/s", "p50 us",
+              "p99 us", "vs ceiling");
+  for (const auto& row : rows) {
+    double ceiling = 0;
+    for (const auto& c : rows) {
+      if (c.threads == row.threads && c.name.rfind("thrift", 0) == 0) ceiling = c.r.ops_per_sec;
+    }
+    std::printf("%-24s %8d %12.0f %10.1f %10.1f %11.2fx\n", row.name.c_str(), row.threads,
+                row.r.ops_per_sec, row.r.p50_us, row.r.p99_us, row.r.ops_per_sec / ceiling);
+  }
+  (void)client->Shutdown(true);
+  nb->stop();
+  nb_thread.join();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return 0;
+}
