@@ -19,7 +19,6 @@ using format::kLeafCellHeader;
 using format::kOverflow;
 using format::kOverflowRefSize;
 using format::LeafCell;
-using format::Load;
 using format::Store;
 
 namespace {

@@ -17,16 +17,12 @@ namespace tessera::engine {
 
 using format::BranchCell;
 using format::kBranch;
-using format::kFreelist;
-using format::kFreelistBodyHeader;
-using format::kFreeRunSize;
 using format::kHeaderSize;
 using format::kInvalidPage;
 using format::kLeaf;
 using format::kMetaPages;
 using format::kOverflow;
 using format::LeafCell;
-using format::Load;
 
 namespace {
 

@@ -201,6 +201,7 @@ Status Client::PutMany(const std::vector<std::pair<std::string, std::string>>& k
   std::map<std::string, std::vector<int>> by_owner;
   for (const auto& [shard, items] : by_shard) by_owner[map->shards[shard].owner].push_back(shard);
   std::vector<std::future<Status>> futures;
+  futures.reserve(by_owner.size());
   for (const auto& [owner, shards] : by_owner) {
     futures.push_back(std::async(std::launch::async, [&, shards = shards]() -> Status {
       for (int shard : shards) {

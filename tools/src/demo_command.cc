@@ -253,6 +253,7 @@ class Demo {
     std::string first_error;
     std::mutex mu;
     std::vector<std::thread> ts;
+    ts.reserve(4);
     for (int t = 0; t < 4; ++t) {
       ts.emplace_back([&] {
         for (uint64_t i; (i = next++) < keys;) {
