@@ -513,7 +513,7 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
                             t.freed_young.size() + t.txn_reusable.size() +
                             db->freelist_chain.size();
   const uint64_t dump_pages = free_est / per_page + 1;
-  const bool dump = db->freelist_chain.empty() || db->freelist_chain.size() >= 2 * dump_pages + 16;
+  const bool dump = db->freelist_chain.empty() || db->freelist_chain.size() >= 4 * dump_pages + 64;
   std::vector<uint64_t> record;
   std::vector<std::pair<uint64_t, uint64_t>> entries;  // (freeing txn or kRunRemoved, page)
   auto gather = [&] {
