@@ -699,7 +699,12 @@ Db::~Db() {
   if (!impl_) return;
   if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok()) {
     std::lock_guard<std::mutex> l(impl_->write_mu);
-    (void)impl_->region->Flush();  // a clean close makes nosync commits durable
+    // A clean close makes nosync commits durable and gives back the space grown ahead of need.
+    if (impl_->region->Flush().ok() &&
+        impl_->region->page_count() > impl_->meta.last_page &&
+        impl_->region->Truncate(impl_->meta.last_page).ok()) {
+      (void)impl_->region->Flush();
+    }
   }
 }
 
