@@ -93,6 +93,13 @@ class ManagerState {
     if (it != nodes_.end() && it->second.incarnation == incarnation &&
         it->second.address == address) {
       it->second.last_hb = Clock::now();  // a retried registration: nothing changes
+    } else if (it != nodes_.end() && incarnation < it->second.incarnation) {
+      // A registration from a process older than the one registered (a late message from a dead
+      // process): it must not replace the live one (TLA+ finding 1).
+      Throw(ErrorCode::STALE_EPOCH,
+            "incarnation " + std::to_string(incarnation) + " of node " + id +
+                " is older than the registered " + std::to_string(it->second.incarnation),
+            "manager");
     } else if (it != nodes_.end()) {
       // A restart (or a move to another address): keep the shards, fence the old incarnation.
       it->second.address = address;
@@ -186,11 +193,19 @@ class ManagerState {
     }
   }
 
+  // A completed shutdown that kept the data: the next start serves again.
+  void EndShutdown() {
+    std::lock_guard<std::mutex> l(mu);
+    shutting_down_ = false;
+    Persist();
+  }
+
   // Enters shutdown; returns the workers to tell.
   std::vector<std::pair<std::string, std::string>> BeginShutdown() {
     std::lock_guard<std::mutex> l(mu);
     shutting_down_ = true;
     ++version_;
+    Persist();  // a manager restarted mid-shutdown stays shutting down
     std::vector<std::pair<std::string, std::string>> out;
     for (const auto& [id, n] : nodes_) out.emplace_back(id, n.address);
     return out;
@@ -254,6 +269,7 @@ class ManagerState {
     version_ = j.value("version", int64_t{0});
     num_shards_ = j.value("num_shards", 0);
     formed_ = j.value("formed", false);
+    shutting_down_ = j.value("shutting_down", false);
     for (const auto& n : j.value("nodes", nlohmann::json::array())) {
       Node node;
       node.address = n.value("address", "");
@@ -276,6 +292,7 @@ class ManagerState {
     j["version"] = version_;
     j["num_shards"] = num_shards_;
     j["formed"] = formed_;
+    j["shutting_down"] = shutting_down_;
     j["nodes"] = nlohmann::json::array();
     for (const auto& [id, n] : nodes_) {
       j["nodes"].push_back(
@@ -442,6 +459,13 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     http_thread.join();
   }
   (*server)->Stop();
+  if (done.load() && !cleanup.load()) {
+    try {
+      state.EndShutdown();
+    } catch (const std::exception& e) {
+      spdlog::error("manager: recording the end of shutdown failed: {}", e.what());
+    }
+  }
   state.Close();
   if (done.load() && cleanup.load()) {
     std::error_code ec;

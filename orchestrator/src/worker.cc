@@ -43,6 +43,33 @@ Result<std::string> LoadOrCreateNodeId(const std::string& dir) {
   return id;
 }
 
+// Each start of a node is a new incarnation, strictly greater than every earlier one of the same
+// data directory (kept in DATA/incarnation, written before registering), so the manager can
+// refuse a late registration from a dead process (TLA+ finding 1, tla/README.md).
+Result<int64_t> NextIncarnation(const std::string& dir) {
+  std::string path = dir + "/incarnation";
+  int64_t last = 0;
+  {
+    std::ifstream in(path);
+    if (in) in >> last;
+  }
+  int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  int64_t next = std::max(last + 1, now_ms);
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << next << "\n";
+    out.flush();
+    if (!out) return Status::IoError("cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return Status::IoError("cannot write " + path + ": " + ec.message());
+  return next;
+}
+
 class WorkerState {
  public:
   WorkerOptions opts;
@@ -208,6 +235,13 @@ class Handler : public gen::WorkerServiceIf {
     for (int i = 0; i < 1000 && s_->in_flight.load() > 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+    if (s_->in_flight.load() > 0) {
+      // Never report a clean shutdown while an acknowledged write could still be on its way
+      // (TLA+ finding 3): the manager reports this worker as failed instead.
+      Throw(ErrorCode::UNAVAILABLE,
+            std::to_string(s_->in_flight.load()) + " requests still in flight after 10 s",
+            s_->node_id);
+    }
     Status st = s_->db->Sync();
     if (!st.ok()) Fail(st);
     s_->cleanup.store(cleanup);
@@ -241,13 +275,11 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
                            "': " + ec.message());
   }
   TESSERA_ASSIGN_OR_RETURN(s.node_id, LoadOrCreateNodeId(options.data_dir));
-  std::random_device rd;
-  s.incarnation = (static_cast<int64_t>(rd()) << 31 ^ rd() ^
-                   std::chrono::system_clock::now().time_since_epoch().count()) &
-                  INT64_MAX;
   auto db = engine::Db::Open(options.data_dir + "/data.tdb");
   if (!db.ok()) return db.status().WithContext("worker data");
   s.db = std::move(db).value();
+  // After the engine's lock is held: only one process of this data directory gets here.
+  TESSERA_ASSIGN_OR_RETURN(s.incarnation, NextIncarnation(options.data_dir));
 
   auto handler = std::make_shared<Handler>(&s);
   auto server = rpc::Server::Start(ep, std::make_shared<gen::WorkerServiceProcessor>(handler));

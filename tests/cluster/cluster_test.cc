@@ -205,6 +205,15 @@ TEST(ClusterTest, DuplicateRegistrationIsHarmlessAndRestartBumpsEpochs) {
   mc.Register(r2, "", n.node_id, n.address, n.incarnation);
   EXPECT_EQ(r1.shard_map.version, before->version);
   EXPECT_EQ(r2.shard_map.version, before->version);
+  // A late registration from an older (dead) incarnation is refused and changes nothing.
+  try {
+    gen::RegisterReply r;
+    mc.Register(r, "", n.node_id, n.address, n.incarnation - 1);
+    ADD_FAILURE() << "older incarnation accepted";
+  } catch (const gen::TesseraError& e) {
+    EXPECT_EQ(e.code, gen::ErrorCode::STALE_EPOCH) << e.message;
+  }
+  EXPECT_EQ(client->GetShardMap(true)->version, before->version);
   // Bad registrations get clear errors.
   try {
     gen::RegisterReply r;
