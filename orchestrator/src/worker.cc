@@ -1,6 +1,10 @@
 #include "tessera/orchestrator/worker.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <chrono>
 #include <filesystem>
@@ -21,6 +25,20 @@ using gen::ErrorCode;
 
 std::string ShardTree(int shard) { return "s" + std::to_string(shard); }
 
+// Replaces `path` with `content` atomically (temp file, fsync, rename).
+Status WriteFileDurably(const std::string& path, const std::string& content) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "create " + tmp);
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            ::fsync(fd) == 0;
+  int err = errno;
+  ::close(fd);
+  if (!ok) return ErrnoStatus(err, "write " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + tmp);
+  return Status::Ok();
+}
+
 Result<std::string> LoadOrCreateNodeId(const std::string& dir) {
   std::string path = dir + "/node_id";
   std::ifstream in(path);
@@ -30,16 +48,7 @@ Result<std::string> LoadOrCreateNodeId(const std::string& dir) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "w-%08x%08x", rd(), rd());
   id = buf;
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << id << "\n";
-    out.flush();
-    if (!out) return Status::IoError("cannot write " + tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Status::IoError("cannot create " + path + ": " + ec.message());
+  TESSERA_RETURN_IF_ERROR(WriteFileDurably(path, id + "\n"));
   return id;
 }
 
@@ -57,16 +66,7 @@ Result<int64_t> NextIncarnation(const std::string& dir) {
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
   int64_t next = std::max(last + 1, now_ms);
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << next << "\n";
-    out.flush();
-    if (!out) return Status::IoError("cannot write " + tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Status::IoError("cannot write " + path + ": " + ec.message());
+  TESSERA_RETURN_IF_ERROR(WriteFileDurably(path, std::to_string(next) + "\n"));
   return next;
 }
 
