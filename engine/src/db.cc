@@ -534,7 +534,10 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
       for (uint64_t p : t.taken) entries.emplace_back(format::kRunRemoved, p);
     }
     for (uint64_t p : *now_freed) entries.emplace_back(t.txnid, p);
-    std::sort(entries.begin(), entries.end());
+    // Entries of the reusable set (txn 0) come first and already in order: sort only the rest.
+    auto rest = std::find_if(entries.begin(), entries.end(),
+                             [](const auto& e) { return e.first != 0; });
+    std::sort(rest, entries.end());
     uint64_t runs = 0;
     for (size_t i = 0; i < entries.size(); ++i) {
       if (i == 0 || entries[i].first != entries[i - 1].first ||
@@ -641,8 +644,7 @@ Status CommitTxn(Txn& t, bool sync) {
   m.durable_txn = db->durable_txn;
   m.crc = MetaCrc(m);
   const uint32_t slot = 1 - db->durable_slot;
-  std::memset(db->Page(slot), 0, db->page_size);
-  std::memcpy(db->Page(slot), &m, sizeof m);
+  std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
   // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
   uint64_t backlog = db->pending_old_count + t.freed.size();
   if (!sync && backlog > std::max<uint64_t>(16384, m.last_page / 2)) sync = true;
