@@ -227,8 +227,10 @@ Status Db::Impl::VerifyChecksum(uint64_t p) const {
       if (off < lower || off + head > page_size) {
         return Status::Corruption(Pg(p) + ": cell " + std::to_string(i) + " outside the page");
       }
-      uint64_t size = format::BranchCell{v.cell(i)}.size();
-      if (v.type() != kBranch) {
+      uint64_t size;  // read only the header bytes the check above proved are in the page
+      if (v.type() == kBranch) {
+        size = format::BranchCell{v.cell(i)}.size();
+      } else {
         format::LeafCell lc{v.cell(i)};
         size = uint64_t{format::kLeafCellHeader} + lc.klen() +
                (lc.overflow() ? format::kOverflowRefSize : uint64_t{lc.vlen()});
@@ -535,8 +537,8 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
     }
     for (uint64_t p : *now_freed) entries.emplace_back(t.txnid, p);
     // Entries of the reusable set (txn 0) come first and already in order: sort only the rest.
-    auto rest = std::find_if(entries.begin(), entries.end(),
-                             [](const auto& e) { return e.first != 0; });
+    auto rest =
+        std::find_if(entries.begin(), entries.end(), [](const auto& e) { return e.first != 0; });
     std::sort(rest, entries.end());
     uint64_t runs = 0;
     for (size_t i = 0; i < entries.size(); ++i) {
@@ -702,8 +704,7 @@ Db::~Db() {
   if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok()) {
     std::lock_guard<std::mutex> l(impl_->write_mu);
     // A clean close makes nosync commits durable and gives back the space grown ahead of need.
-    if (impl_->region->Flush().ok() &&
-        impl_->region->page_count() > impl_->meta.last_page &&
+    if (impl_->region->Flush().ok() && impl_->region->page_count() > impl_->meta.last_page &&
         impl_->region->Truncate(impl_->meta.last_page).ok()) {
       (void)impl_->region->Flush();
     }
