@@ -9,8 +9,10 @@
 (*                                                                         *)
 (* Abstraction (see tla/README.md for the reasoning):                      *)
 (*  - A worker *process* is <<node, i>>: node id (stable, kept in the data *)
-(*    dir) and its i-th start.  The i stands for the random per-process    *)
-(*    incarnation; numbering starts lets properties talk about "older".    *)
+(*    dir) and its i-th start.  The i is its incarnation: NextIncarnation  *)
+(*    makes incarnations strictly increase per data dir (DATA/incarnation, *)
+(*    written once the engine's flock is held), so the manager can compare *)
+(*    them (Register refuses an older one since 9bd6246).                  *)
 (*  - Keys: one per shard.  A write is <<shard, value>>.  A store is the   *)
 (*    set of writes applied to a data dir's engine; `synced` the subset    *)
 (*    that Db::Sync has made durable.  A SIGKILL keeps the store (page     *)
@@ -43,18 +45,25 @@ CONSTANTS
     DrainTimeout,    \* the worker's bounded drain (1000 x 10 ms) may expire
                      \* with a request still in flight
     EarlyShutdown,   \* `tessera shutdown` may come before the cluster formed
-    LateRestart      \* a crashed worker may be restarted after shutdown began
+    LateRestart,     \* a crashed worker may be restarted after shutdown began
+    \* Code switch: FALSE is the code at HEAD.
+    ExitWhenRefused  \* TRUE: a worker whose Register the manager refuses with
+                     \* "cluster is shutting down" ends its loop and exits (the
+                     \* fix proposed for finding 4; NOT in worker.cc at 9bd6246,
+                     \* whose loop retries that refusal forever)
 
 ASSUME NumShards \in Nat \ {0} /\ ExpectedWorkers \in 1..Cardinality(Nodes)
 ASSUME MaxFaults \in Nat
-ASSUME {Zombies, LateRegister, DrainTimeout, EarlyShutdown, LateRestart} \subseteq BOOLEAN
+ASSUME {Zombies, LateRegister, DrainTimeout, EarlyShutdown, LateRestart,
+        ExitWhenRefused} \subseteq BOOLEAN
 
 Shards   == 1..NumShards
 MaxInc   == 1 + MaxFaults                 \* starts per node
 Incs     == 1..MaxInc
 Procs    == Nodes \X Incs
 \* Each fault adds at most one new incarnation and each handled late Register
-\* one more: epochs stay below this bound.
+\* one more (a late Register is handled only if newer than the registered
+\* incarnation, so in fact at most one bump per incarnation): a safe bound.
 MaxEpoch == 1 + 2 * MaxFaults
 Epochs   == 0..MaxEpoch                   \* 0: not owned / not formed
 Writes   == Shards \X Values              \* one key per shard
@@ -180,7 +189,8 @@ Init ==
 (***************************************************************************)
 
 \* ManagerState::Register(id, address, incarnation) for process <<n, i>> while not
-\* shutting down: the same incarnation changes nothing; a known node with another
+\* shutting down, with an incarnation not below the registered one (callers
+\* check that): the same incarnation changes nothing; a known node with a newer
 \* incarnation keeps its shards and bumps their epochs; a new node is appended to
 \* the order, and the map forms round-robin (Form(), epoch 1) once ExpectedWorkers
 \* nodes are known.  Sets the manager variables and returns the caller's view of
@@ -204,29 +214,52 @@ RegisterAt(n, i, Reply(_)) ==
 
 \* A running, unregistered worker calls Register (RunWorker's loop, !registered),
 \* the manager handles it and the worker applies the reply (ApplyMap, then
-\* `registered`).  While shutting down the manager refuses with UNAVAILABLE
-\* ("cluster is shutting down") and the worker retries forever: no state change,
-\* so that case is a stuttering step and not written out.  (The call is one step:
-\* between the manager's handling and ApplyMap the worker is still unregistered
-\* and refuses everything, which only delays clients.)
+\* `registered`).  (The call is one step: between the manager's handling and
+\* ApplyMap the worker is still unregistered and refuses everything, which only
+\* delays clients.)  An incarnation below the registered one is refused with
+\* STALE_EPOCH (9bd6246, finding 1): the worker is fenced (its loop breaks,
+\* shutting_down is set, it exits).  On one data dir that cannot happen to a
+\* live process (a newer one needs the flock); with Zombies it can.
 MgrRegister(p) ==
     /\ Running(p) /\ ~reg[p] /\ ~leaving[p]
     /\ mphase = "running"
-    /\ RegisterAt(NodeOf(p), IncOf(p),
-                  LAMBDA m : /\ owned' = [owned EXCEPT ![p] = m]
-                             /\ reg' = [reg EXCEPT ![p] = TRUE])
-    /\ UNCHANGED <<mphase, toTell, telling, tellOk, tellFailed, pst, sd,
-                   draining, leaving, lateReg, store, synced, faults, clientVars, acceptedBy>>
+    /\ IF IncOf(p) < minc[NodeOf(p)]
+         THEN /\ sd' = [sd EXCEPT ![p] = TRUE]
+              /\ leaving' = [leaving EXCEPT ![p] = TRUE]
+              /\ UNCHANGED <<minc, regOrder, formed, owner, epoch, owned, reg>>
+         ELSE /\ RegisterAt(NodeOf(p), IncOf(p),
+                            LAMBDA m : /\ owned' = [owned EXCEPT ![p] = m]
+                                       /\ reg' = [reg EXCEPT ![p] = TRUE])
+              /\ UNCHANGED <<sd, leaving>>
+    /\ UNCHANGED <<mphase, toTell, telling, tellOk, tellFailed, pst,
+                   draining, lateReg, store, synced, faults, clientVars, acceptedBy>>
+
+\* While shutting down the manager refuses Register with UNAVAILABLE "cluster is
+\* shutting down".  The code at HEAD treats that like any other error: back off
+\* and retry, forever (once the manager has exited, the connection fails, also
+\* forever).  No state changes, so at HEAD this is a stuttering step and is
+\* not written out.  [ExitWhenRefused] The proposed fix for finding 4: the loop
+\* ends and RunWorker flushes and exits (WorkerExit).
+MgrRegisterRefused(p) ==
+    /\ ExitWhenRefused
+    /\ Running(p) /\ ~reg[p] /\ ~leaving[p]
+    /\ mphase = "shutting_down"
+    /\ leaving' = [leaving EXCEPT ![p] = TRUE]
+    /\ UNCHANGED <<mgrVars, pst, reg, owned, sd, draining, lateReg, store, synced, faults,
+                   clientVars, acceptedBy>>
 
 \* [LateRegister] A Register that a process sent just before it was SIGKILLed is
 \* still in the manager's socket buffer and is handled now, after a newer process
-\* of the node may have registered.  Incarnations are random, so the manager
-\* cannot tell older from newer: it takes it as a restart.  The reply is lost.
+\* of the node may have registered.  Since 9bd6246 the manager refuses it with
+\* STALE_EPOCH when its incarnation is below the registered one; the same one
+\* changes nothing; a newer one (the node had not registered this or a later
+\* process yet) is taken as a registration.  While shutting down it is refused.
+\* The reply is lost.
 MgrLateRegister(p) ==
     /\ p \in lateReg
     /\ mphase # "exited"
     /\ lateReg' = lateReg \ {p}
-    /\ IF mphase = "shutting_down"
+    /\ IF mphase = "shutting_down" \/ IncOf(p) < minc[NodeOf(p)]
          THEN UNCHANGED <<minc, regOrder, formed, owner, epoch>>
          ELSE RegisterAt(NodeOf(p), IncOf(p), LAMBDA m : TRUE)
     /\ UNCHANGED <<mphase, toTell, telling, tellOk, tellFailed, pst, reg, owned, sd,
@@ -282,8 +315,12 @@ Crash(p) ==
                    cop, cmap, refresh, finished, acked, acceptedBy>>
 
 \* `tessera worker` started again on the node's data dir after a crash: a new
-\* incarnation on the same node id and store.  [Zombies] The data dir was copied
-\* and a second process of the node started while the old one still runs.
+\* incarnation, above every earlier one of that data dir, on the same node id
+\* and store.  [Zombies] The data dir was copied and a second process of the
+\* node started while the old one still runs.  Its incarnation is
+\* max(copied value + 1, clock in ms): above the old process's when the copy was
+\* taken after that one started or the clock moved on; the model assumes so
+\* (otherwise the new process's Register is refused and it is fenced).
 \* Restarts after shutdown began only with LateRestart.
 Start(n) ==
     LET i == Latest(n)
@@ -449,11 +486,11 @@ WorkerOnShutdown(p) ==
     /\ UNCHANGED <<mgrVars, pst, reg, owned, leaving, lateReg, store, synced, faults,
                    clientVars, acceptedBy>>
 
-\* The drain ends (in_flight == 0, or [DrainTimeout] 1000 x 10 ms passed), db->Sync
-\* flushes the engine, exit_requested is set and the reply reaches the manager.
+\* The drain ends with in_flight == 0: db->Sync flushes the engine,
+\* exit_requested is set and the OK reply reaches the manager.
 WorkerDrainDone(p) ==
     /\ draining[p] /\ Running(p) /\ telling = NodeOf(p)
-    /\ ~InFlight(p) \/ DrainTimeout
+    /\ ~InFlight(p)
     /\ synced' = [synced EXCEPT ![p] = store[p]]
     /\ draining' = [draining EXCEPT ![p] = FALSE]
     /\ leaving' = [leaving EXCEPT ![p] = TRUE]
@@ -461,6 +498,23 @@ WorkerDrainDone(p) ==
     /\ tellOk' = tellOk \cup {NodeOf(p)}
     /\ UNCHANGED <<mphase, formed, minc, regOrder, owner, epoch, toTell, tellFailed,
                    pst, reg, owned, sd, lateReg, store, faults, clientVars, acceptedBy>>
+
+\* [DrainTimeout] The drain (1000 x 10 ms) expires with a request still in
+\* flight.  Since 9bd6246 (finding 3) Handler::Shutdown then throws UNAVAILABLE
+\* without syncing and without setting exit_requested: the manager counts the
+\* worker as failed and moves on.  The worker keeps shutting_down set (it
+\* refuses every request) and its loop goes on: heartbeats while the manager
+\* still runs, then failed connections, forever.
+WorkerDrainExpired(p) ==
+    /\ DrainTimeout
+    /\ draining[p] /\ Running(p) /\ telling = NodeOf(p)
+    /\ InFlight(p)
+    /\ draining' = [draining EXCEPT ![p] = FALSE]
+    /\ telling' = NoNode
+    /\ tellFailed' = tellFailed \cup {NodeOf(p)}
+    /\ UNCHANGED <<mphase, formed, minc, regOrder, owner, epoch, toTell, tellOk,
+                   pst, reg, owned, sd, leaving, lateReg, store, synced, faults,
+                   clientVars, acceptedBy>>
 
 \* RunWorker after its loop (exit requested or fenced): shutting_down is set,
 \* server->Stop() waits for the handlers still running, db->Sync(), exit.
@@ -482,9 +536,10 @@ MgrExit ==
                    workerVars, clientVars, acceptedBy>>
 
 Next ==
-    \/ \E p \in Procs : \/ MgrRegister(p) \/ MgrLateRegister(p) \/ MgrHeartbeat(p)
-                        \/ Crash(p)
-                        \/ WorkerOnShutdown(p) \/ WorkerDrainDone(p) \/ WorkerExit(p)
+    \/ \E p \in Procs : \/ MgrRegister(p) \/ MgrRegisterRefused(p) \/ MgrLateRegister(p)
+                        \/ MgrHeartbeat(p) \/ Crash(p)
+                        \/ WorkerOnShutdown(p) \/ WorkerDrainDone(p)
+                        \/ WorkerDrainExpired(p) \/ WorkerExit(p)
     \/ \E n \in Nodes : Start(n) \/ MgrTell(n)
     \/ \E c \in Clients : \/ \E w \in Writes : ClientStart(c, w)
                           \/ ClientRefresh(c) \/ ClientFail(c) \/ ClientSend(c)
@@ -494,15 +549,18 @@ Next ==
 Spec == Init /\ [][Next]_vars
 
 \* Shutdown needs the manager and the workers to keep taking their steps, and
-\* accepted writes to finish (the drain waits for them).  Crashes, restarts,
-\* client requests and registration need no fairness.
+\* accepted writes to finish (the drain waits for them).  A worker refused
+\* during shutdown keeps retrying, so [ExitWhenRefused] the refusal is fair too.
+\* Crashes, restarts, client requests and registration need no fairness.
 Fairness ==
     /\ WF_vars(\E n \in Nodes : MgrTell(n))
     /\ WF_vars(MgrTellFail)
     /\ WF_vars(MgrExit)
     /\ \A p \in Procs : /\ WF_vars(WorkerOnShutdown(p))
                         /\ WF_vars(WorkerDrainDone(p))
+                        /\ WF_vars(WorkerDrainExpired(p))
                         /\ WF_vars(WorkerExit(p))
+                        /\ WF_vars(MgrRegisterRefused(p))
     /\ \A c \in Clients : WF_vars(WorkerApply(c))
 
 FairSpec == Spec /\ Fairness
