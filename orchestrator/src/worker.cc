@@ -82,6 +82,7 @@ class WorkerState {
   std::atomic<bool> shutting_down{false};
   std::atomic<bool> exit_requested{false};
   std::atomic<bool> cleanup{false};
+  std::atomic<bool> drain_failed{false};
   std::atomic<int> in_flight{0};
 
   // Shard ownership as learned from the manager: epoch if owned, 0 otherwise.
@@ -236,6 +237,7 @@ class Handler : public gen::WorkerServiceIf {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (s_->in_flight.load() > 0) {
+      s_->drain_failed.store(true);  // exit once they finish, but report failure now (finding 6)
       // Never report a clean shutdown while an acknowledged write could still be on its way
       // (TLA+ finding 3): the manager reports this worker as failed instead.
       Throw(ErrorCode::UNAVAILABLE,
@@ -293,8 +295,12 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   int heartbeat_ms = 300;
   auto backoff = std::chrono::milliseconds(50);
   bool fenced = false;
+  bool saw_shutdown = false;
+  auto last_contact = std::chrono::steady_clock::now();
   std::string last_error;
-  while (!stop->load() && !s.exit_requested.load()) {
+  // A worker whose drain ran out (its Shutdown failed) leaves once the stragglers are done.
+  auto drained_after_failure = [&s] { return s.drain_failed.load() && s.in_flight.load() == 0; };
+  while (!stop->load() && !s.exit_requested.load() && !drained_after_failure()) {
     auto lease = pool.Get(mep);
     Status st = lease.status();
     if (st.ok()) {
@@ -311,9 +317,11 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
           gen::ShardMap m;
           (*lease)->Heartbeat(m, options.token, s.node_id, s.incarnation);
           s.ApplyMap(FromGen(m));
+          if (m.state == "shutting_down") saw_shutdown = true;
         }
         backoff = std::chrono::milliseconds(50);
         last_error.clear();
+        last_contact = std::chrono::steady_clock::now();
       } catch (const gen::TesseraError& e) {
         st = FromError(e);
         if (e.code == ErrorCode::STALE_EPOCH) {
@@ -328,12 +336,26 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
             e.message.find("unknown node") != std::string::npos) {
           s.registered.store(false);
         }
+        if (e.code == ErrorCode::UNAVAILABLE &&
+            e.message.find("cluster is shutting down") != std::string::npos) {
+          // The cluster shut down without reaching this worker (it was down or not yet
+          // registered): flush and exit rather than retry forever (TLA+ finding 4).
+          spdlog::info("worker {}: the cluster is shutting down; exiting", s.node_id);
+          break;
+        }
       } catch (const std::exception& e) {
         lease->Broken();
         st = Status::Unavailable(e.what());
       }
     }
     if (!st.ok()) {
+      if (saw_shutdown && st.IsUnavailable() &&
+          std::chrono::steady_clock::now() - last_contact > std::chrono::seconds(3)) {
+        // The manager was shutting down and is gone now: nobody will tell this worker anything
+        // more, so flush and exit (TLA+ finding 4).
+        spdlog::info("worker {}: the manager shut down; exiting", s.node_id);
+        break;
+      }
       if (st.message() != last_error) {
         spdlog::warn("worker {}: manager {}: {}", s.node_id, options.manager, st.message());
         last_error = st.message();
@@ -342,7 +364,8 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
       backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
       continue;
     }
-    for (int waited = 0; waited < heartbeat_ms && !stop->load() && !s.exit_requested.load();
+    for (int waited = 0; waited < heartbeat_ms && !stop->load() && !s.exit_requested.load() &&
+                         !drained_after_failure();
          waited += 10) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
