@@ -147,7 +147,10 @@ class Demo {
     ok = ok && Do("load " + std::to_string(keys) + " keys",
                   [&](std::string* d) { return Load(*client, d); });
     ok = ok && Do("read back every key", [&](std::string* d) { return CheckAll(*client, d); });
+    int64_t version_before_kill = 0;
     ok = ok && Do("SIGKILL worker 1", [&](std::string* d) {
+           auto m = client->GetShardMap(true);
+           if (m.ok()) version_before_kill = m->version;
            workers[0]->Kill(SIGKILL);
            bool dead = workers[0]->WaitExit(std::chrono::seconds(5));
            *d = "pid gone: " + std::string(dead ? "yes" : "no");
@@ -155,7 +158,8 @@ class Demo {
          });
     ok = ok && Do("restart worker 1 on its data", [&](std::string* d) {
            if (!workers[0]->Start()) return false;
-           return WaitServing(*client, workers.size(), d);
+           // Serving again once the new incarnation has registered (the map version moves on).
+           return WaitServing(*client, workers.size(), d, version_before_kill);
          });
     ok =
         ok && Do("read back every key again", [&](std::string* d) { return CheckAll(*client, d); });
@@ -207,11 +211,11 @@ class Demo {
     return ok;
   }
 
-  bool WaitServing(orchestrator::Client& c, size_t n, std::string* d) {
+  bool WaitServing(orchestrator::Client& c, size_t n, std::string* d, int64_t after_version = 0) {
     auto end = Clock::now() + std::chrono::seconds(20);
     while (Clock::now() < end) {
       auto s = c.GetStatus();
-      if (s.ok() && s->map.formed && s->map.state == "serving") {
+      if (s.ok() && s->map.formed && s->map.state == "serving" && s->map.version > after_version) {
         size_t up = 0;
         for (const auto& node : s->nodes) up += node.up ? 1 : 0;
         if (up == n && s->nodes.size() == n) {
