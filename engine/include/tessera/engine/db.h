@@ -193,10 +193,11 @@ class Cursor {
 
 class Db {
  public:
-  // Opens or creates the database file `path`. Errors: Busy (another process or Db has it open
-  // for writing), Corruption (neither meta page is valid, or not a Tessera file), InvalidArgument
-  // (bad options, page size mismatch with the file), NotFound (missing and !create_if_missing),
-  // IoError/NoSpace from the OS.
+  // Opens or creates the database file `path` (an existing file keeps the page size it was
+  // created with). Errors: Busy (another process or Db has it open for writing), Corruption
+  // (neither meta page is valid, or not a Tessera file), InvalidArgument (bad options), NotFound
+  // (missing and !create_if_missing), IoError/NoSpace from the OS. A read-only Db sees the
+  // database as it was when opened. Destroy every transaction and cursor before the Db.
   static Result<std::unique_ptr<Db>> Open(const std::string& path, const Options& options = {});
   ~Db();
   Db(const Db&) = delete;
