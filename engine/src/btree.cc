@@ -94,7 +94,7 @@ std::string MakeBranchCell(uint64_t child, uint64_t child_txnid, uint32_t child_
   Store(p + 8, child_txnid);
   Store(p + 16, child_crc);
   Store(p + 20, static_cast<uint16_t>(key.size()));
-  std::memcpy(p + kBranchCellHeader, key.data(), key.size());
+  if (!key.empty()) std::memcpy(p + kBranchCellHeader, key.data(), key.size());  // {} has no data
   return c;
 }
 
