@@ -270,6 +270,21 @@ Status Db::Impl::CheckPage(uint64_t p, uint64_t last_page, int expect_type,
   return Status::Ok();
 }
 
+Status Db::Impl::FlushDurable(uint64_t txnid, uint32_t slot) {
+  Status s = region->Flush();
+  if (!s.ok()) {
+    // Never guess after a durability failure: every later write gets this error.
+    fatal =
+        Status::IoError("flush failed; the database refuses writes until reopened: " + s.message())
+            .WithCCode(TESSERA_FATAL);
+    return fatal;
+  }
+  flushes.fetch_add(1, std::memory_order_relaxed);
+  durable_txn = txnid;
+  durable_slot = slot;
+  return Status::Ok();
+}
+
 void Db::Impl::Publish(const Meta& m) {
   uint64_t words[kMetaWords];
   std::memcpy(words, &m, sizeof m);
@@ -651,16 +666,7 @@ Status CommitTxn(Txn& t, bool sync) {
   uint64_t backlog = db->pending_old_count + t.freed.size();
   if (!sync && backlog > std::max<uint64_t>(16384, m.last_page / 2)) sync = true;
   if (sync) {
-    Status s = db->region->Flush();
-    if (!s.ok()) {
-      db->fatal = Status::IoError("flush failed; the database refuses writes until reopened: " +
-                                  s.message())
-                      .WithCCode(TESSERA_FATAL);
-      return db->fatal;
-    }
-    db->flushes.fetch_add(1, std::memory_order_relaxed);
-    db->durable_txn = m.txnid;
-    db->durable_slot = slot;
+    TESSERA_RETURN_IF_ERROR(db->FlushDurable(m.txnid, slot));
   }
   // 5. Publish.
   if (freelist_changed) {
@@ -990,16 +996,7 @@ Status Db::Sync() {
   if (impl_->opts.read_only) return Status::Ok();
   std::lock_guard<std::mutex> l(impl_->write_mu);
   if (!impl_->fatal.ok()) return impl_->fatal;
-  Status s = impl_->region->Flush();
-  if (!s.ok()) {
-    impl_->fatal =
-        Status::IoError("flush failed; the database refuses writes until reopened: " + s.message())
-            .WithCCode(TESSERA_FATAL);
-    return impl_->fatal;
-  }
-  impl_->flushes.fetch_add(1, std::memory_order_relaxed);
-  impl_->durable_txn = impl_->meta.txnid;
-  impl_->durable_slot = impl_->meta_slot;
+  TESSERA_RETURN_IF_ERROR(impl_->FlushDurable(impl_->meta.txnid, impl_->meta_slot));
   return Status::Ok();
 }
 

@@ -116,6 +116,9 @@ struct Db::Impl {
   Status VerifyChecksum(uint64_t p) const;
   uint32_t PageCrc(const uint8_t* page, uint64_t npages) const;
 
+  // Flushes everything written so far; on success the meta of `txnid` in `slot` is the durable
+  // one, on failure the Db turns fatal (sticky TESSERA_FATAL).
+  Status FlushDurable(uint64_t txnid, uint32_t slot);
   void Publish(const Meta& m);
   Meta LoadRing(uint64_t txn) const;
   // Registers a reader; returns its slot and fills `m` with a consistent snapshot.
