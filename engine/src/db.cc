@@ -331,6 +331,18 @@ Result<size_t> Db::Impl::AcquireReader(Meta* m) const {
   }
 }
 
+Result<size_t> Db::Impl::AcquireReaderAt(const Meta& m) const {
+  for (size_t s = 0; s < opts.max_readers; ++s) {
+    uint32_t expected = 0;
+    if (readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+      readers[s].txn.store(m.txnid, std::memory_order_seq_cst);
+      return s;
+    }
+  }
+  return Status::Busy(
+      "too many concurrent readers (max_readers = " + std::to_string(opts.max_readers) + ")");
+}
+
 void Db::Impl::ReleaseReader(size_t slot) const {
   readers[slot].busy.store(0, std::memory_order_release);
 }
@@ -838,7 +850,17 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
       return Status::Corruption("freelist holds " + std::to_string(free.size()) +
                                 " pages but the meta records " + std::to_string(chosen.free_pages));
     }
-    for (const auto& f : free) impl->reusable.insert(impl->reusable.end(), f.first);
+    for (const auto& f : free) {
+      if (options.retain_freed_after != 0 && f.second > options.retain_freed_after) {
+        // Still part of a snapshot the caller will pin again (protection): not reusable until
+        // no reader needs it, as if that reader had never gone away.
+        impl->pending[f.second].push_back(f.first);
+        ++impl->pending_count;
+        ++impl->pending_old_count;
+      } else {
+        impl->reusable.insert(impl->reusable.end(), f.first);
+      }
+    }
     if (!options.read_only) TESSERA_RETURN_IF_ERROR(impl->region->Flush());
   }
   impl->meta = chosen;

@@ -123,6 +123,8 @@ struct Db::Impl {
   Meta LoadRing(uint64_t txn) const;
   // Registers a reader; returns its slot and fills `m` with a consistent snapshot.
   Result<size_t> AcquireReader(Meta* m) const;
+  // Registers a reader of the older snapshot `m` (protection: a pin restored after a restart).
+  Result<size_t> AcquireReaderAt(const Meta& m) const;
   void ReleaseReader(size_t slot) const;
   uint64_t OldestReader() const;
 

@@ -202,14 +202,56 @@ struct Walker {
 }  // namespace
 
 VerifyReport Db::Verify() const {
-  VerifyReport rep;
   auto snap = BeginRead();
   if (!snap.ok()) {
+    VerifyReport rep;
     rep.ok = false;
     rep.problems.push_back(snap.status().ToString());
     return rep;
   }
-  const ReadTxn::Impl& t = *(*snap)->impl_;
+  return VerifySnapshot(**snap);
+}
+
+Result<std::unique_ptr<ReadTxn>> Db::OpenSnapshot(const SnapshotDescriptor& desc) const {
+  Meta m;
+  if (desc.meta_bytes.size() != sizeof m || desc.page_size != impl_->page_size) {
+    return Status::InvalidArgument("snapshot descriptor does not fit this database (page size " +
+                                   std::to_string(desc.page_size) + ")");
+  }
+  std::memcpy(&m, desc.meta_bytes.data(), sizeof m);
+  Meta c = m;
+  c.crc = 0;
+  if (m.magic != format::kMagic || m.page_size != impl_->page_size || m.txnid != desc.txnid ||
+      m.last_page != desc.last_page ||
+      Crc32c(reinterpret_cast<const uint8_t*>(&c), sizeof c) != m.crc) {
+    return Status::InvalidArgument("snapshot descriptor is inconsistent or corrupt");
+  }
+  const uint64_t now = impl_->current_txn.load(std::memory_order_acquire);
+  if (m.txnid > now) {
+    return Status::InvalidArgument("snapshot txn " + std::to_string(m.txnid) +
+                                   " is newer than the database (txn " + std::to_string(now) + ")");
+  }
+  if (m.last_page > impl_->region->page_count()) {
+    return Status::Corruption("snapshot txn " + std::to_string(m.txnid) + " needs " +
+                              std::to_string(m.last_page) + " pages; the file is shorter");
+  }
+  auto t = std::make_unique<ReadTxn::Impl>();
+  t->db = impl_.get();
+  t->meta = m;
+  TESSERA_ASSIGN_OR_RETURN(t->slot, impl_->AcquireReaderAt(m));
+  std::unique_ptr<ReadTxn> snap(new ReadTxn(std::move(t)));
+  VerifyReport rep = VerifySnapshot(*snap);
+  if (!rep.ok) {
+    return Status::Corruption("snapshot txn " + std::to_string(m.txnid) +
+                              " can no longer be read: " +
+                              (rep.problems.empty() ? std::string("?") : rep.problems.front()));
+  }
+  return snap;
+}
+
+VerifyReport Db::VerifySnapshot(const ReadTxn& snap) const {
+  VerifyReport rep;
+  const ReadTxn::Impl& t = *snap.impl_;
   Walker w{t, rep, std::vector<uint8_t>(t.meta.last_page, 0), {}};
   w.Tree("", t.meta.main, false);
   w.Tree("", t.meta.catalog, true);

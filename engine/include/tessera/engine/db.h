@@ -43,6 +43,11 @@ struct Options {
   size_t group_commit_max_batches = 1024;  // batches combined into one commit at most
   size_t group_commit_max_bytes = size_t{16} << 20;
   bool simulate_power_cut = false;  // test mode: see Db::SimulatePowerCut
+  // Protection: pages freed by a transaction newer than this txnid are not reused after open
+  // until a snapshot pinned with OpenSnapshot (or nothing older) needs them no more. Set it to
+  // the oldest snapshot the caller will pin again, so that snapshot's pages survive a restart.
+  // 0: every free page is reusable at open.
+  uint64_t retain_freed_after = 0;
 };
 
 struct WriteOptions {
@@ -238,6 +243,14 @@ class Db {
   // page p for 2 <= p < desc.last_page). The file opens as a Db equal to the snapshot.
   static Status Restore(const std::string& path, const SnapshotDescriptor& desc,
                         const std::function<Status(uint64_t pgno, uint8_t* buf)>& image);
+  // Pins the snapshot `desc` describes again after a restart (the Db must have been opened with
+  // Options::retain_freed_after <= desc.txnid, and OpenSnapshot called before the first write).
+  // Every page of the snapshot is checked (checksums, numbers, the txnids its parents record):
+  // Corruption when its pages were reused or damaged, InvalidArgument for a descriptor of
+  // another file or a txnid newer than the database's.
+  Result<std::unique_ptr<ReadTxn>> OpenSnapshot(const SnapshotDescriptor& desc) const;
+  // Verify() of one snapshot.
+  VerifyReport VerifySnapshot(const ReadTxn& snap) const;
 
   uint32_t page_size() const;
   const std::string& path() const;
