@@ -9,6 +9,7 @@ enum ErrorCode {
   INVALID_ARGUMENT = 4,  // bad key, value, shard number or limit
   UNAUTHENTICATED = 5,   // wrong or missing cluster token
   INTERNAL = 6,          // a bug or an I/O failure on the server
+  GENERATION_MISMATCH = 7,  // a parity holder records another generation than the delta's base
 }
 
 exception TesseraError {
@@ -25,6 +26,7 @@ struct NodeInfo {
   5: bool up,
   6: i64 incarnation,
   7: i32 shards_owned,
+  8: string progress,     // JSON progress of a rebuild or replay ("" when none)
 }
 
 struct ShardInfo {
@@ -34,17 +36,60 @@ struct ShardInfo {
   4: i64 epoch,
 }
 
+// Protection (erasure-coded parity over the data workers' engine pages): the stripe group.
+struct Protection {
+  1: string scheme,            // "none", "xor" or "rs"
+  2: i32 k,                    // data slots
+  3: i32 m,                    // parity holders
+  4: list<string> slot_nodes,  // node id of data slot i ("" while empty)
+  5: list<string> slot_addresses,
+  6: list<i64> slot_epochs,    // bumped when a new incarnation or a replacement takes the slot
+  7: list<string> holder_nodes,     // node id of parity holder j ("manager" for the manager's)
+  8: list<string> holder_addresses,
+  9: bool frozen,              // generation advances paused: a rebuild is reading the parity
+  10: list<i32> rebuilding,    // slots being rebuilt from parity
+}
+
 struct ShardMap {
   1: i64 version,         // increases with every change
   2: i32 num_shards,
   3: list<ShardInfo> shards,
   4: bool formed,         // false until the expected workers have registered
   5: string state,        // "forming", "serving", "shutting_down"
+  6: Protection protection,
 }
 
 struct RegisterReply {
   1: ShardMap shard_map,
   2: i32 heartbeat_ms,
+  3: bool rebuild,        // this node's slot lost its data: rebuild from parity before serving
+}
+
+// One write batch of a data worker, kept in the tail at every parity holder until a protected
+// generation covers it. `batch` is the worker's own encoding of the ops.
+struct TailEntry {
+  1: i64 seq,
+  2: binary batch,
+}
+
+// What a parity holder records for one data slot: the generation its parity includes.
+struct GenRecord {
+  1: i64 gen,              // the engine txnid of the protected snapshot; 0: the empty image
+  2: binary descriptor,    // the snapshot's descriptor (engine meta), empty for gen 0
+  3: i64 covered_seq,      // tail entries up to this seq are in the generation
+  4: i64 last_page,
+  5: i64 epoch,            // the highest slot epoch this holder has seen
+  6: i64 tail_last,        // the last tail seq held (0: none)
+}
+
+struct PageDelta {
+  1: i64 pgno,
+  2: binary bytes,         // new image XOR old image (a whole page)
+}
+
+struct ParityPages {
+  1: list<GenRecord> records,  // per slot, read with the pages in one snapshot
+  2: list<binary> pages,       // pages first..first+count-1 (empty binary: all zeros)
 }
 
 struct ClusterStatus {
@@ -77,12 +122,40 @@ struct ScanReply {
   2: binary next_start,   // continuation: pass as `start` to continue; empty when done
 }
 
-service ManagerService {
+// Served by every parity holder: the manager (for xor) and `tessera worker --role parity`.
+// Each call names the data slot and the caller's slot epoch; a holder refuses (STALE_EPOCH) an
+// epoch lower than the highest it has seen for the slot, so a zombie cannot get a write stored.
+service ParityService {
+  // Stores entries in the slot's tail (idempotent by seq); flushed before returning when sync.
+  void AppendTail(1: string token, 2: i32 slot, 3: i64 epoch, 4: list<TailEntry> entries,
+                  5: bool sync) throws (1: TesseraError e),
+  // Stages deltas of the generation `to_gen`; nothing changes in the parity until Commit.
+  void StageDelta(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 to_gen,
+                  5: list<PageDelta> pages) throws (1: TesseraError e),
+  // Atomically: applies the staged deltas if the holder records `from_gen` for the slot
+  // (else GENERATION_MISMATCH), records `to_gen`, drops tail entries <= covered_seq.
+  GenRecord CommitGeneration(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 from_gen,
+                             5: i64 to_gen, 6: binary descriptor, 7: i64 covered_seq,
+                             8: i64 last_page) throws (1: TesseraError e),
+  // The slot's record; raises the holder's epoch for the slot to `epoch` (fences older ones).
+  GenRecord GetRecord(1: string token, 2: i32 slot, 3: i64 epoch) throws (1: TesseraError e),
+  list<TailEntry> ReadTail(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 after_seq,
+                           5: i32 max_entries) throws (1: TesseraError e),
+  ParityPages ReadParity(1: string token, 2: i64 first_pgno, 3: i32 count)
+      throws (1: TesseraError e),
+}
+
+service ManagerService extends ParityService {
   // Idempotent: registering again with the same node id and incarnation changes nothing; a new
   // incarnation (a restart) keeps the node's shards and bumps their epochs.
+  // `role`: "worker" (data) or "parity" (a parity holder). `replace`: a node id whose slot this
+  // node takes over with an empty data directory (`tessera worker --replace`), else "".
+  // `has_data`: false when the node starts with an empty data directory.
   RegisterReply Register(1: string token, 2: string node_id, 3: string address,
-                         4: i64 incarnation) throws (1: TesseraError e),
-  ShardMap Heartbeat(1: string token, 2: string node_id, 3: i64 incarnation)
+                         4: i64 incarnation, 5: string role, 6: string replace,
+                         7: bool has_data) throws (1: TesseraError e),
+  // `progress`: JSON progress of a rebuild or replay on the node ("" when none), for Status.
+  ShardMap Heartbeat(1: string token, 2: string node_id, 3: i64 incarnation, 4: string progress)
       throws (1: TesseraError e),
   ShardMap GetShardMap(1: string token) throws (1: TesseraError e),
   ClusterStatus Status(1: string token) throws (1: TesseraError e),
@@ -91,7 +164,7 @@ service ManagerService {
   void Shutdown(1: string token, 2: bool cleanup) throws (1: TesseraError e),
 }
 
-service WorkerService {
+service WorkerService extends ParityService {
   GetReply Get(1: string token, 2: i32 shard, 3: i64 epoch, 4: binary key)
       throws (1: TesseraError e),
   // All ops apply atomically on this worker (one engine commit); each names its shard and epoch.
@@ -99,6 +172,12 @@ service WorkerService {
   ScanReply Scan(1: string token, 2: i32 shard, 3: i64 epoch, 4: binary start, 5: binary prefix,
                  6: i32 limit) throws (1: TesseraError e),
   string Ping(1: string token) throws (1: TesseraError e),
+  // Page images of the pinned protected snapshot `gen` (a survivor's part of a rebuild); an
+  // empty binary for an all-zero page. UNAVAILABLE when that generation is not pinned here.
+  list<binary> ReadImage(1: string token, 2: i64 gen, 3: i64 first_pgno, 4: i32 count)
+      throws (1: TesseraError e),
+  // Progress of a rebuild or replay on this worker, as JSON ("" when none).
+  string Progress(1: string token) throws (1: TesseraError e),
   // From the manager: stop serving, flush, optionally delete the data directory, then exit.
   void Shutdown(1: string token, 2: bool cleanup) throws (1: TesseraError e),
 }

@@ -49,6 +49,19 @@ class EchoHandler : public gen::WorkerServiceIf {
             const std::string&, int32_t) override {}
   void Ping(std::string& r, const std::string&) override { r = "pong"; }
   void Shutdown(const std::string&, bool) override {}
+  void ReadImage(std::vector<std::string>&, const std::string&, int64_t, int64_t,
+                 int32_t) override {}
+  void Progress(std::string&, const std::string&) override {}
+  void AppendTail(const std::string&, int32_t, int64_t, const std::vector<gen::TailEntry>&,
+                  bool) override {}
+  void StageDelta(const std::string&, int32_t, int64_t, int64_t,
+                  const std::vector<gen::PageDelta>&) override {}
+  void CommitGeneration(gen::GenRecord&, const std::string&, int32_t, int64_t, int64_t, int64_t,
+                        const std::string&, int64_t, int64_t) override {}
+  void GetRecord(gen::GenRecord&, const std::string&, int32_t, int64_t) override {}
+  void ReadTail(std::vector<gen::TailEntry>&, const std::string&, int32_t, int64_t, int64_t,
+                int32_t) override {}
+  void ReadParity(gen::ParityPages&, const std::string&, int64_t, int32_t) override {}
 };
 
 struct Result {

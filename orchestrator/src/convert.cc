@@ -41,7 +41,35 @@ std::string StatusJson(const ClusterStatus& s) {
                           {"last_heartbeat_ms_ago", n.last_heartbeat_ms_ago},
                           {"incarnation", n.incarnation},
                           {"shards", n.shards_owned}});
+    if (!n.progress.empty()) {
+      auto pj = nlohmann::json::parse(n.progress, nullptr, false);
+      if (!pj.is_discarded()) j["nodes"].back()["progress"] = pj;
+    }
   }
+  const auto& p = s.map.protection;
+  nlohmann::json pj;
+  pj["scheme"] = p.scheme;
+  if (p.scheme != "none") {
+    pj["k"] = p.k;
+    pj["m"] = p.m;
+    pj["slots"] = nlohmann::json::array();
+    for (size_t i = 0; i < p.slot_nodes.size(); ++i) {
+      pj["slots"].push_back({{"slot", i},
+                             {"node", p.slot_nodes[i]},
+                             {"address", i < p.slot_addresses.size() ? p.slot_addresses[i] : ""},
+                             {"epoch", i < p.slot_epochs.size() ? p.slot_epochs[i] : 0}});
+    }
+    pj["holders"] = nlohmann::json::array();
+    for (size_t i = 0; i < p.holder_nodes.size(); ++i) {
+      pj["holders"].push_back(
+          {{"holder", i},
+           {"node", p.holder_nodes[i]},
+           {"address", i < p.holder_addresses.size() ? p.holder_addresses[i] : ""}});
+    }
+    pj["frozen"] = p.frozen;
+    pj["rebuilding"] = p.rebuilding;
+  }
+  j["protection"] = pj;
   j["shards"] = nlohmann::json::array();
   for (const auto& sh : s.map.shards) {
     j["shards"].push_back(
@@ -57,6 +85,17 @@ ShardMap FromGen(const gen::ShardMap& m) {
   out.formed = m.formed;
   out.state = m.state;
   for (const auto& s : m.shards) out.shards.push_back({s.shard, s.owner, s.address, s.epoch});
+  const auto& p = m.protection;
+  out.protection.scheme = p.scheme.empty() ? "none" : p.scheme;
+  out.protection.k = p.k;
+  out.protection.m = p.m;
+  out.protection.slot_nodes = p.slot_nodes;
+  out.protection.slot_addresses = p.slot_addresses;
+  out.protection.slot_epochs = p.slot_epochs;
+  out.protection.holder_nodes = p.holder_nodes;
+  out.protection.holder_addresses = p.holder_addresses;
+  out.protection.frozen = p.frozen;
+  out.protection.rebuilding = p.rebuilding;
   return out;
 }
 
@@ -74,12 +113,23 @@ gen::ShardMap ToGen(const ShardMap& m) {
     g.epoch = s.epoch;
     out.shards.push_back(g);
   }
+  const auto& p = m.protection;
+  out.protection.scheme = p.scheme;
+  out.protection.k = p.k;
+  out.protection.m = p.m;
+  out.protection.slot_nodes = p.slot_nodes;
+  out.protection.slot_addresses = p.slot_addresses;
+  out.protection.slot_epochs = p.slot_epochs;
+  out.protection.holder_nodes = p.holder_nodes;
+  out.protection.holder_addresses = p.holder_addresses;
+  out.protection.frozen = p.frozen;
+  out.protection.rebuilding = p.rebuilding;
   return out;
 }
 
 NodeInfo FromGen(const gen::NodeInfo& n) {
-  return {n.node_id, n.address,     n.role,        n.last_heartbeat_ms_ago,
-          n.up,      n.incarnation, n.shards_owned};
+  return {n.node_id, n.address,     n.role,         n.last_heartbeat_ms_ago,
+          n.up,      n.incarnation, n.shards_owned, n.progress};
 }
 
 ClusterStatus FromGen(const gen::ClusterStatus& s) {

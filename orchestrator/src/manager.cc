@@ -5,14 +5,18 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "convert.h"
+#include "parity_holder.h"
 #include "tessera/rpc/rpc.h"
 
 namespace tessera::orchestrator {
@@ -22,12 +26,14 @@ using Clock = std::chrono::steady_clock;
 using gen::ErrorCode;
 
 constexpr const char* kStateKey = "state";
+constexpr const char* kManagerHolder = "manager";
 
 // Membership and shard map, persisted as one JSON record in LMDB.
 class ManagerState {
  public:
-  Status Open(const ManagerOptions& o) {
+  Status Open(const ManagerOptions& o, const ProtectionSpec& spec) {
     opts_ = o;
+    spec_ = spec;
     std::error_code ec;
     std::filesystem::create_directories(o.data_dir, ec);
     if (ec)
@@ -61,6 +67,17 @@ class ManagerState {
       return Lmdb(rc, "read state");
     }
     mdb_txn_commit(t);
+    if (!stored_scheme_.empty() && stored_scheme_ != SpecText(spec)) {
+      return Status::InvalidArgument("manager data in " + o.data_dir +
+                                     " belongs to a cluster with " + "protection " +
+                                     stored_scheme_ + ", not " + SpecText(spec));
+    }
+    if (spec_.scheme != "none") {
+      slot_nodes_.resize(static_cast<size_t>(spec_.k));
+      slot_epochs_.resize(static_cast<size_t>(spec_.k), 0);
+      holder_nodes_.resize(static_cast<size_t>(spec_.m));
+      if (spec_.scheme == "xor") holder_nodes_[0] = kManagerHolder;
+    }
     if (num_shards_ == 0) {
       num_shards_ = o.num_shards;
       shards_.assign(num_shards_, {});
@@ -79,20 +96,41 @@ class ManagerState {
   }
 
   std::mutex mu;
+  std::string self_address;  // the manager's own address (its parity holder's)
 
   gen::RegisterReply Register(const std::string& id, const std::string& address,
-                              int64_t incarnation) {
+                              int64_t incarnation, const std::string& role_in,
+                              const std::string& replace, bool has_data) {
     std::lock_guard<std::mutex> l(mu);
     if (shutting_down_) Throw(ErrorCode::UNAVAILABLE, "cluster is shutting down", "manager");
     if (id.empty() || id.size() > 128) {
       Throw(ErrorCode::INVALID_ARGUMENT, "node id must be 1 to 128 bytes", "manager");
     }
+    const std::string role = role_in.empty() ? "worker" : role_in;
+    if (role != "worker" && role != "parity") {
+      Throw(ErrorCode::INVALID_ARGUMENT, "unknown role '" + role + "'", "manager");
+    }
+    if (role == "parity" && spec_.scheme != "rs") {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "this cluster has no parity workers (protection " + SpecText(spec_) +
+                (spec_.scheme == "xor" ? "; the manager holds the parity" : "") + ")",
+            "manager");
+    }
+    if (retired_.count(id)) {
+      Throw(ErrorCode::STALE_EPOCH, "node " + id + " was replaced by another node", "manager");
+    }
     auto [err, ep] = CheckAddress(address);
     if (!err.empty()) Throw(ErrorCode::INVALID_ARGUMENT, err, "manager");
+    bool rebuild = false;
     auto it = nodes_.find(id);
+    if (it != nodes_.end() && it->second.role != role) {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "node " + id + " registered as " + it->second.role + ", not " + role, "manager");
+    }
     if (it != nodes_.end() && it->second.incarnation == incarnation &&
         it->second.address == address) {
       it->second.last_hb = Clock::now();  // a retried registration: nothing changes
+      rebuild = it->second.rebuild_pending;
     } else if (it != nodes_.end() && incarnation < it->second.incarnation) {
       // A registration from a process older than the one registered (a late message from a dead
       // process): it must not replace the live one (TLA+ finding 1).
@@ -106,35 +144,62 @@ class ManagerState {
       it->second.incarnation = incarnation;
       it->second.last_hb = Clock::now();
       it->second.up = true;
-      for (auto& s : shards_) {
-        if (s.owner == id) ++s.epoch;
+      for (auto& sh : shards_) {
+        if (sh.owner == id) ++sh.epoch;
       }
+      int slot = SlotOf(id);
+      if (slot >= 0) {
+        ++slot_epochs_[static_cast<size_t>(slot)];
+        if (!has_data && spec_.scheme != "none") {
+          rebuild = true;
+          rebuilding_.insert(slot);
+        }
+      }
+      it->second.rebuild_pending = rebuild;
       ++version_;
-      spdlog::info("manager: node {} re-registered at {} (incarnation {}), epochs bumped", id,
-                   address, incarnation);
+      spdlog::info("manager: node {} re-registered at {} (incarnation {}), epochs bumped{}", id,
+                   address, incarnation, rebuild ? "; its data was lost: it rebuilds" : "");
+      Persist();
+    } else if (std::string victim = Victim(role, address, replace, has_data, id); !victim.empty()) {
+      rebuild = TakeOver(victim, id, address, incarnation, role);
       Persist();
     } else {
+      if (role == "parity") {
+        auto free_row = std::find(holder_nodes_.begin(), holder_nodes_.end(), std::string());
+        if (free_row == holder_nodes_.end()) {
+          Throw(ErrorCode::INVALID_ARGUMENT,
+                "all " + std::to_string(spec_.m) +
+                    " parity holders are registered; a replacement needs --replace NODE_ID",
+                "manager");
+        }
+        *free_row = id;
+      }
       Node n;
       n.address = address;
       n.incarnation = incarnation;
       n.last_hb = Clock::now();
       n.up = true;
-      n.order = static_cast<int>(nodes_.size());
+      n.order = next_order_++;
+      n.role = role;
       nodes_[id] = n;
       ++version_;
-      spdlog::info("manager: node {} registered at {} ({} of {} expected)", id, address,
-                   nodes_.size(), opts_.expected_workers);
-      if (!formed_ && static_cast<int>(nodes_.size()) >= opts_.expected_workers) Form();
+      spdlog::info("manager: {} {} registered at {} ({} of {} data workers)", role, id, address,
+                   DataWorkers(), opts_.expected_workers);
+      MaybeForm();
       Persist();
     }
     gen::RegisterReply r;
     r.shard_map = MapLocked();
     r.heartbeat_ms = opts_.heartbeat_ms;
+    r.rebuild = rebuild;
     return r;
   }
 
-  gen::ShardMap Heartbeat(const std::string& id, int64_t incarnation) {
+  gen::ShardMap Heartbeat(const std::string& id, int64_t incarnation, const std::string& progress) {
     std::lock_guard<std::mutex> l(mu);
+    if (retired_.count(id)) {
+      Throw(ErrorCode::STALE_EPOCH, "node " + id + " was replaced by another node", "manager");
+    }
     auto it = nodes_.find(id);
     if (it == nodes_.end())
       Throw(ErrorCode::UNAVAILABLE, "unknown node " + id + "; register", "manager");
@@ -148,6 +213,15 @@ class ManagerState {
     if (!it->second.up) {
       spdlog::info("manager: node {} is up again", id);
       it->second.up = true;
+    }
+    it->second.progress = progress;
+    int slot = SlotOf(id);
+    if (progress.empty() && slot >= 0 && rebuilding_.count(slot)) {
+      rebuilding_.erase(slot);
+      it->second.rebuild_pending = false;
+      ++version_;
+      spdlog::info("manager: node {} (slot {}) recovered and serves again", id, slot);
+      Persist();
     }
     return MapLocked();
   }
@@ -165,7 +239,8 @@ class ManagerState {
       gen::NodeInfo g;
       g.node_id = id;
       g.address = n.address;
-      g.role = "worker";
+      g.role = n.role;
+      g.progress = n.progress;
       g.last_heartbeat_ms_ago =
           std::chrono::duration_cast<std::chrono::milliseconds>(now - n.last_hb).count();
       g.up = n.up;
@@ -206,8 +281,14 @@ class ManagerState {
     shutting_down_ = true;
     ++version_;
     Persist();  // a manager restarted mid-shutdown stays shutting down
+    // Data workers first (each protects what it holds on the way out), parity holders last.
     std::vector<std::pair<std::string, std::string>> out;
-    for (const auto& [id, n] : nodes_) out.emplace_back(id, n.address);
+    for (const auto& [id, n] : nodes_) {
+      if (n.role != "parity") out.emplace_back(id, n.address);
+    }
+    for (const auto& [id, n] : nodes_) {
+      if (n.role == "parity") out.emplace_back(id, n.address);
+    }
     return out;
   }
 
@@ -218,7 +299,99 @@ class ManagerState {
     Clock::time_point last_hb;
     bool up = false;
     int order = 0;
+    std::string role = "worker";
+    std::string progress;          // from its last heartbeat
+    bool rebuild_pending = false;  // told to rebuild; a retried Register gets the same answer
   };
+
+  static std::string SpecText(const ProtectionSpec& p) {
+    if (p.scheme == "rs") return "rs:" + std::to_string(p.k) + "+" + std::to_string(p.m);
+    return p.scheme;
+  }
+
+  int DataWorkers() const {
+    int n = 0;
+    for (const auto& [id, node] : nodes_) n += node.role == "worker" ? 1 : 0;
+    return n;
+  }
+
+  int SlotOf(const std::string& id) const {
+    for (size_t i = 0; i < slot_nodes_.size(); ++i) {
+      if (slot_nodes_[i] == id) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  // The node a registration with an empty data directory takes over: --replace, or the known
+  // node of the same role that served on the same address.
+  std::string Victim(const std::string& role, const std::string& address,
+                     const std::string& replace, bool has_data, const std::string& id) const {
+    if (!replace.empty()) {
+      auto it = nodes_.find(replace);
+      if (it == nodes_.end() || it->second.role != role) {
+        Throw(ErrorCode::INVALID_ARGUMENT,
+              "--replace " + replace + ": no " + role + " with that node id in this cluster",
+              "manager");
+      }
+      if (has_data) {
+        Throw(ErrorCode::INVALID_ARGUMENT,
+              "--replace needs an empty data directory (this node already holds data)", "manager");
+      }
+      return replace;
+    }
+    if (has_data || !formed_) return "";
+    for (const auto& [other, n] : nodes_) {
+      if (other != id && n.role == role && n.address == address) return other;
+    }
+    return "";
+  }
+
+  // `id` takes the place of `old`: its shards (epochs bumped), its slot or parity row. Returns
+  // whether the new node must rebuild the old one's data from parity.
+  bool TakeOver(const std::string& old, const std::string& id, const std::string& address,
+                int64_t incarnation, const std::string& role) {
+    Node n = nodes_[old];
+    nodes_.erase(old);
+    retired_.insert(old);
+    n.address = address;
+    n.incarnation = incarnation;
+    n.last_hb = Clock::now();
+    n.up = true;
+    n.progress.clear();
+    bool rebuild = false;
+    for (auto& sh : shards_) {
+      if (sh.owner == old) {
+        sh.owner = id;
+        ++sh.epoch;
+      }
+    }
+    for (auto& h : holder_nodes_) {
+      if (h == old) h = id;
+    }
+    int slot = SlotOf(old);
+    if (slot >= 0) {
+      slot_nodes_[static_cast<size_t>(slot)] = id;
+      ++slot_epochs_[static_cast<size_t>(slot)];
+      if (spec_.scheme != "none") {
+        rebuild = true;
+        rebuilding_.insert(slot);
+      }
+    }
+    n.rebuild_pending = rebuild;
+    nodes_[id] = n;
+    ++version_;
+    spdlog::info("manager: {} {} at {} replaces {} (its data was lost){}", role, id, address, old,
+                 rebuild ? "; it rebuilds slot " + std::to_string(slot) + " from parity" : "");
+    return rebuild;
+  }
+
+  void MaybeForm() {
+    if (formed_ || DataWorkers() < opts_.expected_workers) return;
+    for (const auto& h : holder_nodes_) {
+      if (h.empty()) return;  // rs: wait for every parity worker
+    }
+    Form();
+  }
   struct Shard {
     std::string owner;
     int64_t epoch = 0;
@@ -237,8 +410,18 @@ class ManagerState {
 
   void Form() {
     std::vector<std::pair<int, std::string>> order;
-    for (const auto& [id, n] : nodes_) order.emplace_back(n.order, id);
+    for (const auto& [id, n] : nodes_) {
+      if (n.role == "worker") order.emplace_back(n.order, id);
+    }
     std::sort(order.begin(), order.end());
+    if (spec_.scheme != "none") {
+      // Protection covers the first k data workers; shards go to them only.
+      order.resize(std::min(order.size(), static_cast<size_t>(spec_.k)));
+      for (size_t i = 0; i < order.size(); ++i) {
+        slot_nodes_[i] = order[i].second;
+        slot_epochs_[i] = 1;
+      }
+    }
     for (int s = 0; s < num_shards_; ++s) {
       shards_[s].owner = order[s % order.size()].second;
       shards_[s].epoch = 1;
@@ -262,6 +445,21 @@ class ManagerState {
       if (it != nodes_.end()) si.address = it->second.address;
       m.shards.push_back(si);
     }
+    auto addr = [this](const std::string& id) -> std::string {
+      if (id == kManagerHolder) return self_address;
+      auto it = nodes_.find(id);
+      return it == nodes_.end() ? "" : it->second.address;
+    };
+    m.protection.scheme = spec_.scheme;
+    m.protection.k = spec_.k;
+    m.protection.m = spec_.m;
+    m.protection.slot_nodes = slot_nodes_;
+    for (const auto& id : slot_nodes_) m.protection.slot_addresses.push_back(addr(id));
+    m.protection.slot_epochs = slot_epochs_;
+    m.protection.holder_nodes = holder_nodes_;
+    for (const auto& id : holder_nodes_) m.protection.holder_addresses.push_back(addr(id));
+    m.protection.frozen = !rebuilding_.empty();
+    m.protection.rebuilding.assign(rebuilding_.begin(), rebuilding_.end());
     return ToGen(m);
   }
 
@@ -275,9 +473,18 @@ class ManagerState {
       node.address = n.value("address", "");
       node.incarnation = n.value("incarnation", int64_t{0});
       node.order = n.value("order", 0);
+      node.role = n.value("role", "worker");
+      node.rebuild_pending = n.value("rebuild_pending", false);
       node.up = true;
+      next_order_ = std::max(next_order_, node.order + 1);
       nodes_[n.value("id", "")] = node;
     }
+    stored_scheme_ = j.value("protection", "");
+    slot_nodes_ = j.value("slot_nodes", std::vector<std::string>());
+    slot_epochs_ = j.value("slot_epochs", std::vector<int64_t>());
+    holder_nodes_ = j.value("holder_nodes", std::vector<std::string>());
+    for (int r : j.value("rebuilding", std::vector<int>())) rebuilding_.insert(r);
+    for (const auto& r : j.value("retired", std::vector<std::string>())) retired_.insert(r);
     shards_.assign(num_shards_, {});
     for (const auto& s : j.value("shards", nlohmann::json::array())) {
       int i = s.value("shard", -1);
@@ -295,9 +502,19 @@ class ManagerState {
     j["shutting_down"] = shutting_down_;
     j["nodes"] = nlohmann::json::array();
     for (const auto& [id, n] : nodes_) {
-      j["nodes"].push_back(
-          {{"id", id}, {"address", n.address}, {"incarnation", n.incarnation}, {"order", n.order}});
+      j["nodes"].push_back({{"id", id},
+                            {"address", n.address},
+                            {"incarnation", n.incarnation},
+                            {"order", n.order},
+                            {"role", n.role},
+                            {"rebuild_pending", n.rebuild_pending}});
     }
+    j["protection"] = SpecText(spec_);
+    j["slot_nodes"] = slot_nodes_;
+    j["slot_epochs"] = slot_epochs_;
+    j["holder_nodes"] = holder_nodes_;
+    j["rebuilding"] = std::vector<int>(rebuilding_.begin(), rebuilding_.end());
+    j["retired"] = std::vector<std::string>(retired_.begin(), retired_.end());
     j["shards"] = nlohmann::json::array();
     for (int s = 0; s < num_shards_; ++s) {
       j["shards"].push_back(
@@ -319,6 +536,14 @@ class ManagerState {
   }
 
   ManagerOptions opts_;
+  ProtectionSpec spec_;
+  std::string stored_scheme_;
+  std::vector<std::string> slot_nodes_;  // data slot -> node id
+  std::vector<int64_t> slot_epochs_;
+  std::vector<std::string> holder_nodes_;  // parity row -> node id ("manager": this process)
+  std::set<int> rebuilding_;
+  std::set<std::string> retired_;  // node ids replaced by another node: fenced for good
+  int next_order_ = 0;
   MDB_env* env_ = nullptr;
   MDB_dbi dbi_ = 0;
   int64_t version_ = 0;
@@ -336,15 +561,51 @@ class Handler : public gen::ManagerServiceIf {
       : st_(st), opts_(o), done_(done), cleanup_(cleanup) {}
 
   void Register(gen::RegisterReply& r, const std::string& token, const std::string& node_id,
-                const std::string& address, int64_t incarnation) override {
+                const std::string& address, int64_t incarnation, const std::string& role,
+                const std::string& replace, bool has_data) override {
     Auth(token);
-    r = st_->Register(node_id, address, incarnation);
+    r = st_->Register(node_id, address, incarnation, role, replace, has_data);
   }
   void Heartbeat(gen::ShardMap& r, const std::string& token, const std::string& node_id,
-                 int64_t incarnation) override {
+                 int64_t incarnation, const std::string& progress) override {
     Auth(token);
-    r = st_->Heartbeat(node_id, incarnation);
+    r = st_->Heartbeat(node_id, incarnation, progress);
   }
+
+  // ParityService: the manager's own parity holder (protection xor).
+  void AppendTail(const std::string& token, int32_t slot, int64_t epoch,
+                  const std::vector<gen::TailEntry>& entries, bool sync) override {
+    Auth(token);
+    Holder()->AppendTail(slot, epoch, entries, sync);
+  }
+  void StageDelta(const std::string& token, int32_t slot, int64_t epoch, int64_t to_gen,
+                  const std::vector<gen::PageDelta>& pages) override {
+    Auth(token);
+    Holder()->StageDelta(slot, epoch, to_gen, pages);
+  }
+  void CommitGeneration(gen::GenRecord& r, const std::string& token, int32_t slot, int64_t epoch,
+                        int64_t from_gen, int64_t to_gen, const std::string& descriptor,
+                        int64_t covered_seq, int64_t last_page) override {
+    Auth(token);
+    r = Holder()->CommitGeneration(slot, epoch, from_gen, to_gen, descriptor, covered_seq,
+                                   last_page);
+  }
+  void GetRecord(gen::GenRecord& r, const std::string& token, int32_t slot,
+                 int64_t epoch) override {
+    Auth(token);
+    r = Holder()->GetRecord(slot, epoch);
+  }
+  void ReadTail(std::vector<gen::TailEntry>& r, const std::string& token, int32_t slot,
+                int64_t epoch, int64_t after_seq, int32_t max_entries) override {
+    Auth(token);
+    r = Holder()->ReadTail(slot, epoch, after_seq, max_entries);
+  }
+  void ReadParity(gen::ParityPages& r, const std::string& token, int64_t first_pgno,
+                  int32_t count) override {
+    Auth(token);
+    r = Holder()->ReadParity(first_pgno, count);
+  }
+  std::shared_ptr<ParityHolder> holder;
   void GetShardMap(gen::ShardMap& r, const std::string& token) override {
     Auth(token);
     r = st_->Map();
@@ -399,6 +660,13 @@ class Handler : public gen::ManagerServiceIf {
     if (token != opts_.token)
       Throw(ErrorCode::UNAUTHENTICATED, "wrong or missing cluster token", "manager");
   }
+  ParityHolder* Holder() const {
+    if (!holder) {
+      Throw(ErrorCode::UNAVAILABLE, "the manager holds no parity (protection is not xor)",
+            "manager");
+    }
+    return holder.get();
+  }
   ManagerState* st_;
   ManagerOptions opts_;
   std::atomic<bool>* done_;
@@ -408,24 +676,67 @@ class Handler : public gen::ManagerServiceIf {
 
 }  // namespace
 
+Result<ProtectionSpec> ParseProtection(const std::string& text, int workers) {
+  ProtectionSpec p;
+  if (text == "none") {
+    p.scheme = "none";
+    return p;
+  }
+  if (text == "xor") {
+    p.scheme = "xor";
+    p.k = workers;
+    p.m = 1;
+    if (workers < 2) return Status::InvalidArgument("--protection xor needs at least 2 workers");
+    return p;
+  }
+  int k = 0, m = 0;
+  char extra = 0;
+  if (std::sscanf(text.c_str(), "rs:%d+%d%c", &k, &m, &extra) == 2 && k >= 1 && m >= 1 &&
+      k + m <= 255) {
+    p.scheme = "rs";
+    p.k = k;
+    p.m = m;
+    return p;
+  }
+  return Status::InvalidArgument("--protection '" + text +
+                                 "': expected none, xor or rs:K+M (e.g. rs:4+2)");
+}
+
 Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   if (options.num_shards < 1 || options.num_shards > kMaxShards) {
     return Status::InvalidArgument("--shards must be 1 to " + std::to_string(kMaxShards));
   }
   if (options.expected_workers < 1) return Status::InvalidArgument("--workers must be at least 1");
   TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint ep, rpc::Endpoint::Parse(options.listen));
+  TESSERA_ASSIGN_OR_RETURN(ProtectionSpec spec,
+                           ParseProtection(options.protection, options.expected_workers));
+  ManagerOptions opts = options;
+  if (spec.scheme == "rs") opts.expected_workers = spec.k;
   ManagerState state;
-  TESSERA_RETURN_IF_ERROR(state.Open(options));
+  TESSERA_RETURN_IF_ERROR(state.Open(opts, spec));
   std::atomic<bool> done{false}, cleanup{false};
-  auto handler = std::make_shared<Handler>(&state, options, &done, &cleanup);
+  auto handler = std::make_shared<Handler>(&state, opts, &done, &cleanup);
+  if (spec.scheme == "xor") {
+    auto h = ParityHolder::Open(options.data_dir + "/parity", "xor", spec.k, 1, 0, "manager");
+    if (!h.ok()) {
+      state.Close();
+      return h.status();
+    }
+    handler->holder = std::move(h).value();
+  }
   auto processor = std::make_shared<gen::ManagerServiceProcessor>(handler);
   auto server = rpc::Server::Start(ep, processor);
   if (!server.ok()) {
     state.Close();
     return server.status();
   }
-  spdlog::info("manager: serving on {} (data {}, {} shards, expecting {} workers)", options.listen,
-               options.data_dir, options.num_shards, options.expected_workers);
+  {
+    std::lock_guard<std::mutex> l(state.mu);
+    state.self_address = ep.host + ":" + std::to_string((*server)->port());
+  }
+  spdlog::info("manager: serving on {} (data {}, {} shards, expecting {} workers, protection {})",
+               options.listen, options.data_dir, options.num_shards, opts.expected_workers,
+               options.protection);
 
   std::unique_ptr<httplib::Server> http;
   std::thread http_thread;
@@ -459,6 +770,7 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     http_thread.join();
   }
   (*server)->Stop();
+  handler->holder.reset();
   if (done.load() && !cleanup.load()) {
     try {
       state.EndShutdown();

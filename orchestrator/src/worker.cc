@@ -14,7 +14,11 @@
 #include <shared_mutex>
 #include <thread>
 
+#include <sys/file.h>
+
 #include "convert.h"
+#include "parity_holder.h"
+#include "protector.h"
 #include "tessera/engine/db.h"
 #include "tessera/rpc/rpc.h"
 
@@ -22,8 +26,6 @@ namespace tessera::orchestrator {
 namespace {
 
 using gen::ErrorCode;
-
-std::string ShardTree(int shard) { return "s" + std::to_string(shard); }
 
 // Replaces `path` with `content` atomically (temp file, fsync, rename).
 Status WriteFileDurably(const std::string& path, const std::string& content) {
@@ -77,6 +79,21 @@ class WorkerState {
   int64_t incarnation = 0;
   std::string address;
   std::unique_ptr<engine::Db> db;
+  std::atomic<engine::Db*> dbp{nullptr};  // set once the engine is recovered and protected
+  std::unique_ptr<Protector> protector;
+  std::mutex holder_mu;
+  std::shared_ptr<ParityHolder> holder;  // role parity, once the map names this node
+
+  engine::Db* Db() const {
+    engine::Db* d = dbp.load(std::memory_order_acquire);
+    if (!d) Throw(ErrorCode::UNAVAILABLE, "worker is recovering its data", node_id);
+    return d;
+  }
+  std::shared_ptr<ParityHolder> Holder() {
+    std::lock_guard<std::mutex> l(holder_mu);
+    if (!holder) Throw(ErrorCode::UNAVAILABLE, "this node is not a parity holder (yet)", node_id);
+    return holder;
+  }
 
   std::atomic<bool> registered{false};
   std::atomic<bool> shutting_down{false};
@@ -107,6 +124,9 @@ class WorkerState {
   void CheckShard(int shard, int64_t epoch) {
     if (shutting_down.load()) Throw(ErrorCode::UNAVAILABLE, "worker is shutting down", node_id);
     if (!registered.load()) Throw(ErrorCode::UNAVAILABLE, "worker has not registered yet", node_id);
+    if (!dbp.load(std::memory_order_acquire)) {
+      Throw(ErrorCode::UNAVAILABLE, "worker is recovering its data", node_id);
+    }
     std::shared_lock<std::shared_mutex> l(map_mu);
     if (!formed) {
       Throw(ErrorCode::UNAVAILABLE, "worker has not learned the formed shard map yet", node_id);
@@ -154,7 +174,7 @@ class Handler : public gen::WorkerServiceIf {
     Auth(token);
     s_->CheckShard(shard, epoch);
     std::string v;
-    Status st = s_->db->Get(ShardTree(shard), key, &v);
+    Status st = s_->Db()->Get(ShardTree(shard), key, &v);
     if (st.ok()) {
       r.found = true;
       r.value = std::move(v);
@@ -186,7 +206,11 @@ class Handler : public gen::WorkerServiceIf {
         b.Delete(ShardTree(op.shard), op.key);
       }
     }
-    Status st = s_->db->Write(b, engine::WriteOptions{sync || s_->opts.sync});
+    if (s_->protector->enabled()) {
+      s_->protector->Write(s_->Db(), ops, sync || s_->opts.sync);
+      return;
+    }
+    Status st = s_->Db()->Write(b, engine::WriteOptions{sync || s_->opts.sync});
     if (!st.ok()) Fail(st);
   }
 
@@ -199,7 +223,7 @@ class Handler : public gen::WorkerServiceIf {
       Throw(ErrorCode::INVALID_ARGUMENT, "scan limit must be 1 to " + std::to_string(kMaxScanLimit),
             s_->node_id);
     }
-    auto txn = s_->db->BeginRead();
+    auto txn = s_->Db()->BeginRead();
     if (!txn.ok()) Fail(txn.status());
     auto cur = (*txn)->NewCursor(ShardTree(shard));
     if (!cur.ok()) {
@@ -228,6 +252,51 @@ class Handler : public gen::WorkerServiceIf {
     r = s_->node_id;
   }
 
+  void ReadImage(std::vector<std::string>& r, const std::string& token, int64_t gen, int64_t first,
+                 int32_t count) override {
+    Auth(token);
+    r = s_->protector->ReadImage(s_->dbp.load(), gen, first, count);
+  }
+
+  void Progress(std::string& r, const std::string& token) override {
+    Auth(token);
+    r = s_->protector->Progress();
+  }
+
+  // ParityService: served when this node is a parity holder.
+  void AppendTail(const std::string& token, int32_t slot, int64_t epoch,
+                  const std::vector<gen::TailEntry>& entries, bool sync) override {
+    Auth(token);
+    s_->Holder()->AppendTail(slot, epoch, entries, sync);
+  }
+  void StageDelta(const std::string& token, int32_t slot, int64_t epoch, int64_t to_gen,
+                  const std::vector<gen::PageDelta>& pages) override {
+    Auth(token);
+    s_->Holder()->StageDelta(slot, epoch, to_gen, pages);
+  }
+  void CommitGeneration(gen::GenRecord& r, const std::string& token, int32_t slot, int64_t epoch,
+                        int64_t from_gen, int64_t to_gen, const std::string& descriptor,
+                        int64_t covered_seq, int64_t last_page) override {
+    Auth(token);
+    r = s_->Holder()->CommitGeneration(slot, epoch, from_gen, to_gen, descriptor, covered_seq,
+                                       last_page);
+  }
+  void GetRecord(gen::GenRecord& r, const std::string& token, int32_t slot,
+                 int64_t epoch) override {
+    Auth(token);
+    r = s_->Holder()->GetRecord(slot, epoch);
+  }
+  void ReadTail(std::vector<gen::TailEntry>& r, const std::string& token, int32_t slot,
+                int64_t epoch, int64_t after_seq, int32_t max_entries) override {
+    Auth(token);
+    r = s_->Holder()->ReadTail(slot, epoch, after_seq, max_entries);
+  }
+  void ReadParity(gen::ParityPages& r, const std::string& token, int64_t first_pgno,
+                  int32_t count) override {
+    Auth(token);
+    r = s_->Holder()->ReadParity(first_pgno, count);
+  }
+
   void Shutdown(const std::string& token, bool cleanup) override {
     Auth(token);
     spdlog::info("worker {}: shutdown requested{}", s_->node_id, cleanup ? " with cleanup" : "");
@@ -244,8 +313,15 @@ class Handler : public gen::WorkerServiceIf {
             std::to_string(s_->in_flight.load()) + " requests still in flight after 10 s",
             s_->node_id);
     }
-    Status st = s_->db->Sync();
-    if (!st.ok()) Fail(st);
+    if (engine::Db* db = s_->dbp.load()) {
+      if (s_->protector->enabled()) {
+        // Everything this worker holds is protected before it goes (the tails empty out).
+        Status ps = s_->protector->Advance(db, true);
+        if (!ps.ok()) spdlog::warn("worker {}: final protection: {}", s_->node_id, ps.message());
+      }
+      Status st = db->Sync();
+      if (!st.ok()) Fail(st);
+    }
     s_->cleanup.store(cleanup);
     s_->exit_requested.store(true);
   }
@@ -268,20 +344,45 @@ class Handler : public gen::WorkerServiceIf {
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   WorkerState s;
   s.opts = options;
+  if (options.role != "worker" && options.role != "parity") {
+    return Status::InvalidArgument("--role must be 'worker' or 'parity', not '" + options.role +
+                                   "'");
+  }
+  const bool parity_role = options.role == "parity";
   TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint ep, rpc::Endpoint::Parse(options.listen));
   TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint mep, rpc::Endpoint::Parse(options.manager));
   std::error_code ec;
+  const bool had_dir = std::filesystem::exists(options.data_dir + "/node_id");
   std::filesystem::create_directories(options.data_dir, ec);
   if (ec) {
     return Status::IoError("cannot create data directory '" + options.data_dir +
                            "': " + ec.message());
   }
+  // One process per data directory: the lock is held until exit.
+  std::string lock_path = options.data_dir + "/lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) return ErrnoStatus(errno, "open " + lock_path);
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd);
+    return Status::Busy("data directory '" + options.data_dir +
+                        "' is in use by another tessera process");
+  }
+  struct LockCloser {
+    int fd;
+    ~LockCloser() { ::close(fd); }
+  } lock_closer{lock_fd};
+  const bool has_data =
+      had_dir && (parity_role || std::filesystem::exists(options.data_dir + "/data.tdb"));
   TESSERA_ASSIGN_OR_RETURN(s.node_id, LoadOrCreateNodeId(options.data_dir));
-  auto db = engine::Db::Open(options.data_dir + "/data.tdb");
-  if (!db.ok()) return db.status().WithContext("worker data");
-  s.db = std::move(db).value();
-  // After the engine's lock is held: only one process of this data directory gets here.
   TESSERA_ASSIGN_OR_RETURN(s.incarnation, NextIncarnation(options.data_dir));
+  ProtectorOptions po;
+  po.data_dir = options.data_dir;
+  po.token = options.token;
+  po.node_id = s.node_id;
+  po.min_holders = options.min_holders;
+  po.protect_every = options.protect_every;
+  po.protect_interval_ms = options.protect_interval_ms;
+  s.protector = std::make_unique<Protector>(po);
 
   auto handler = std::make_shared<Handler>(&s);
   auto server = rpc::Server::Start(ep, std::make_shared<gen::WorkerServiceProcessor>(handler));
@@ -293,6 +394,39 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   rpc::ClientPool<gen::ManagerServiceClient> pool(
       rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(5000)});
   int heartbeat_ms = 300;
+  std::atomic<bool> quit{false};  // recovery and advance threads stop
+  std::thread recovery;
+  std::thread advancer;
+  Status recovery_failed;
+  std::mutex recovery_mu;
+  auto start_recovery = [&](bool rebuild) {
+    recovery = std::thread([&, rebuild] {
+      auto db = s.protector->Recover(rebuild, quit);
+      if (!db.ok()) {
+        std::lock_guard<std::mutex> l(recovery_mu);
+        recovery_failed = db.status();
+        return;
+      }
+      s.db = std::move(db).value();
+      s.dbp.store(s.db.get(), std::memory_order_release);
+      spdlog::info("worker {}: serving{}", s.node_id, s.protector->enabled() ? " (protected)" : "");
+      advancer = std::thread([&] { s.protector->AdvanceLoop(s.db.get(), quit); });
+    });
+  };
+  auto open_holder = [&](const ShardMap& m) {
+    if (!parity_role) return Status::Ok();
+    const Protection& p = m.protection;
+    for (size_t j = 0; j < p.holder_nodes.size(); ++j) {
+      if (p.holder_nodes[j] != s.node_id) continue;
+      std::lock_guard<std::mutex> l(s.holder_mu);
+      if (s.holder && s.holder->row() == static_cast<int>(j)) return Status::Ok();
+      TESSERA_ASSIGN_OR_RETURN(auto h,
+                               ParityHolder::Open(options.data_dir + "/parity", p.scheme, p.k, p.m,
+                                                  static_cast<int>(j), s.node_id));
+      s.holder = std::move(h);
+    }
+    return Status::Ok();
+  };
   auto backoff = std::chrono::milliseconds(50);
   bool fenced = false;
   bool saw_shutdown = false;
@@ -307,16 +441,35 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
       try {
         if (!s.registered.load()) {
           gen::RegisterReply r;
-          (*lease)->Register(r, options.token, s.node_id, s.address, s.incarnation);
-          s.ApplyMap(FromGen(r.shard_map));
+          (*lease)->Register(r, options.token, s.node_id, s.address, s.incarnation, options.role,
+                             options.replace, has_data);
+          ShardMap map = FromGen(r.shard_map);
+          s.ApplyMap(map);
+          s.protector->ApplyMap(map);
           heartbeat_ms = std::max(50, r.heartbeat_ms);
           s.registered.store(true);
-          spdlog::info("worker {}: registered with manager {} (map version {})", s.node_id,
-                       options.manager, r.shard_map.version);
+          spdlog::info("worker {}: registered with manager {} as {} (map version {}){}", s.node_id,
+                       options.manager, options.role, r.shard_map.version,
+                       r.rebuild ? "; its data was lost: rebuilding from parity" : "");
+          if (parity_role) {
+            Status hs = open_holder(map);
+            if (!hs.ok()) return hs;
+          } else if (!recovery.joinable()) {
+            start_recovery(r.rebuild);
+          }
         } else {
           gen::ShardMap m;
-          (*lease)->Heartbeat(m, options.token, s.node_id, s.incarnation);
-          s.ApplyMap(FromGen(m));
+          std::string progress = s.protector->Progress();
+          if (!parity_role && !s.dbp.load() && progress.empty())
+            progress = R"({"phase":"starting"})";
+          (*lease)->Heartbeat(m, options.token, s.node_id, s.incarnation, progress);
+          ShardMap map = FromGen(m);
+          s.ApplyMap(map);
+          s.protector->ApplyMap(map);
+          if (parity_role) {
+            Status hs = open_holder(map);
+            if (!hs.ok()) spdlog::error("worker {}: parity holder: {}", s.node_id, hs.message());
+          }
           if (m.state == "shutting_down") saw_shutdown = true;
         }
         backoff = std::chrono::milliseconds(50);
@@ -348,6 +501,10 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
         st = Status::Unavailable(e.what());
       }
     }
+    {
+      std::lock_guard<std::mutex> l(recovery_mu);
+      if (!recovery_failed.ok()) break;
+    }
     if (!st.ok()) {
       if (saw_shutdown && st.IsUnavailable() &&
           std::chrono::steady_clock::now() - last_contact > std::chrono::seconds(3)) {
@@ -374,8 +531,21 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   // Give an in-progress Shutdown reply time to reach the manager.
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   (*server)->Stop();
-  Status sync = s.db->Sync();
+  quit.store(true);
+  if (recovery.joinable()) recovery.join();
+  if (advancer.joinable()) advancer.join();
+  s.dbp.store(nullptr);
+  s.protector->Close();
+  Status sync = s.db ? s.db->Sync() : Status::Ok();
   s.db.reset();
+  {
+    std::lock_guard<std::mutex> l(s.holder_mu);
+    s.holder.reset();
+  }
+  {
+    std::lock_guard<std::mutex> l(recovery_mu);
+    if (!recovery_failed.ok()) return recovery_failed.WithContext("recovery");
+  }
   if (s.exit_requested.load() && s.cleanup.load()) {
     std::filesystem::remove_all(options.data_dir, ec);
     if (ec) spdlog::warn("worker {}: removing {}: {}", s.node_id, options.data_dir, ec.message());

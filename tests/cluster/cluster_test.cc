@@ -201,14 +201,15 @@ TEST(ClusterTest, DuplicateRegistrationIsHarmlessAndRestartBumpsEpochs) {
   ASSERT_TRUE(conn.ok());
   gen::ManagerServiceClient mc(conn->protocol);
   gen::RegisterReply r1, r2;
-  mc.Register(r1, "", n.node_id, n.address, n.incarnation);  // the same registration again
-  mc.Register(r2, "", n.node_id, n.address, n.incarnation);
+  mc.Register(r1, "", n.node_id, n.address, n.incarnation, "worker", "",
+              true);  // the same registration again
+  mc.Register(r2, "", n.node_id, n.address, n.incarnation, "worker", "", true);
   EXPECT_EQ(r1.shard_map.version, before->version);
   EXPECT_EQ(r2.shard_map.version, before->version);
   // A late registration from an older (dead) incarnation is refused and changes nothing.
   try {
     gen::RegisterReply r;
-    mc.Register(r, "", n.node_id, n.address, n.incarnation - 1);
+    mc.Register(r, "", n.node_id, n.address, n.incarnation - 1, "worker", "", true);
     ADD_FAILURE() << "older incarnation accepted";
   } catch (const gen::TesseraError& e) {
     EXPECT_EQ(e.code, gen::ErrorCode::STALE_EPOCH) << e.message;
@@ -217,14 +218,14 @@ TEST(ClusterTest, DuplicateRegistrationIsHarmlessAndRestartBumpsEpochs) {
   // Bad registrations get clear errors.
   try {
     gen::RegisterReply r;
-    mc.Register(r, "", "", "127.0.0.1:1", 1);
+    mc.Register(r, "", "", "127.0.0.1:1", 1, "worker", "", true);
     ADD_FAILURE() << "empty node id accepted";
   } catch (const gen::TesseraError& e) {
     EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT);
   }
   try {
     gen::RegisterReply r;
-    mc.Register(r, "", "x", "no-port", 1);
+    mc.Register(r, "", "x", "no-port", 1, "worker", "", true);
     ADD_FAILURE() << "bad address accepted";
   } catch (const gen::TesseraError& e) {
     EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT);

@@ -139,6 +139,11 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
                    "Mark a worker down after this long without a heartbeat")
       ->capture_default_str()
       ->check(CLI::Range(50, 600000));
+  manager
+      ->add_option("--protection", mo->protection,
+                   "Parity protecting the workers' data: xor (parity on this manager), rs:K+M "
+                   "(K data workers, M workers started with --role parity) or none")
+      ->capture_default_str();
   manager->add_option("--token-file", *mtoken, "File holding the cluster token");
   manager->callback([&ctx, mo, mtoken] {
     ctx.action = [mo, mtoken] {
@@ -162,6 +167,26 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
       ->capture_default_str();
   worker->add_option("--token-file", *wtoken, "File holding the cluster token");
   worker->add_flag("--sync", wo->sync, "Flush every write before acknowledging it");
+  worker->add_option("--role", wo->role, "worker (stores shards) or parity (a parity holder)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"worker", "parity"}));
+  worker->add_option("--replace", wo->replace,
+                     "Take over the slot of this node id (starting with an empty data directory)");
+  worker
+      ->add_option("--min-holders", wo->min_holders,
+                   "Parity holders that must store a write before it is acknowledged (0: all)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 255));
+  worker
+      ->add_option("--protect-every", wo->protect_every,
+                   "Commits between protected generations (the tails shrink at each)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000000));
+  worker
+      ->add_option("--protect-interval-ms", wo->protect_interval_ms,
+                   "Longest time between protected generations while writes arrive")
+      ->capture_default_str()
+      ->check(CLI::Range(10, 3600000));
   worker->callback([&ctx, wo, wtoken] {
     ctx.action = [wo, wtoken] {
       auto t = orchestrator::ReadTokenFile(*wtoken);

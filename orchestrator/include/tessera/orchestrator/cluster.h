@@ -29,12 +29,28 @@ struct ShardInfo {
   int64_t epoch = 0;
 };
 
+// Protection of the data workers' engines by erasure-coded parity (scheme "none", "xor", "rs").
+// Slot i < k is a data worker; holder j < m keeps parity row j, the slots' tails and records.
+struct Protection {
+  std::string scheme = "none";
+  int k = 0;
+  int m = 0;
+  std::vector<std::string> slot_nodes;  // "" while the slot is empty
+  std::vector<std::string> slot_addresses;
+  std::vector<int64_t> slot_epochs;
+  std::vector<std::string> holder_nodes;
+  std::vector<std::string> holder_addresses;
+  bool frozen = false;
+  std::vector<int> rebuilding;
+};
+
 struct ShardMap {
   int64_t version = 0;
   int num_shards = 0;
   bool formed = false;
   std::string state;  // "forming", "serving", "shutting_down"
   std::vector<ShardInfo> shards;
+  Protection protection;
 };
 
 struct NodeInfo {
@@ -45,6 +61,7 @@ struct NodeInfo {
   bool up = false;
   int64_t incarnation = 0;
   int shards_owned = 0;
+  std::string progress;  // JSON from the node while it rebuilds or replays; "" otherwise
 };
 
 struct ClusterStatus {

@@ -26,7 +26,18 @@ struct ManagerOptions {
   int heartbeat_ms = 300;
   int heartbeat_timeout_ms = 3000;
   std::string token;
+  // "xor" (k = workers, one parity holder inside the manager), "rs:K+M" (K data workers and M
+  // parity workers started with `tessera worker --role parity`) or "none".
+  std::string protection = "xor";
 };
+
+// Parses --protection: scheme ("none", "xor", "rs"), k and m (k from `workers` for xor).
+struct ProtectionSpec {
+  std::string scheme;
+  int k = 0;
+  int m = 0;
+};
+Result<ProtectionSpec> ParseProtection(const std::string& text, int workers);
 
 // Serves until a Shutdown request completes (returns Ok) or *stop becomes true (SIGTERM: returns
 // Ok after stopping the servers; the workers keep running).

@@ -1,0 +1,901 @@
+#include "protector.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "parity_holder.h"
+#include "tessera/erasure/codec.h"
+
+namespace tessera::orchestrator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using gen::ErrorCode;
+
+constexpr const char* kSeqTree = "_p";
+constexpr const char* kSeqKey = "seq";
+constexpr int kDeltaChunk = 256;    // pages per StageDelta call (1 MiB)
+constexpr int kRebuildChunk = 256;  // pages per rebuild batch
+
+void PutU32(std::string* s, uint32_t v) {
+  for (int i = 3; i >= 0; --i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+std::string SeqBytes(int64_t seq) {
+  std::string s;
+  PutU32(&s, static_cast<uint32_t>(static_cast<uint64_t>(seq) >> 32));
+  PutU32(&s, static_cast<uint32_t>(static_cast<uint64_t>(seq)));
+  return s;
+}
+
+// The tail seq a snapshot includes (0: none).
+int64_t SeqOf(const engine::ReadTxn& snap) {
+  auto v = snap.Get(kSeqTree, kSeqKey);
+  if (!v.ok() || v->size() != 8) return 0;
+  return static_cast<int64_t>((uint64_t{GetU32(v->data())} << 32) | GetU32(v->data() + 4));
+}
+
+std::string Hex(const std::string& s) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    out.push_back(d[c >> 4]);
+    out.push_back(d[c & 15]);
+  }
+  return out;
+}
+bool Unhex(const std::string& h, std::string* out) {
+  if (h.size() % 2) return false;
+  out->clear();
+  for (size_t i = 0; i < h.size(); i += 2) {
+    auto nib = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int a = nib(h[i]), b = nib(h[i + 1]);
+    if (a < 0 || b < 0) return false;
+    out->push_back(static_cast<char>(a * 16 + b));
+  }
+  return true;
+}
+
+Status WriteFileDurably(const std::string& path, const std::string& content) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "create " + tmp);
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            ::fsync(fd) == 0;
+  int err = errno;
+  ::close(fd);
+  if (!ok) return ErrnoStatus(err, "write " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + tmp);
+  return Status::Ok();
+}
+
+bool AllZero(const uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (p[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string ShardTree(int shard) { return "s" + std::to_string(shard); }
+
+std::string EncodeOps(const std::vector<gen::Op>& ops) {
+  std::string s;
+  PutU32(&s, static_cast<uint32_t>(ops.size()));
+  for (const auto& op : ops) {
+    s.push_back(op.put ? 1 : 0);
+    PutU32(&s, static_cast<uint32_t>(op.shard));
+    PutU32(&s, static_cast<uint32_t>(op.key.size()));
+    s += op.key;
+    PutU32(&s, static_cast<uint32_t>(op.value.size()));
+    s += op.value;
+  }
+  return s;
+}
+
+Result<std::vector<gen::Op>> DecodeOps(const std::string& b) {
+  auto bad = [] { return Status::Corruption("tail entry is truncated or malformed"); };
+  if (b.size() < 4) return bad();
+  size_t pos = 4;
+  uint32_t n = GetU32(b.data());
+  std::vector<gen::Op> ops;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (b.size() - pos < 9) return bad();
+    gen::Op op;
+    op.put = b[pos] != 0;
+    op.shard = static_cast<int32_t>(GetU32(b.data() + pos + 1));
+    uint32_t kl = GetU32(b.data() + pos + 5);
+    pos += 9;
+    if (b.size() - pos < kl + size_t{4}) return bad();
+    op.key = b.substr(pos, kl);
+    pos += kl;
+    uint32_t vl = GetU32(b.data() + pos);
+    pos += 4;
+    if (b.size() - pos < vl) return bad();
+    op.value = b.substr(pos, vl);
+    pos += vl;
+    ops.push_back(std::move(op));
+  }
+  if (pos != b.size()) return bad();
+  return ops;
+}
+
+struct Protector::Pending {
+  const std::vector<gen::Op>* ops = nullptr;
+  int64_t seq = 0;
+  bool sync = false;
+  bool abandon = false;
+  bool done = false;
+  Status status;
+};
+
+Protector::Protector(ProtectorOptions o)
+    : o_(std::move(o)),
+      holder_pool_(
+          rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(10000)}),
+      worker_pool_(
+          rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(10000)}) {}
+
+Protector::~Protector() { Close(); }
+
+void Protector::Close() {
+  std::lock_guard<std::mutex> l(mu_);
+  pins_.clear();
+}
+
+void Protector::ApplyMap(const ShardMap& map) {
+  const Protection& p = map.protection;
+  std::lock_guard<std::mutex> l(mu_);
+  if (p.scheme == "none" || p.scheme.empty()) {
+    enabled_.store(false);
+    return;
+  }
+  scheme_ = p.scheme;
+  k_ = p.k;
+  m_ = p.m;
+  int slot = -1;
+  for (size_t i = 0; i < p.slot_nodes.size(); ++i) {
+    if (p.slot_nodes[i] == o_.node_id) slot = static_cast<int>(i);
+  }
+  slot_.store(slot);
+  if (slot >= 0 && static_cast<size_t>(slot) < p.slot_epochs.size()) epoch_ = p.slot_epochs[slot];
+  slot_addresses_ = p.slot_addresses;
+  holders_.resize(p.holder_nodes.size());
+  for (size_t j = 0; j < p.holder_nodes.size(); ++j) {
+    if (holders_[j].node != p.holder_nodes[j]) {
+      holders_[j].node = p.holder_nodes[j];
+      holders_[j].gen = -1;  // a new holder: learn what it records
+    }
+    holders_[j].address = j < p.holder_addresses.size() ? p.holder_addresses[j] : "";
+  }
+  frozen_.store(p.frozen);
+  enabled_.store(slot >= 0);
+}
+
+void Protector::SetProgress(const std::string& json) {
+  std::lock_guard<std::mutex> l(progress_mu_);
+  progress_ = json;
+}
+
+std::string Protector::Progress() const {
+  std::lock_guard<std::mutex> l(progress_mu_);
+  return progress_;
+}
+
+template <typename F>
+Status Protector::CallHolder(size_t j, F&& f) {
+  std::string addr, node;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (j >= holders_.size()) return Status::Unavailable("no parity holder " + std::to_string(j));
+    addr = holders_[j].address;
+    node = holders_[j].node;
+  }
+  if (addr.empty()) {
+    return Status::Unavailable("parity holder " + std::to_string(j) + " has not registered");
+  }
+  auto ep = rpc::Endpoint::Parse(addr);
+  if (!ep.ok()) return ep.status();
+  Status last;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto lease = holder_pool_.Get(*ep);
+    if (!lease.ok()) {
+      last = Status::Unavailable("parity holder " + node + " at " + addr + ": " +
+                                 lease.status().message());
+    } else {
+      try {
+        f(*(*lease).operator->());
+        return Status::Ok();
+      } catch (const gen::TesseraError& e) {
+        Status s = FromError(e);
+        if (e.code == ErrorCode::STALE_EPOCH) {
+          return Status::Unavailable("stale epoch: " + s.message()).WithCCode(-2);
+        }
+        if (e.code == ErrorCode::GENERATION_MISMATCH) {
+          return Status::Unavailable("generation mismatch: " + s.message()).WithCCode(-7);
+        }
+        return s;
+      } catch (const std::exception& e) {
+        lease->Broken();
+        last = Status::Unavailable("parity holder " + node + " at " + addr + ": " + e.what());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
+  }
+  return last;
+}
+
+// ---- the write path -------------------------------------------------------------------------
+
+void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync) {
+  gen::TailEntry e;
+  e.batch = EncodeOps(ops);
+  Pending p;
+  p.ops = &ops;
+  p.sync = sync;
+  int slot;
+  int64_t epoch;
+  size_t m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    slot = slot_.load();
+    epoch = epoch_;
+    m = holders_.size();
+  }
+  {
+    std::lock_guard<std::mutex> l(seq_mu_);
+    p.seq = ++next_seq_;
+  }
+  e.seq = p.seq;
+  std::vector<gen::TailEntry> entries{e};
+  size_t stored = 0;
+  bool stale = false;
+  std::string missing;
+  for (size_t j = 0; j < m; ++j) {
+    Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
+      c.AppendTail(o_.token, slot, epoch, entries, sync);
+    });
+    if (st.ok()) {
+      ++stored;
+    } else {
+      stale = stale || st.c_code() == -2;
+      missing += (missing.empty() ? "" : "; ") + st.message();
+    }
+  }
+  size_t need = o_.min_holders > 0 ? std::min<size_t>(static_cast<size_t>(o_.min_holders), m) : m;
+  p.abandon = stored < need || m == 0;
+  CommitInOrder(db, &p);
+  if (p.abandon) {
+    Throw(stale ? ErrorCode::STALE_EPOCH : ErrorCode::UNAVAILABLE,
+          "write not protected: tail entry stored at " + std::to_string(stored) + " of " +
+              std::to_string(m) + " parity holders (" + missing + ")",
+          o_.node_id);
+  }
+  if (!p.status.ok()) {
+    Throw(p.status.IsInvalidArgument() ? ErrorCode::INVALID_ARGUMENT : ErrorCode::INTERNAL,
+          p.status.ToString(), o_.node_id);
+  }
+}
+
+// Commits pending batches in seq order; whoever finds the next seq ready commits every
+// consecutive ready batch in one engine write (group commit), recording the last seq.
+void Protector::CommitInOrder(engine::Db* db, Pending* p) {
+  std::unique_lock<std::mutex> l(seq_mu_);
+  ready_[p->seq] = p;
+  while (!p->done) {
+    auto it = ready_.find(committed_seq_ + 1);
+    if (it == ready_.end() || committing_) {
+      seq_cv_.wait(l);
+      continue;
+    }
+    committing_ = true;
+    std::vector<Pending*> group;
+    int64_t s = committed_seq_ + 1;
+    for (auto g = ready_.find(s); g != ready_.end() && g->first == s; g = ready_.find(s)) {
+      group.push_back(g->second);
+      ready_.erase(g);
+      ++s;
+    }
+    l.unlock();
+    engine::WriteBatch b;
+    bool sync = false;
+    for (Pending* g : group) {
+      if (g->abandon) continue;
+      for (const auto& op : *g->ops) {
+        if (op.put) {
+          b.Put(ShardTree(op.shard), op.key, op.value);
+        } else {
+          b.Delete(ShardTree(op.shard), op.key);
+        }
+      }
+      sync = sync || g->sync;
+    }
+    Status st;
+    if (b.Count() > 0) {
+      b.Put(kSeqTree, kSeqKey, SeqBytes(s - 1));
+      st = db->Write(b, engine::WriteOptions{sync});
+    }
+    l.lock();
+    for (Pending* g : group) {
+      g->status = st;
+      g->done = true;
+    }
+    committed_seq_ = s - 1;
+    committing_ = false;
+    commits_since_advance_.fetch_add(static_cast<int64_t>(group.size()));
+    seq_cv_.notify_all();
+  }
+}
+
+// ---- recovery -------------------------------------------------------------------------------
+
+Status Protector::ApplyTailEntry(engine::Db* db, const gen::TailEntry& e) {
+  TESSERA_ASSIGN_OR_RETURN(auto ops, DecodeOps(e.batch));
+  engine::WriteBatch b;
+  for (const auto& op : ops) {
+    if (op.put) {
+      b.Put(ShardTree(op.shard), op.key, op.value);
+    } else {
+      b.Delete(ShardTree(op.shard), op.key);
+    }
+  }
+  b.Put(kSeqTree, kSeqKey, SeqBytes(e.seq));
+  return db->Write(b, engine::WriteOptions{false});
+}
+
+// Replays, from the holder with the longest tail, every entry after `from_seq`.
+Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
+  int slot = slot_.load();
+  int64_t epoch;
+  size_t m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    epoch = epoch_;
+    m = holders_.size();
+  }
+  size_t best = m;
+  int64_t best_last = from_seq;
+  for (size_t j = 0; j < m; ++j) {
+    gen::GenRecord r;
+    Status st =
+        CallHolder(j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); });
+    if (!st.ok()) {
+      spdlog::warn("{}: replay: {}", o_.node_id, st.message());
+      continue;
+    }
+    if (r.tail_last > best_last) {
+      best_last = r.tail_last;
+      best = j;
+    }
+  }
+  int64_t after = from_seq;
+  int64_t replayed = 0;
+  while (best < m && after < best_last) {
+    std::vector<gen::TailEntry> entries;
+    TESSERA_RETURN_IF_ERROR(CallHolder(best, [&](gen::ParityServiceClient& c) {
+      c.ReadTail(entries, o_.token, slot, epoch, after, 1000);
+    }));
+    if (entries.empty()) break;
+    for (const auto& e : entries) {
+      if (e.seq <= after) continue;
+      TESSERA_RETURN_IF_ERROR(ApplyTailEntry(db, e));
+      after = e.seq;
+      ++replayed;
+    }
+    SetProgress(nlohmann::json({{"phase", "replaying tail"}, {"entries", replayed}}).dump());
+  }
+  TESSERA_RETURN_IF_ERROR(db->Sync());
+  {
+    std::lock_guard<std::mutex> l(seq_mu_);
+    next_seq_ = committed_seq_ = std::max(after, from_seq);
+  }
+  if (replayed > 0) {
+    spdlog::info("{}: replayed {} tail entries (now at seq {})", o_.node_id, replayed, after);
+  }
+  return Status::Ok();
+}
+
+Status Protector::SavePins() {
+  std::ostringstream out;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& [g, snap] : pins_) {
+      auto d = snap->Descriptor();
+      out << g << ' ' << d.page_size << ' ' << d.commit_seq << ' ' << d.last_page << ' '
+          << Hex(d.meta_bytes) << '\n';
+    }
+  }
+  return WriteFileDurably(o_.data_dir + "/protected", out.str());
+}
+
+Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
+                                                       const std::atomic<bool>& stop) {
+  const std::string path = o_.data_dir + "/data.tdb";
+  if (rebuild) return Rebuild(stop);
+  // The snapshots holders may record, listed before they could record them.
+  std::vector<engine::SnapshotDescriptor> descs;
+  {
+    std::ifstream in(o_.data_dir + "/protected");
+    std::string line;
+    while (in && std::getline(in, line)) {
+      std::istringstream ls(line);
+      engine::SnapshotDescriptor d;
+      std::string hex;
+      if (ls >> d.txnid >> d.page_size >> d.commit_seq >> d.last_page >> hex &&
+          Unhex(hex, &d.meta_bytes)) {
+        descs.push_back(d);
+      } else {
+        spdlog::warn("{}: ignoring a malformed line of {}/protected", o_.node_id, o_.data_dir);
+      }
+    }
+  }
+  engine::Options opts;
+  opts.sync = false;
+  for (const auto& d : descs) {
+    opts.retain_freed_after =
+        opts.retain_freed_after == 0 ? d.txnid : std::min(opts.retain_freed_after, d.txnid);
+  }
+  auto db = engine::Db::Open(path, opts);
+  if (!db.ok()) return db.status().WithContext("worker data");
+  bool pins_ok = true;
+  for (const auto& d : descs) {
+    auto snap = (*db)->OpenSnapshot(d);
+    if (!snap.ok()) {
+      spdlog::error("{}: protected snapshot txn {} cannot be pinned again: {}", o_.node_id, d.txnid,
+                    snap.status().ToString());
+      pins_ok = false;
+      break;
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    pins_[static_cast<int64_t>(d.txnid)] = std::move(snap).value();
+  }
+  if (!enabled_.load()) return std::move(db).value();
+  if (!pins_ok) {
+    // Without its protected snapshot this engine cannot compute deltas: start over from what
+    // the parity and the tails hold (they cover every acknowledged write).
+    Close();
+    db->reset();
+    std::string aside = path + ".unprotectable";
+    std::filesystem::rename(path, aside);
+    spdlog::warn("{}: moved {} aside to {}; rebuilding from parity", o_.node_id, path, aside);
+    return Rebuild(stop);
+  }
+  SetProgress(R"({"phase":"replaying tail"})");
+  int64_t local = 0;
+  {
+    auto r = (*db)->BeginRead();
+    if (!r.ok()) return r.status();
+    local = SeqOf(**r);
+  }
+  for (;;) {
+    Status st = ReplayTails(db->get(), local);
+    if (st.ok()) st = Advance(db->get(), true);
+    if (st.ok()) break;
+    if (stop.load()) return Status::Unavailable("stopped during recovery");
+    spdlog::warn("{}: protecting before serving: {}; retrying", o_.node_id, st.message());
+    SetProgress(
+        nlohmann::json({{"phase", "waiting for parity holders"}, {"error", st.message()}}).dump());
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  SetProgress("");
+  return std::move(db).value();
+}
+
+Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& stop) {
+  const std::string path = o_.data_dir + "/data.tdb";
+  const int slot = slot_.load();
+  for (int attempt = 0;; ++attempt) {
+    if (stop.load()) return Status::Unavailable("stopped during rebuild");
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    std::string scheme;
+    int k, m;
+    int64_t epoch;
+    std::vector<std::string> slot_addrs;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      scheme = scheme_;
+      k = k_;
+      m = m_;
+      epoch = epoch_;
+      slot_addrs = slot_addresses_;
+    }
+    // Records (raising each holder's epoch for this slot fences the old incarnation).
+    std::vector<std::optional<gen::GenRecord>> recs(static_cast<size_t>(m));
+    for (int j = 0; j < m; ++j) {
+      gen::GenRecord r;
+      Status st = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
+        c.GetRecord(r, o_.token, slot, epoch);
+      });
+      if (st.ok())
+        recs[static_cast<size_t>(j)] = r;
+      else
+        spdlog::warn("{}: rebuild: {}", o_.node_id, st.message());
+    }
+    // The generation to rebuild: the newest any reachable holder records.
+    const gen::GenRecord* base = nullptr;
+    for (const auto& r : recs) {
+      if (r && (!base || r->gen > base->gen)) base = &*r;
+    }
+    if (!base) {
+      SetProgress(R"({"phase":"rebuild: waiting for a parity holder"})");
+      continue;
+    }
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+    std::filesystem::remove(o_.data_dir + "/protected", ec);
+    const int64_t g = base->gen;
+    const int64_t covered = base->covered_seq;
+    uint64_t pages_total = 0;
+    if (g != 0) {
+      engine::SnapshotDescriptor desc;
+      desc.page_size = kProtectionPageSize;
+      desc.txnid = static_cast<uint64_t>(g);
+      desc.last_page = static_cast<uint64_t>(base->last_page);
+      desc.meta_bytes = base->descriptor;
+      pages_total = desc.last_page;
+      TESSERA_ASSIGN_OR_RETURN(auto codec, erasure::Codec::Create(scheme, k, m));
+      const size_t ps = kProtectionPageSize;
+      // One batch of stripes: every shard's pages [first, first + count).
+      std::vector<std::vector<uint8_t>> shards(static_cast<size_t>(k + m));
+      uint64_t batch_first = 0, batch_count = 0;
+      std::vector<std::optional<std::vector<int64_t>>> first_gens(static_cast<size_t>(m));
+      auto t0 = Clock::now();
+      uint64_t rebuilt = 0;
+      auto fetch = [&](uint64_t first) -> Status {
+        batch_first = first;
+        batch_count = std::min<uint64_t>(kRebuildChunk, desc.last_page - first);
+        const size_t len = batch_count * ps;
+        for (auto& s : shards) s.assign(len, 0);
+        std::vector<int> erased;
+        // Parity rows whose record of every slot equals the one the first row used records.
+        std::optional<std::vector<int64_t>> gens;
+        for (int j = 0; j < m; ++j) {
+          gen::ParityPages pp;
+          Status st = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
+            c.ReadParity(pp, o_.token, static_cast<int64_t>(first),
+                         static_cast<int32_t>(batch_count));
+          });
+          std::vector<int64_t> rg;
+          for (const auto& r : pp.records) rg.push_back(r.gen);
+          bool usable = st.ok() && static_cast<int>(rg.size()) == k && rg[slot] == g &&
+                        (!gens || *gens == rg);
+          if (usable && first_gens[j] && *first_gens[j] != rg) {
+            return Status::Unavailable("parity holder " + std::to_string(j) +
+                                       " advanced a generation during the rebuild");
+          }
+          if (!usable) {
+            erased.push_back(k + j);
+            continue;
+          }
+          first_gens[j] = rg;
+          gens = rg;
+          auto& buf = shards[static_cast<size_t>(k + j)];
+          for (size_t i = 0; i < pp.pages.size() && i < batch_count; ++i) {
+            if (pp.pages[i].size() == ps) std::memcpy(buf.data() + i * ps, pp.pages[i].data(), ps);
+          }
+        }
+        if (!gens)
+          return Status::Unavailable("no parity holder records generation " + std::to_string(g));
+        for (int i = 0; i < k; ++i) {
+          if (i == slot) {
+            erased.push_back(i);
+            continue;
+          }
+          int64_t want = (*gens)[i];
+          if (want == 0) continue;  // that slot's image is all zeros
+          Status st = Status::Unavailable("no address for slot " + std::to_string(i));
+          if (static_cast<size_t>(i) < slot_addrs.size() && !slot_addrs[i].empty()) {
+            auto ep = rpc::Endpoint::Parse(slot_addrs[i]);
+            if (ep.ok()) {
+              auto lease = worker_pool_.Get(*ep);
+              st = lease.status();
+              if (st.ok()) {
+                try {
+                  std::vector<std::string> imgs;
+                  (*lease)->ReadImage(imgs, o_.token, want, static_cast<int64_t>(first),
+                                      static_cast<int32_t>(batch_count));
+                  auto& buf = shards[static_cast<size_t>(i)];
+                  for (size_t p = 0; p < imgs.size() && p < batch_count; ++p) {
+                    if (imgs[p].size() == ps) std::memcpy(buf.data() + p * ps, imgs[p].data(), ps);
+                  }
+                } catch (const gen::TesseraError& e) {
+                  st = FromError(e);
+                } catch (const std::exception& e) {
+                  lease->Broken();
+                  st = Status::Unavailable(e.what());
+                }
+              }
+            }
+          }
+          if (!st.ok()) erased.push_back(i);
+        }
+        if (static_cast<int>(erased.size()) > m) {
+          return Status::Unavailable("only " + std::to_string(k + m - erased.size()) + " of " +
+                                     std::to_string(k + m) +
+                                     " shards are reachable; waiting for more survivors");
+        }
+        std::vector<uint8_t*> ptrs;
+        for (auto& s : shards) ptrs.push_back(s.data());
+        return codec->Decode(ptrs, erased, len);
+      };
+      const std::string tmp = path + ".rebuild";
+      std::filesystem::remove(tmp, ec);
+      Status st = engine::Db::Restore(tmp, desc, [&](uint64_t p, uint8_t* buf) -> Status {
+        if (stop.load()) return Status::Unavailable("stopped during rebuild");
+        if (batch_count == 0 || p >= batch_first + batch_count || p < batch_first) {
+          TESSERA_RETURN_IF_ERROR(fetch(p));
+          rebuilt += batch_count;
+          double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+          double mbs = secs > 0 ? rebuilt * ps / 1e6 / secs : 0;
+          double left = mbs > 0 ? (desc.last_page - p) * ps / 1e6 / mbs : 0;
+          SetProgress(nlohmann::json({{"phase", "rebuilding"},
+                                      {"pages_rebuilt", rebuilt},
+                                      {"pages_total", desc.last_page},
+                                      {"mb_per_s", std::round(mbs * 10) / 10},
+                                      {"seconds_left", std::round(left * 10) / 10}})
+                          .dump());
+        }
+        std::memcpy(buf, shards[static_cast<size_t>(slot)].data() + (p - batch_first) * ps, ps);
+        return Status::Ok();
+      });
+      if (!st.ok()) {
+        spdlog::warn("{}: rebuild attempt {}: {}", o_.node_id, attempt + 1, st.message());
+        SetProgress(
+            nlohmann::json({{"phase", "rebuild: retrying"}, {"error", st.message()}}).dump());
+        continue;
+      }
+      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      spdlog::info("{}: rebuilt {} pages ({:.1f} MB) of generation {} in {:.2f} s ({:.0f} MB/s)",
+                   o_.node_id, desc.last_page, desc.last_page * ps / 1e6, g, secs,
+                   secs > 0 ? desc.last_page * ps / 1e6 / secs : 0.0);
+      std::filesystem::rename(tmp, path, ec);
+      if (ec) return Status::IoError("rename " + tmp + ": " + ec.message());
+    }
+    engine::Options opts;
+    opts.sync = false;
+    opts.retain_freed_after = static_cast<uint64_t>(g);
+    auto db = engine::Db::Open(path, opts);
+    if (!db.ok()) return db.status().WithContext("rebuilt worker data");
+    if (g != 0) {
+      engine::SnapshotDescriptor desc;
+      desc.page_size = kProtectionPageSize;
+      desc.txnid = static_cast<uint64_t>(g);
+      desc.last_page = static_cast<uint64_t>(base->last_page);
+      desc.meta_bytes = base->descriptor;
+      auto snap = (*db)->OpenSnapshot(desc);
+      if (!snap.ok()) return snap.status().WithContext("rebuilt snapshot");
+      std::lock_guard<std::mutex> l(mu_);
+      pins_[g] = std::move(snap).value();
+    }
+    TESSERA_RETURN_IF_ERROR(SavePins());
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (size_t j = 0; j < holders_.size(); ++j) {
+        holders_[j].gen = recs[j] ? recs[j]->gen : -1;
+      }
+    }
+    (void)pages_total;
+    SetProgress(R"({"phase":"replaying tail"})");
+    for (;;) {
+      Status st = ReplayTails(db->get(), covered);
+      if (st.ok()) st = Advance(db->get(), true);
+      if (st.ok()) break;
+      if (stop.load()) return Status::Unavailable("stopped during recovery");
+      spdlog::warn("{}: protecting the rebuilt data: {}; retrying", o_.node_id, st.message());
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    SetProgress("");
+    return std::move(db).value();
+  }
+}
+
+// ---- generations ----------------------------------------------------------------------------
+
+Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap,
+                            int64_t covered) {
+  const int slot = slot_.load();
+  int64_t epoch, base;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    epoch = epoch_;
+    base = holders_[j].gen;
+  }
+  const int64_t g = static_cast<int64_t>(snap.txnid());
+  if (base == g) return Status::Ok();
+  const engine::ReadTxn* old = nullptr;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (base > 0 && pins_.count(base)) old = pins_[base].get();
+  }
+  if (base < 0 || (base > 0 && !old)) {
+    gen::GenRecord r;
+    TESSERA_RETURN_IF_ERROR(
+        CallHolder(j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); }));
+    base = r.gen;
+    if (base == g) {
+      std::lock_guard<std::mutex> l(mu_);
+      holders_[j].gen = g;
+      return Status::Ok();
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    if (base > 0) {
+      if (!pins_.count(base)) {
+        return Status::Internal("parity holder " + std::to_string(j) + " records generation " +
+                                std::to_string(base) + ", which this worker no longer holds");
+      }
+      old = pins_[base].get();
+    }
+  }
+  std::vector<uint64_t> pages;
+  const uint64_t last = snap.Descriptor().last_page;
+  if (!old) {
+    for (uint64_t p = 2; p < last; ++p) pages.push_back(p);
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(pages, db->ChangedPages(*old, snap));
+  }
+  const size_t ps = db->page_size();
+  std::vector<uint8_t> a(ps), b(ps);
+  std::vector<gen::PageDelta> chunk;
+  size_t sent = 0;
+  auto flush = [&]() -> Status {
+    if (chunk.empty()) return Status::Ok();
+    Status st = CallHolder(
+        j, [&](gen::ParityServiceClient& c) { c.StageDelta(o_.token, slot, epoch, g, chunk); });
+    sent += chunk.size();
+    chunk.clear();
+    return st;
+  };
+  for (uint64_t p : pages) {
+    TESSERA_RETURN_IF_ERROR(db->PageImage(snap, p, a.data()));
+    if (old) {
+      TESSERA_RETURN_IF_ERROR(db->PageImage(*old, p, b.data()));
+      for (size_t i = 0; i < ps; ++i) a[i] ^= b[i];
+    }
+    if (AllZero(a.data(), ps)) continue;
+    gen::PageDelta d;
+    d.pgno = static_cast<int64_t>(p);
+    d.bytes.assign(reinterpret_cast<const char*>(a.data()), ps);
+    chunk.push_back(std::move(d));
+    if (chunk.size() >= static_cast<size_t>(kDeltaChunk)) TESSERA_RETURN_IF_ERROR(flush());
+  }
+  TESSERA_RETURN_IF_ERROR(flush());
+  auto desc = snap.Descriptor();
+  gen::GenRecord r;
+  Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
+    c.CommitGeneration(r, o_.token, slot, epoch, base, g, desc.meta_bytes, covered,
+                       static_cast<int64_t>(desc.last_page));
+  });
+  std::lock_guard<std::mutex> l(mu_);
+  if (!st.ok()) {
+    holders_[j].gen = -1;  // learn what it records before the next attempt
+    return st;
+  }
+  holders_[j].gen = g;
+  spdlog::debug("{}: holder {} now records generation {} ({} page deltas)", o_.node_id, j, g, sent);
+  return Status::Ok();
+}
+
+Status Protector::Advance(engine::Db* db, bool force) {
+  std::lock_guard<std::mutex> one(advance_mu_);
+  if (!enabled_.load()) return Status::Ok();
+  if (!force && frozen_.load()) return Status::Ok();
+  auto snap = db->BeginRead();
+  if (!snap.ok()) return snap.status();
+  const int64_t g = static_cast<int64_t>((*snap)->txnid());
+  size_t m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    m = holders_.size();
+    bool current = true;
+    for (const auto& h : holders_) current = current && h.gen == g;
+    if (current) return Status::Ok();
+  }
+  // The snapshot must be durable before a holder records it: a restart pins it again.
+  TESSERA_RETURN_IF_ERROR(db->Sync());
+  const int64_t covered = SeqOf(**snap);
+  const engine::ReadTxn* pinned = snap->get();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!pins_.count(g)) pins_[g] = std::move(snap).value();
+    pinned = pins_[g].get();
+  }
+  TESSERA_RETURN_IF_ERROR(SavePins());
+  commits_since_advance_.store(0);
+  Status first_error;
+  for (size_t j = 0; j < m; ++j) {
+    Status st = ProtectTo(db, j, *pinned, covered);
+    if (!st.ok() && first_error.ok()) first_error = st;
+  }
+  // Release the snapshots no holder records any more (all known), keeping the newest.
+  bool changed = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    bool all_known = true;
+    for (const auto& h : holders_) all_known = all_known && h.gen >= 0;
+    if (all_known) {
+      for (auto it = pins_.begin(); it != pins_.end();) {
+        bool used = it->first == g;
+        for (const auto& h : holders_) used = used || h.gen == it->first;
+        if (!used) {
+          it = pins_.erase(it);
+          changed = true;
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+  if (changed) TESSERA_RETURN_IF_ERROR(SavePins());
+  return first_error;
+}
+
+void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
+  auto last = Clock::now();
+  while (!stop.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!enabled_.load() || frozen_.load()) continue;
+    bool holder_unknown = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& h : holders_) holder_unknown = holder_unknown || h.gen < 0;
+    }
+    int64_t n = commits_since_advance_.load();
+    bool due =
+        n >= o_.protect_every ||
+        (n > 0 && Clock::now() - last >= std::chrono::milliseconds(o_.protect_interval_ms)) ||
+        (holder_unknown && Clock::now() - last >= std::chrono::milliseconds(500));
+    if (!due) continue;
+    Status st = Advance(db, false);
+    last = Clock::now();
+    if (!st.ok()) spdlog::warn("{}: generation advance: {}", o_.node_id, st.message());
+  }
+}
+
+std::vector<std::string> Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first,
+                                              int count) {
+  if (count < 0 || count > 4096 || first < 0) {
+    Throw(ErrorCode::INVALID_ARGUMENT, "ReadImage: bad page range", o_.node_id);
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = pins_.find(gen);
+  if (it == pins_.end() || db == nullptr) {
+    Throw(ErrorCode::UNAVAILABLE,
+          "generation " + std::to_string(gen) + " is not pinned on this worker", o_.node_id);
+  }
+  std::vector<std::string> out;
+  std::string buf(db->page_size(), '\0');
+  for (int i = 0; i < count; ++i) {
+    Status st = db->PageImage(*it->second, static_cast<uint64_t>(first + i),
+                              reinterpret_cast<uint8_t*>(buf.data()));
+    if (!st.ok()) Throw(ErrorCode::INTERNAL, st.ToString(), o_.node_id);
+    if (AllZero(reinterpret_cast<const uint8_t*>(buf.data()), buf.size())) {
+      out.emplace_back();
+    } else {
+      out.push_back(buf);
+    }
+  }
+  return out;
+}
+
+}  // namespace tessera::orchestrator

@@ -1,0 +1,125 @@
+// The data worker's side of protection: the tail written at every parity holder before a batch
+// commits locally (log first), background generation advances that send the deltas of changed
+// pages, restart with the disk intact (re-pin, replay the tail, protect, then serve) and the
+// rebuild of a lost engine from the survivors' images and the parity.
+//
+// Invariants:
+//  - a batch is committed locally (and so visible to readers and acknowledged) only after its
+//    tail entry is stored at every parity holder (or at least min_holders of them); local
+//    commits happen in tail-seq order, and each records its seq in the engine (tree "_p").
+//  - a generation's snapshot stays pinned while any holder records it; it is listed in
+//    DATA/protected (written durably before a holder can record it), so a restart pins it again.
+//  - nothing is served after a restart until everything the engine holds is protected.
+//
+// Thread safety: Write, ReadImage and Progress may be called from any thread; Recover and the
+// advance loop run on their own threads.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "convert.h"
+#include "tessera/engine/db.h"
+#include "tessera/rpc/rpc.h"
+
+namespace tessera::orchestrator {
+
+struct ProtectorOptions {
+  std::string data_dir;
+  std::string token;
+  std::string node_id;
+  int min_holders = 0;             // 0: all holders must store a tail entry
+  int protect_every = 20000;       // commits between generation advances
+  int protect_interval_ms = 2000;  // and at most this long between them
+};
+
+class Protector {
+ public:
+  explicit Protector(ProtectorOptions o);
+  ~Protector();
+
+  // Called with every map the manager sends: slot, epoch, holders, freeze.
+  void ApplyMap(const ShardMap& map);
+  bool enabled() const { return enabled_.load(); }
+  int slot() const { return slot_.load(); }
+
+  // Opens the engine (pinning the protected snapshots listed in DATA/protected) or, when
+  // `rebuild`, rebuilds it from parity; replays the tails; protects; then returns the Db.
+  Result<std::unique_ptr<engine::Db>> Recover(bool rebuild, const std::atomic<bool>& stop);
+
+  // The log-first write: tail appends at the holders, then a local commit in seq order.
+  // Throws TesseraError (UNAVAILABLE naming the holder that could not store the entry).
+  void Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync);
+
+  // Advances the protected generation if anything changed (skipped while frozen unless force).
+  Status Advance(engine::Db* db, bool force);
+  // Runs advances every protect_every commits or protect_interval_ms until stop.
+  void AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop);
+
+  std::vector<std::string> ReadImage(engine::Db* db, int64_t gen, int64_t first, int count);
+  std::string Progress() const;
+
+  // Drops the pins (before the Db closes).
+  void Close();
+
+ private:
+  struct Holder {
+    std::string node;
+    std::string address;
+    int64_t gen = -1;  // the generation it records for this slot (-1: not known yet)
+  };
+  struct Pending;
+
+  Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
+  Status ReplayTails(engine::Db* db, int64_t from_seq);
+  Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
+  Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered);
+  Status SavePins();
+  void CommitInOrder(engine::Db* db, Pending* p);
+  void SetProgress(const std::string& json);
+  template <typename F>
+  Status CallHolder(size_t j, F&& f);
+
+  ProtectorOptions o_;
+  std::atomic<bool> enabled_{false};
+  std::atomic<int> slot_{-1};
+  std::atomic<bool> frozen_{false};
+
+  mutable std::mutex mu_;  // map fields below, pins, holders
+  std::string scheme_;
+  int k_ = 0, m_ = 0;
+  int64_t epoch_ = 0;
+  std::vector<Holder> holders_;
+  std::vector<std::string> slot_addresses_;
+  std::map<int64_t, std::unique_ptr<engine::ReadTxn>> pins_;  // gen -> pinned snapshot
+
+  rpc::ClientPool<gen::ParityServiceClient> holder_pool_;
+  rpc::ClientPool<gen::WorkerServiceClient> worker_pool_;
+
+  // Commit ordering.
+  std::mutex seq_mu_;
+  std::condition_variable seq_cv_;
+  int64_t next_seq_ = 0;       // last seq handed out
+  int64_t committed_seq_ = 0;  // every seq <= this is committed or abandoned
+  std::map<int64_t, Pending*> ready_;
+  bool committing_ = false;  // a thread is committing a group
+  std::atomic<int64_t> commits_since_advance_{0};
+
+  std::mutex advance_mu_;
+  mutable std::mutex progress_mu_;
+  std::string progress_;
+};
+
+// Encoding of a batch in the tail: per op, put flag, shard, key and value lengths, bytes.
+std::string EncodeOps(const std::vector<gen::Op>& ops);
+Result<std::vector<gen::Op>> DecodeOps(const std::string& bytes);
+
+std::string ShardTree(int shard);
+
+}  // namespace tessera::orchestrator
