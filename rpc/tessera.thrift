@@ -127,7 +127,9 @@ struct ScanReply {
 // epoch lower than the highest it has seen for the slot, so a zombie cannot get a write stored.
 service ParityService {
   // Stores entries in the slot's tail (idempotent by seq); flushed before returning when sync.
-  void AppendTail(1: string token, 2: i32 slot, 3: i64 epoch, 4: list<TailEntry> entries,
+  // Returns the generation the holder records for the slot: lower than the caller's means the
+  // holder lost its data, and the caller re-protects to it.
+  i64 AppendTail(1: string token, 2: i32 slot, 3: i64 epoch, 4: list<TailEntry> entries,
                   5: bool sync) throws (1: TesseraError e),
   // Stages deltas of the generation `to_gen`; nothing changes in the parity until Commit.
   void StageDelta(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 to_gen,

@@ -52,8 +52,10 @@ class EchoHandler : public gen::WorkerServiceIf {
   void ReadImage(std::vector<std::string>&, const std::string&, int64_t, int64_t,
                  int32_t) override {}
   void Progress(std::string&, const std::string&) override {}
-  void AppendTail(const std::string&, int32_t, int64_t, const std::vector<gen::TailEntry>&,
-                  bool) override {}
+  int64_t AppendTail(const std::string&, int32_t, int64_t, const std::vector<gen::TailEntry>&,
+                     bool) override {
+    return 0;
+  }
   void StageDelta(const std::string&, int32_t, int64_t, int64_t,
                   const std::vector<gen::PageDelta>&) override {}
   void CommitGeneration(gen::GenRecord&, const std::string&, int32_t, int64_t, int64_t, int64_t,

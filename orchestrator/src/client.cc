@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "convert.h"
+#include "tessera/erasure/codec.h"
 #include "tessera/rpc/rpc.h"
 
 namespace tessera::orchestrator {
@@ -279,6 +280,144 @@ Result<ShardMap> Client::GetShardMap(bool refresh) {
 
 Status Client::Shutdown(bool cleanup) {
   return impl_->CallManager([&](auto& lease) { lease->Shutdown(impl_->opts.token, cleanup); });
+}
+
+Result<ScrubReport> Client::Scrub(const std::function<void(uint64_t, uint64_t)>& progress) {
+  TESSERA_ASSIGN_OR_RETURN(auto map, impl_->Map(true));
+  const Protection& p = map->protection;
+  if (p.scheme == "none" || p.scheme.empty()) {
+    return Status::InvalidArgument("this cluster keeps no parity (protection none)");
+  }
+  TESSERA_ASSIGN_OR_RETURN(auto codec, erasure::Codec::Create(p.scheme, p.k, p.m));
+  rpc::Timeouts t{std::chrono::milliseconds(1000), impl_->opts.io_timeout};
+  rpc::ClientPool<gen::ParityServiceClient> holders(t);
+  rpc::ClientPool<gen::WorkerServiceClient> workers(t);
+  const std::string& token = impl_->opts.token;
+  auto call = [](auto& pool, const std::string& addr, const std::string& what, auto&& f) -> Status {
+    auto ep = rpc::Endpoint::Parse(addr);
+    if (!ep.ok()) return Status::Unavailable(what + " has no address");
+    auto lease = pool.Get(*ep);
+    if (!lease.ok())
+      return Status::Unavailable(what + " at " + addr + ": " + lease.status().message());
+    try {
+      f(*(*lease).operator->());
+      return Status::Ok();
+    } catch (const gen::TesseraError& e) {
+      return FromError(e);
+    } catch (const std::exception& e) {
+      lease->Broken();
+      return Status::Unavailable(what + " at " + addr + ": " + e.what());
+    }
+  };
+  const int k = p.k, m = p.m;
+  auto records = [&](std::vector<std::vector<gen::GenRecord>>* out) -> Status {
+    out->assign(static_cast<size_t>(m), {});
+    for (int j = 0; j < m; ++j) {
+      gen::ParityPages pp;
+      TESSERA_RETURN_IF_ERROR(
+          call(holders, p.holder_addresses[j], "parity holder " + p.holder_nodes[j],
+               [&](gen::ParityServiceClient& c) { c.ReadParity(pp, token, 0, 0); }));
+      (*out)[static_cast<size_t>(j)] = pp.records;
+    }
+    return Status::Ok();
+  };
+  auto gens_of = [](const std::vector<gen::GenRecord>& rs) {
+    std::vector<int64_t> g;
+    for (const auto& r : rs) g.push_back(r.gen);
+    return g;
+  };
+  std::vector<std::vector<gen::GenRecord>> recs;
+  TESSERA_RETURN_IF_ERROR(records(&recs));
+  uint64_t last = 2;
+  for (const auto& rs : recs) {
+    for (const auto& r : rs) last = std::max<uint64_t>(last, static_cast<uint64_t>(r.last_page));
+  }
+  ScrubReport rep;
+  const size_t ps = 4096;
+  const uint64_t chunk = 64;
+  const uint64_t total = last - 2;
+  auto note = [&rep](std::string s) {
+    if (rep.problems.size() < 20) rep.problems.push_back(std::move(s));
+  };
+  for (uint64_t first = 2; first < last; first += chunk) {
+    const uint64_t count = std::min(chunk, last - first);
+    bool done = false;
+    std::string why;
+    for (int attempt = 0; attempt < 20 && !done; ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      std::vector<std::vector<uint8_t>> parity(static_cast<size_t>(m),
+                                               std::vector<uint8_t>(count * ps, 0));
+      std::vector<int64_t> gens;
+      Status st;
+      for (int j = 0; j < m && st.ok(); ++j) {
+        gen::ParityPages pp;
+        st = call(holders, p.holder_addresses[j], "parity holder " + p.holder_nodes[j],
+                  [&](gen::ParityServiceClient& c) {
+                    c.ReadParity(pp, token, static_cast<int64_t>(first),
+                                 static_cast<int32_t>(count));
+                  });
+        if (!st.ok()) break;
+        auto g = gens_of(pp.records);
+        if (j == 0) gens = g;
+        if (g != gens) st = Status::Unavailable("holders record different generations");
+        for (size_t i = 0; i < pp.pages.size() && i < count; ++i) {
+          if (pp.pages[i].size() == ps)
+            std::memcpy(parity[j].data() + i * ps, pp.pages[i].data(), ps);
+        }
+      }
+      std::vector<std::vector<uint8_t>> data(static_cast<size_t>(k),
+                                             std::vector<uint8_t>(count * ps, 0));
+      for (int i = 0; i < k && st.ok(); ++i) {
+        if (gens[static_cast<size_t>(i)] == 0) continue;
+        std::vector<std::string> imgs;
+        st = call(workers, p.slot_addresses[i], "worker " + p.slot_nodes[i],
+                  [&](gen::WorkerServiceClient& c) {
+                    c.ReadImage(imgs, token, gens[static_cast<size_t>(i)],
+                                static_cast<int64_t>(first), static_cast<int32_t>(count));
+                  });
+        for (size_t q = 0; st.ok() && q < imgs.size() && q < count; ++q) {
+          if (imgs[q].size() == ps) std::memcpy(data[i].data() + q * ps, imgs[q].data(), ps);
+        }
+      }
+      // The generations must not have moved while the images were read.
+      std::vector<std::vector<gen::GenRecord>> after;
+      if (st.ok()) st = records(&after);
+      for (int j = 0; st.ok() && j < m; ++j) {
+        if (gens_of(after[static_cast<size_t>(j)]) != gens)
+          st = Status::Unavailable("a generation advanced");
+      }
+      if (!st.ok()) {
+        why = st.message();
+        continue;
+      }
+      std::vector<const uint8_t*> dp;
+      for (auto& d : data) dp.push_back(d.data());
+      std::vector<std::vector<uint8_t>> fresh(static_cast<size_t>(m),
+                                              std::vector<uint8_t>(count * ps));
+      std::vector<uint8_t*> fp;
+      for (auto& f : fresh) fp.push_back(f.data());
+      TESSERA_RETURN_IF_ERROR(codec->Encode(dp, fp, count * ps));
+      for (int j = 0; j < m; ++j) {
+        for (uint64_t q = 0; q < count; ++q) {
+          if (std::memcmp(fresh[j].data() + q * ps, parity[j].data() + q * ps, ps) != 0) {
+            ++rep.mismatches;
+            note("holder " + std::to_string(j) + " (" + p.holder_nodes[j] + ") page " +
+                 std::to_string(first + q) + ": parity differs from the recomputed one");
+          }
+        }
+      }
+      done = true;
+    }
+    if (done) {
+      rep.stripes_checked += count;
+    } else {
+      rep.unverified += count;
+      note("pages " + std::to_string(first) + ".." + std::to_string(first + count - 1) +
+           " not verified: " + why);
+    }
+    if (progress) progress(first + count - 2, total);
+  }
+  return rep;
 }
 
 }  // namespace tessera::orchestrator

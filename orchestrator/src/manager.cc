@@ -573,10 +573,10 @@ class Handler : public gen::ManagerServiceIf {
   }
 
   // ParityService: the manager's own parity holder (protection xor).
-  void AppendTail(const std::string& token, int32_t slot, int64_t epoch,
-                  const std::vector<gen::TailEntry>& entries, bool sync) override {
+  int64_t AppendTail(const std::string& token, int32_t slot, int64_t epoch,
+                     const std::vector<gen::TailEntry>& entries, bool sync) override {
     Auth(token);
-    Holder()->AppendTail(slot, epoch, entries, sync);
+    return Holder()->AppendTail(slot, epoch, entries, sync);
   }
   void StageDelta(const std::string& token, int32_t slot, int64_t epoch, int64_t to_gen,
                   const std::vector<gen::PageDelta>& pages) override {

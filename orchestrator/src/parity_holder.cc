@@ -253,8 +253,8 @@ bool CheckEpoch(const gen::GenRecord& r, int slot, int64_t epoch, const std::str
 }
 }  // namespace
 
-void ParityHolder::AppendTail(int slot, int64_t epoch, const std::vector<gen::TailEntry>& entries,
-                              bool sync) {
+int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
+                                 const std::vector<gen::TailEntry>& entries, bool sync) {
   CheckSlot(slot);
   Txn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
@@ -268,6 +268,7 @@ void ParityHolder::AppendTail(int slot, int64_t epoch, const std::vector<gen::Ta
   }
   t.Commit();
   if (sync) mdb_env_sync(env_, 1);
+  return r.gen;
 }
 
 void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t to_gen,
@@ -378,13 +379,14 @@ gen::GenRecord ParityHolder::GetRecord(int slot, int64_t epoch) {
   CheckSlot(slot);
   Txn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
-  if (CheckEpoch(r, slot, epoch, node_)) {
+  bool raised = CheckEpoch(r, slot, epoch, node_);
+  if (raised) {
     r.epoch = epoch;
     t.Put(records_, SlotKey(slot), EncodeRecord(r));
   }
   r.tail_last = TailLast(t, tail_, slot);
   t.Commit();
-  mdb_env_sync(env_, 1);  // the raised epoch must outlive a crash of this holder
+  if (raised) mdb_env_sync(env_, 1);  // the raised epoch must outlive a crash of this holder
   return r;
 }
 

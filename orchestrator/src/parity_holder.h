@@ -39,7 +39,8 @@ class ParityHolder {
   ~ParityHolder();
 
   // ParityService, as the Thrift handlers call it (errors thrown as TesseraError).
-  void AppendTail(int slot, int64_t epoch, const std::vector<gen::TailEntry>& entries, bool sync);
+  int64_t AppendTail(int slot, int64_t epoch, const std::vector<gen::TailEntry>& entries,
+                     bool sync);
   void StageDelta(int slot, int64_t epoch, int64_t to_gen,
                   const std::vector<gen::PageDelta>& pages);
   gen::GenRecord CommitGeneration(int slot, int64_t epoch, int64_t from_gen, int64_t to_gen,

@@ -1,6 +1,7 @@
 #include "protector.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -150,8 +152,20 @@ struct Protector::Pending {
   Status status;
 };
 
+namespace {
+int64_t FailpointSeq(const char* name) {
+  const char* fp = std::getenv("TESSERA_FAILPOINT");
+  if (!fp) return 0;
+  std::string f(fp), prefix = std::string(name) + ":";
+  if (f.rfind(prefix, 0) != 0) return 0;
+  return std::atoll(f.c_str() + prefix.size());
+}
+}  // namespace
+
 Protector::Protector(ProtectorOptions o)
-    : o_(std::move(o)),
+    : crash_after_tail_(FailpointSeq("crash_after_tail")),
+      crash_in_advance_(FailpointSeq("crash_in_advance")),
+      o_(std::move(o)),
       holder_pool_(
           rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(10000)}),
       worker_pool_(
@@ -238,6 +252,7 @@ Status Protector::CallHolder(size_t j, F&& f) {
         return s;
       } catch (const std::exception& e) {
         lease->Broken();
+        holder_pool_.Clear();  // the other pooled connections are likely dead too (a restart)
         last = Status::Unavailable("parity holder " + node + " at " + addr + ": " + e.what());
       }
     }
@@ -273,15 +288,29 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   bool stale = false;
   std::string missing;
   for (size_t j = 0; j < m; ++j) {
+    int64_t recorded = 0;
     Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
-      c.AppendTail(o_.token, slot, epoch, entries, sync);
+      recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
     });
     if (st.ok()) {
       ++stored;
+      std::lock_guard<std::mutex> l(mu_);
+      if (recorded < holders_[j].gen) {
+        // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
+        spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
+                     o_.node_id, j, recorded, holders_[j].gen);
+        holders_[j].gen = -1;
+      }
     } else {
       stale = stale || st.c_code() == -2;
       missing += (missing.empty() ? "" : "; ") + st.message();
     }
+  }
+  if (crash_after_tail_ > 0 && p.seq >= crash_after_tail_) {
+    // Test failpoint (TESSERA_FAILPOINT=crash_after_tail:N): die between the tail appends and
+    // the local commit, as a power cut or SIGKILL there would.
+    spdlog::warn("{}: failpoint crash_after_tail at seq {}", o_.node_id, p.seq);
+    ::raise(SIGKILL);
   }
   size_t need = o_.min_holders > 0 ? std::min<size_t>(static_cast<size_t>(o_.min_holders), m) : m;
   p.abandon = stored < need || m == 0;
@@ -823,9 +852,16 @@ Status Protector::Advance(engine::Db* db, bool force) {
   TESSERA_RETURN_IF_ERROR(SavePins());
   commits_since_advance_.store(0);
   Status first_error;
+  ++advances_;
   for (size_t j = 0; j < m; ++j) {
     Status st = ProtectTo(db, j, *pinned, covered);
     if (!st.ok() && first_error.ok()) first_error = st;
+    if (crash_in_advance_ > 0 && advances_ >= crash_in_advance_ && j == 0) {
+      // Test failpoint (TESSERA_FAILPOINT=crash_in_advance:N): die in the Nth advance after the
+      // first holder recorded the new generation and before the others did.
+      spdlog::warn("{}: failpoint crash_in_advance in advance {}", o_.node_id, advances_);
+      ::raise(SIGKILL);
+    }
   }
   // Release the snapshots no holder records any more (all known), keeping the newest.
   bool changed = false;
@@ -850,11 +886,42 @@ Status Protector::Advance(engine::Db* db, bool force) {
   return first_error;
 }
 
+void Protector::AuditHolders() {
+  std::lock_guard<std::mutex> one(advance_mu_);
+  const int slot = slot_.load();
+  size_t m;
+  int64_t epoch;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    m = holders_.size();
+    epoch = epoch_;
+  }
+  for (size_t j = 0; j < m; ++j) {
+    gen::GenRecord r;
+    Status st =
+        CallHolder(j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); });
+    if (!st.ok()) continue;
+    std::lock_guard<std::mutex> l(mu_);
+    if (r.gen < holders_[j].gen) {
+      spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
+                   o_.node_id, j, r.gen, holders_[j].gen);
+      holders_[j].gen = -1;
+    }
+  }
+}
+
 void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
   auto last = Clock::now();
+  auto last_audit = Clock::now();
   while (!stop.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (!enabled_.load() || frozen_.load()) continue;
+    if (Clock::now() - last_audit >= std::chrono::seconds(1)) {
+      // A holder that lost its disk answers with an older generation: notice it even when no
+      // write arrives.
+      AuditHolders();
+      last_audit = Clock::now();
+    }
     bool holder_unknown = false;
     {
       std::lock_guard<std::mutex> l(mu_);

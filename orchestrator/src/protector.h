@@ -81,11 +81,15 @@ class Protector {
   Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
   Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered);
   Status SavePins();
+  void AuditHolders();
   void CommitInOrder(engine::Db* db, Pending* p);
   void SetProgress(const std::string& json);
   template <typename F>
   Status CallHolder(size_t j, F&& f);
 
+  const int64_t crash_after_tail_;  // test failpoints: 0 when off
+  const int64_t crash_in_advance_;
+  int64_t advances_ = 0;  // guarded by advance_mu_
   ProtectorOptions o_;
   std::atomic<bool> enabled_{false};
   std::atomic<int> slot_{-1};

@@ -264,10 +264,10 @@ class Handler : public gen::WorkerServiceIf {
   }
 
   // ParityService: served when this node is a parity holder.
-  void AppendTail(const std::string& token, int32_t slot, int64_t epoch,
-                  const std::vector<gen::TailEntry>& entries, bool sync) override {
+  int64_t AppendTail(const std::string& token, int32_t slot, int64_t epoch,
+                     const std::vector<gen::TailEntry>& entries, bool sync) override {
     Auth(token);
-    s_->Holder()->AppendTail(slot, epoch, entries, sync);
+    return s_->Holder()->AppendTail(slot, epoch, entries, sync);
   }
   void StageDelta(const std::string& token, int32_t slot, int64_t epoch, int64_t to_gen,
                   const std::vector<gen::PageDelta>& pages) override {

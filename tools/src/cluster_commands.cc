@@ -2,6 +2,8 @@
 // scan, load, status, shutdown.
 #include <signal.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -340,13 +342,53 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
                   s->manager_address.c_str(), s->map.state.c_str(),
                   static_cast<long long>(s->map.version), s->map.num_shards, s->nodes.size(),
                   s->expected_workers);
-      std::printf("%-20s %-22s %-5s %7s %14s\n", "node", "address", "up", "shards", "heartbeat");
+      std::printf("%-20s %-22s %-6s %-5s %7s %14s\n", "node", "address", "role", "up", "shards",
+                  "heartbeat");
       for (const auto& n : s->nodes) {
-        std::printf("%-20s %-22s %-5s %7d %11lld ms\n", n.node_id.c_str(), n.address.c_str(),
-                    n.up ? "yes" : "DOWN", n.shards_owned,
+        std::printf("%-20s %-22s %-6s %-5s %7d %11lld ms\n", n.node_id.c_str(), n.address.c_str(),
+                    n.role.c_str(), n.up ? "yes" : "DOWN", n.shards_owned,
                     static_cast<long long>(n.last_heartbeat_ms_ago));
+        if (!n.progress.empty()) std::printf("    progress: %s\n", n.progress.c_str());
+      }
+      const auto& p = s->map.protection;
+      if (p.scheme == "none") {
+        std::printf("protection: none\n");
+      } else {
+        std::printf("protection: %s, %d data slots + %d parity holders%s\n", p.scheme.c_str(), p.k,
+                    p.m, p.frozen ? ", generations frozen (a rebuild is running)" : "");
+        for (int slot : p.rebuilding) {
+          std::printf("  slot %d is rebuilding from parity\n", slot);
+        }
       }
       return kExitOk;
+    };
+  });
+
+  // ---- scrub ----
+  auto scrub = std::make_shared<ClientFlags>();
+  auto* scc = app.add_subcommand(
+      "scrub", "Recompute the parity from the workers' protected images and report mismatches");
+  scrub->Add(scc);
+  scc->callback([&ctx, scrub] {
+    ctx.action = [scrub] {
+      auto c = scrub->Connect();
+      if (!c.ok()) return Fail("scrub", c.status());
+      auto t0 = std::chrono::steady_clock::now();
+      auto rep = (*c)->Scrub([](uint64_t done, uint64_t total) {
+        if (isatty(2))
+          std::fprintf(stderr, "\rscrub %llu/%llu pages", static_cast<unsigned long long>(done),
+                       static_cast<unsigned long long>(total));
+      });
+      if (isatty(2)) std::fprintf(stderr, "\n");
+      if (!rep.ok()) return Fail("scrub", rep.status());
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (const auto& pr : rep->problems) std::printf("  %s\n", pr.c_str());
+      std::printf("scrub: %llu stripes checked in %.2f s, %llu mismatches, %llu unverified\n",
+                  static_cast<unsigned long long>(rep->stripes_checked), secs,
+                  static_cast<unsigned long long>(rep->mismatches),
+                  static_cast<unsigned long long>(rep->unverified));
+      if (rep->mismatches > 0) return 1;
+      return rep->unverified > 0 ? 3 : kExitOk;
     };
   });
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,15 @@ struct ScanPage {
   std::string next;  // continuation token for the next page; empty when the scan is complete
 };
 
+// What `tessera scrub` found: parity recomputed from the workers' protected images and
+// compared with what each parity holder stores.
+struct ScrubReport {
+  uint64_t stripes_checked = 0;  // page numbers compared across every holder
+  uint64_t mismatches = 0;       // (holder, page) pairs whose parity differs
+  uint64_t unverified = 0;       // stripes skipped: generations kept moving, or a node was down
+  std::vector<std::string> problems;  // the first few mismatches and skips, by holder and page
+};
+
 class Client {
  public:
   static Result<std::unique_ptr<Client>> Connect(const ClientOptions& options);
@@ -53,6 +63,9 @@ class Client {
   Result<ClusterStatus> GetStatus();
   Result<ShardMap> GetShardMap(bool refresh);
   Status Shutdown(bool cleanup);
+  // Recomputes the parity of every stripe from the workers' protected images; `progress` is
+  // called with (stripes done, stripes total).
+  Result<ScrubReport> Scrub(const std::function<void(uint64_t, uint64_t)>& progress = {});
 
   struct Impl;
 

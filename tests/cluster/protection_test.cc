@@ -1,0 +1,490 @@
+// Protection with real processes on loopback: a worker whose data directory is wiped rebuilds
+// every acknowledged write from the parity and the tails (xor on the manager, rs:4+2 on parity
+// workers), a crash between the tail appends and the local commit, a lost parity holder, a
+// zombie from an old epoch, and scrub. Writers record every acknowledgement; after recovery each
+// key must hold its last acknowledged value (or the value of a later write that failed, which
+// may or may not have survived).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "ParityService.h"
+#include "WorkerService.h"
+#include "subprocess.h"
+#include "tessera/orchestrator/client.h"
+#include "tessera/rpc/rpc.h"
+
+namespace tessera::orchestrator {
+namespace {
+
+namespace gen = ::tessera::rpc::gen;
+using testing::Process;
+using testing::RunCommand;
+using testing::TempDir;
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string Addr(int port) { return "127.0.0.1:" + std::to_string(port); }
+
+// A manager, `data` data workers and `parity` parity workers (nodes data.. are parity).
+class PCluster {
+ public:
+  PCluster(std::string protection, int data, int parity)
+      : protection_(std::move(protection)), data_(data) {
+    manager_port_ = FreePort();
+    for (int i = 0; i < data + parity; ++i) ports_.push_back(FreePort());
+    nodes_.resize(ports_.size());
+  }
+
+  void StartManager() {
+    manager_ = std::make_unique<Process>(
+        std::vector<std::string>{TESSERA_BIN, "manager", "--listen", manager(), "--data",
+                                 dir_.File("manager"), "--workers", std::to_string(data_),
+                                 "--shards", "16", "--heartbeat-ms", "100",
+                                 "--heartbeat-timeout-ms", "1000", "--protection", protection_},
+        dir_.File("manager.log"));
+  }
+
+  void StartNode(size_t i, const std::vector<std::string>& env = {},
+                 const std::vector<std::string>& extra = {}, int port = 0) {
+    std::vector<std::string> argv = {TESSERA_BIN,
+                                     "worker",
+                                     "--listen",
+                                     Addr(port ? port : ports_[i]),
+                                     "--manager",
+                                     manager(),
+                                     "--data",
+                                     NodeDir(i),
+                                     "--role",
+                                     static_cast<int>(i) < data_ ? "worker" : "parity",
+                                     "--protect-every",
+                                     "300",
+                                     "--protect-interval-ms",
+                                     "200"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    nodes_[i] = std::make_unique<Process>(
+        argv, dir_.File("node" + std::to_string(i) + "-" + std::to_string(++starts_) + ".log"),
+        env);
+  }
+
+  void Start() {
+    StartManager();
+    for (size_t i = 0; i < nodes_.size(); ++i) StartNode(i);
+    ASSERT_TRUE(WaitServing()) << Logs();
+  }
+
+  std::unique_ptr<Client> NewClient(int deadline_ms = 20000) {
+    ClientOptions o;
+    o.manager = manager();
+    o.deadline = std::chrono::milliseconds(deadline_ms);
+    return std::move(Client::Connect(o)).value();
+  }
+
+  // Formed, every node up, nothing rebuilding, and a read of every shard succeeds.
+  bool WaitServing(int seconds = 60) {
+    auto c = NewClient(2000);
+    for (int i = 0; i < seconds * 20; ++i) {
+      auto s = c->GetStatus();
+      if (s.ok() && s->map.formed && s->map.state == "serving" &&
+          s->map.protection.rebuilding.empty()) {
+        size_t up = 0;
+        for (const auto& n : s->nodes) up += n.up && n.progress.empty();
+        if (up == nodes_.size()) {
+          bool all = true;
+          std::set<int> covered;
+          for (int k = 0; all && covered.size() < static_cast<size_t>(s->map.num_shards); ++k) {
+            std::string key = "probe-" + std::to_string(k);
+            int shard = ShardOf(key, s->map.num_shards);
+            if (covered.count(shard)) continue;
+            all = c->Get(key).ok();
+            covered.insert(shard);
+          }
+          if (all) return true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  void Wipe(size_t i) {
+    std::error_code ec;
+    std::filesystem::remove_all(NodeDir(i), ec);
+    ASSERT_FALSE(ec) << ec.message();
+  }
+
+  std::string NodeId(size_t i) const {
+    std::ifstream in(NodeDir(i) + "/node_id");
+    std::string id;
+    std::getline(in, id);
+    return id;
+  }
+
+  std::string Logs() const {
+    std::string out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+      if (e.path().extension() == ".log") {
+        std::string text = testing::ReadFile(e.path());
+        if (text.size() > 6000) text = "..." + text.substr(text.size() - 6000);
+        out += "==== " + e.path().filename().string() + "\n" + text;
+      }
+    }
+    return out;
+  }
+
+  // Text of every log of node i.
+  std::string NodeLogs(size_t i) const {
+    std::string out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+      std::string name = e.path().filename().string();
+      if (name.rfind("node" + std::to_string(i) + "-", 0) == 0) out += testing::ReadFile(e.path());
+    }
+    return out;
+  }
+
+  std::string manager() const { return Addr(manager_port_); }
+  std::string NodeDir(size_t i) const { return dir_.File("node" + std::to_string(i)); }
+  std::string ManagerDir() const { return dir_.File("manager"); }
+  Process& node(size_t i) { return *nodes_[i]; }
+  Process& manager_process() { return *manager_; }
+  int port(size_t i) const { return ports_[i]; }
+
+ private:
+  TempDir dir_;
+  std::string protection_;
+  int data_;
+  int manager_port_;
+  int starts_ = 0;
+  std::vector<int> ports_;
+  std::unique_ptr<Process> manager_;
+  std::vector<std::unique_ptr<Process>> nodes_;
+};
+
+// Writers that record acknowledgements: thread t owns keys "t<t>-<i>" and writes them in rounds.
+class Load {
+ public:
+  Load(PCluster& c, int threads, int keys_per_thread) : keys_(keys_per_thread) {
+    acked_.resize(threads);
+    failed_.resize(threads);
+    for (int t = 0; t < threads; ++t) {
+      clients_.push_back(c.NewClient());
+      acked_[t].assign(keys_, "");
+      failed_[t].assign(keys_, {});
+    }
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, t] {
+        for (uint64_t round = 1; !stop_.load(); ++round) {
+          for (int i = 0; i < keys_ && !stop_.load(); ++i) {
+            std::string v = "r" + std::to_string(round) + "-" + std::string(60 + i % 80, 'x');
+            Status s = clients_[t]->Put(Key(t, i), v, false);
+            if (s.ok()) {
+              acked_[t][i] = v;
+              failed_[t][i].clear();
+              acks_.fetch_add(1);
+            } else {
+              failed_[t][i].insert(v);  // may or may not have survived
+            }
+          }
+        }
+      });
+    }
+  }
+  ~Load() { Stop(); }
+
+  static std::string Key(int t, int i) { return "t" + std::to_string(t) + "-" + std::to_string(i); }
+
+  void WaitAcks(uint64_t n) {
+    for (int i = 0; i < 2000 && acks_.load() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  uint64_t acks() const { return acks_.load(); }
+
+  void Stop() {
+    stop_.store(true);
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+  // Every key holds its last acknowledged value, or one of the failed writes after it.
+  void Check(Client& c) {
+    int bad = 0;
+    for (size_t t = 0; t < acked_.size(); ++t) {
+      for (int i = 0; i < keys_; ++i) {
+        auto v = c.Get(Key(static_cast<int>(t), i));
+        ASSERT_TRUE(v.ok()) << v.status().ToString();
+        const std::string& want = acked_[t][i];
+        std::string got = v->has_value() ? **v : "";
+        bool ok = got == want || failed_[t][i].count(got) > 0;
+        if (!ok && bad++ < 10) {
+          ADD_FAILURE() << Key(static_cast<int>(t), i) << ": got '" << got.substr(0, 12)
+                        << "' but the last acknowledged write was '" << want.substr(0, 12) << "'";
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0);
+  }
+
+ private:
+  int keys_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> acks_{0};
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::vector<std::vector<std::string>> acked_;
+  std::vector<std::vector<std::set<std::string>>> failed_;
+  std::vector<std::thread> threads_;
+};
+
+void ExpectScrubClean(PCluster& c) {
+  auto client = c.NewClient();
+  auto rep = client->Scrub();
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_GT(rep->stripes_checked, 0u);
+  EXPECT_EQ(rep->mismatches, 0u) << (rep->problems.empty() ? "" : rep->problems.front());
+  EXPECT_EQ(rep->unverified, 0u) << (rep->problems.empty() ? "" : rep->problems.front());
+}
+
+TEST(ProtectionTest, XorWipedWorkerRebuildsEveryAcknowledgedWrite) {
+  PCluster c("xor", 3, 0);
+  c.Start();
+  {
+    Load load(c, 4, 500);
+    load.WaitAcks(3000);
+    c.node(1).Kill(SIGKILL);
+    c.node(1).Wait(std::chrono::milliseconds(5000));
+    c.Wipe(1);
+    c.StartNode(1);  // same address, empty directory: it takes its old slot and rebuilds
+    uint64_t before = load.acks();
+    load.WaitAcks(before + 3000);  // writes go on during and after the rebuild
+    load.Stop();
+    ASSERT_TRUE(c.WaitServing()) << c.Logs();
+    auto client = c.NewClient();
+    load.Check(*client);
+  }
+  EXPECT_NE(c.NodeLogs(1).find("rebuilt"), std::string::npos) << c.NodeLogs(1);
+  ExpectScrubClean(c);
+}
+
+TEST(ProtectionTest, CrashBetweenTailAppendsAndLocalCommitLosesNothing) {
+  PCluster c("xor", 3, 0);
+  c.StartManager();
+  c.StartNode(0);
+  c.StartNode(1, {"TESSERA_FAILPOINT=crash_after_tail:400"});
+  c.StartNode(2);
+  {
+    auto probe = c.NewClient();
+    for (int i = 0; i < 400; ++i) {
+      auto s = probe->GetStatus();
+      if (s.ok() && s->map.formed) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    Load load(c, 3, 300);
+    // Node 1 dies at its 400th write, after the tails have it and before it commits.
+    for (int i = 0; i < 600 && c.node(1).Running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_FALSE(c.node(1).Running()) << c.NodeLogs(1);
+    c.StartNode(1);  // disk intact: replays the tail, protects, then serves
+    uint64_t before = load.acks();
+    load.WaitAcks(before + 1000);
+    load.Stop();
+    ASSERT_TRUE(c.WaitServing()) << c.Logs();
+    auto client = c.NewClient();
+    load.Check(*client);
+  }
+  EXPECT_NE(c.NodeLogs(1).find("failpoint crash_after_tail"), std::string::npos);
+  EXPECT_NE(c.NodeLogs(1).find("replayed"), std::string::npos) << c.NodeLogs(1);
+  ExpectScrubClean(c);
+}
+
+TEST(ProtectionTest, LostManagerParityIsReprotectedThenServesARebuild) {
+  PCluster c("xor", 3, 0);
+  c.Start();
+  Load load(c, 3, 300);
+  load.WaitAcks(2000);
+  load.Stop();
+  c.manager_process().Kill(SIGKILL);
+  c.manager_process().Wait(std::chrono::milliseconds(5000));
+  std::error_code ec;
+  std::filesystem::remove_all(c.ManagerDir() + "/parity", ec);  // the parity holder's disk
+  c.StartManager();
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  // The workers notice the empty holder at their next write and re-protect to it: every slot's
+  // record comes back from generation 0.
+  ASSERT_TRUE(c.NewClient()->Put("wake-up", "1").ok());
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(c.NewClient()->Put("wake-" + std::to_string(i * 7919), "1").ok());
+  bool reprotected = false;
+  for (int i = 0; i < 200 && !reprotected; ++i) {
+    auto conn = rpc::Connect(*rpc::Endpoint::Parse(c.manager()), {});
+    if (conn.ok()) {
+      gen::ParityServiceClient holder(conn->protocol);
+      gen::ParityPages pp;
+      try {
+        holder.ReadParity(pp, "", 0, 0);
+        reprotected = pp.records.size() == 3;
+        for (const auto& r : pp.records) reprotected = reprotected && r.gen > 0;
+      } catch (const std::exception&) {
+      }
+    }
+    if (!reprotected) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(reprotected) << c.Logs();
+  ExpectScrubClean(c);
+  // And the new parity is good enough to rebuild a wiped worker.
+  c.node(0).Kill(SIGKILL);
+  c.node(0).Wait(std::chrono::milliseconds(5000));
+  c.Wipe(0);
+  c.StartNode(0);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  load.Check(*c.NewClient());
+}
+
+TEST(ProtectionTest, Rs42SurvivesTwoWipedWorkersAtOnce) {
+  PCluster c("rs:4+2", 4, 2);
+  c.Start();
+  {
+    Load load(c, 4, 400);
+    load.WaitAcks(4000);
+    load.Stop();
+    for (size_t i : {0, 2}) {
+      c.node(i).Kill(SIGKILL);
+      c.node(i).Wait(std::chrono::milliseconds(5000));
+      c.Wipe(i);
+    }
+    c.StartNode(0);
+    c.StartNode(2);
+    ASSERT_TRUE(c.WaitServing(90)) << c.Logs();
+    load.Check(*c.NewClient());
+  }
+  EXPECT_NE(c.NodeLogs(0).find("rebuilt"), std::string::npos);
+  EXPECT_NE(c.NodeLogs(2).find("rebuilt"), std::string::npos);
+  ExpectScrubClean(c);
+}
+
+TEST(ProtectionTest, CrashDuringAGenerationAdvanceThenALostWorkerRebuilds) {
+  PCluster c("rs:2+2", 2, 2);
+  c.StartManager();
+  c.StartNode(0, {"TESSERA_FAILPOINT=crash_in_advance:3"});
+  for (size_t i = 1; i < 4; ++i) c.StartNode(i);
+  {
+    Load load(c, 2, 300);
+    // Node 0 dies in its third advance: holder 0 records the new generation, holder 1 not.
+    for (int i = 0; i < 600 && c.node(0).Running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_FALSE(c.node(0).Running()) << c.NodeLogs(0);
+    c.StartNode(0);  // disk intact: pins both generations again and completes the advance
+    uint64_t before = load.acks();
+    load.WaitAcks(before + 1500);
+    load.Stop();
+    ASSERT_TRUE(c.WaitServing()) << c.Logs();
+    ExpectScrubClean(c);
+    // The parity is whole: the other data worker, wiped, rebuilds from it.
+    c.node(1).Kill(SIGKILL);
+    c.node(1).Wait(std::chrono::milliseconds(5000));
+    c.Wipe(1);
+    c.StartNode(1);
+    ASSERT_TRUE(c.WaitServing()) << c.Logs();
+    load.Check(*c.NewClient());
+  }
+  EXPECT_NE(c.NodeLogs(0).find("failpoint crash_in_advance"), std::string::npos);
+  EXPECT_NE(c.NodeLogs(1).find("rebuilt"), std::string::npos);
+}
+
+TEST(ProtectionTest, ZombieFromAnOldEpochCannotGetAWriteAcknowledged) {
+  PCluster c("xor", 3, 0);
+  c.Start();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("before", "1").ok());
+  auto old_map = client->GetShardMap(true);
+  ASSERT_TRUE(old_map.ok());
+  const std::string zombie_id = c.NodeId(1);
+  int zombie_shard = -1;
+  int64_t zombie_epoch = 0;
+  for (const auto& s : old_map->shards) {
+    if (s.owner == zombie_id) {
+      zombie_shard = s.shard;
+      zombie_epoch = s.epoch;
+    }
+  }
+  ASSERT_GE(zombie_shard, 0);
+  // Freeze node 1; a replacement with an empty directory takes its slot on another port.
+  c.node(1).Kill(SIGSTOP);
+  std::string rdir = c.NodeDir(1) + "-replacement";
+  int rport = FreePort();
+  Process replacement({TESSERA_BIN, "worker", "--listen", Addr(rport), "--manager", c.manager(),
+                       "--data", rdir, "--replace", zombie_id},
+                      c.NodeDir(1) + "-replacement.log");
+  bool replaced = false;
+  for (int i = 0; i < 600 && !replaced; ++i) {
+    auto m = client->GetShardMap(true);
+    replaced = m.ok() && m->shards[zombie_shard].address == Addr(rport) &&
+               m->protection.rebuilding.empty();
+    if (!replaced) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(replaced) << c.Logs() << testing::ReadFile(c.NodeDir(1) + "-replacement.log");
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  // The zombie wakes up and is asked to write with the epoch it knows.
+  c.node(1).Kill(SIGCONT);
+  auto conn = rpc::Connect(*rpc::Endpoint::Parse(Addr(c.port(1))), {});
+  ASSERT_TRUE(conn.ok());
+  gen::WorkerServiceClient zw(conn->protocol);
+  gen::Op op;
+  op.shard = zombie_shard;
+  op.epoch = zombie_epoch;
+  op.put = true;
+  std::string zkey;
+  for (int n = 0; zkey.empty(); ++n) {
+    std::string k = "zombie-" + std::to_string(n);
+    if (ShardOf(k, old_map->num_shards) == zombie_shard) zkey = k;
+  }
+  op.key = zkey;
+  op.value = "zombie";
+  bool refused = false;
+  try {
+    zw.Write("", {op}, false);
+  } catch (const gen::TesseraError& e) {
+    refused = true;
+    EXPECT_TRUE(e.code == gen::ErrorCode::STALE_EPOCH || e.code == gen::ErrorCode::UNAVAILABLE)
+        << e.message;
+  } catch (const std::exception&) {
+    refused = true;  // the zombie noticed it was replaced and exited
+  }
+  EXPECT_TRUE(refused);
+  // Nothing the zombie did is visible; the data it held is served by the replacement.
+  auto v = client->Get("before");
+  ASSERT_TRUE(v.ok() && v->has_value()) << v.status().ToString();
+  EXPECT_EQ(**v, "1");
+  auto z = client->Get(zkey);
+  ASSERT_TRUE(z.ok());
+  EXPECT_FALSE(z->has_value());
+  replacement.Kill(SIGKILL);
+}
+
+}  // namespace
+}  // namespace tessera::orchestrator
