@@ -1,11 +1,14 @@
 // `tessera demo`: a whole local cluster in one command. Starts a manager and three workers as
 // child processes on loopback, loads keys with progress, reads every one back, SIGKILLs a worker
-// and restarts it on the same data, checks every key again, and shuts the cluster down with
-// cleanup. Exits 0 only if every check passed.
+// and restarts it on the same data, checks every key again, wipes another worker and rebuilds it
+// from parity, scrubs, and shuts the cluster down with cleanup. Exits 0 only if every check
+// passed.
 #include <httplib.h>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -111,7 +114,9 @@ class Demo {
                 "--heartbeat-ms",
                 "200",
                 "--heartbeat-timeout-ms",
-                "1500"};
+                "1500",
+                "--protection",
+                ports.size() - 2 >= 2 ? "xor" : "none"};
     mgr.log = dir + "/manager.log";
     std::vector<std::unique_ptr<Child>> workers;
     for (size_t i = 2; i < ports.size(); ++i) {
@@ -163,6 +168,39 @@ class Demo {
          });
     ok =
         ok && Do("read back every key again", [&](std::string* d) { return CheckAll(*client, d); });
+    if (workers.size() >= 2) {
+      // The disk of a worker is lost: it comes back empty and rebuilds from the others' images
+      // and the XOR parity held by the manager, then replays the tail of unprotected writes.
+      const size_t lost = 1;
+      const std::string name = "worker " + std::to_string(lost + 1);
+      ok = ok && Do("SIGKILL " + name + ", delete its data directory", [&](std::string* d) {
+             auto m = client->GetShardMap(true);
+             if (m.ok()) version_before_kill = m->version;
+             workers[lost]->Kill(SIGKILL);
+             bool dead = workers[lost]->WaitExit(std::chrono::seconds(5));
+             std::error_code ec;
+             std::filesystem::remove_all(dir + "/worker-" + std::to_string(lost + 1), ec);
+             *d = std::string("pid gone: ") + (dead ? "yes" : "no") +
+                  ", data directory deleted: " + (ec ? "NO" : "yes");
+             return dead && !ec;
+           });
+      ok = ok && Do("restart " + name + " empty: rebuild from parity", [&](std::string* d) {
+             if (!workers[lost]->Start()) return false;
+             return WaitRebuild(*client, workers.size(), d, version_before_kill);
+           });
+      ok = ok && Do("read back every key after the rebuild",
+                    [&](std::string* d) { return CheckAll(*client, d); });
+      ok = ok && Do("scrub: parity matches the data", [&](std::string* d) {
+             auto rep = client->Scrub();
+             if (!rep.ok()) {
+               *d = rep.status().ToString();
+               return false;
+             }
+             *d = std::to_string(rep->stripes_checked) + " stripes, " +
+                  std::to_string(rep->mismatches) + " mismatches";
+             return rep->mismatches == 0 && rep->unverified == 0;
+           });
+    }
     ok = ok && Do("shutdown --cleanup", [&](std::string* d) {
            Status s = client->Shutdown(true);
            if (!s.ok()) {
@@ -183,7 +221,7 @@ class Demo {
 
     std::printf("\nsummary\n");
     for (const auto& s : steps) {
-      std::printf("  [%s] %-36s %7.2f s  %s\n", s.ok ? "ok" : "FAILED", s.name.c_str(), s.secs,
+      std::printf("  [%s] %-44s %7.2f s  %s\n", s.ok ? "ok" : "FAILED", s.name.c_str(), s.secs,
                   s.detail.c_str());
     }
     if (ok) {
@@ -217,8 +255,8 @@ class Demo {
       auto s = c.GetStatus();
       if (s.ok() && s->map.formed && s->map.state == "serving" && s->map.version > after_version) {
         size_t up = 0;
-        for (const auto& node : s->nodes) up += node.up ? 1 : 0;
-        if (up == n && s->nodes.size() == n) {
+        for (const auto& node : s->nodes) up += node.up && node.progress.empty() ? 1 : 0;
+        if (up == n && s->nodes.size() == n && s->map.protection.rebuilding.empty()) {
           *d = std::to_string(n) + " workers up, map version " + std::to_string(s->map.version);
           (void)c.GetShardMap(true);
           return true;
@@ -227,6 +265,44 @@ class Demo {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     *d = "timed out waiting for the cluster";
+    return false;
+  }
+
+  // Waits for the rebuilt worker to serve, printing its progress as `tessera status` shows it.
+  bool WaitRebuild(orchestrator::Client& c, size_t n, std::string* d, int64_t after_version) {
+    auto end = Clock::now() + std::chrono::seconds(120);
+    std::string last_progress;
+    bool seen_rebuild = false;
+    while (Clock::now() < end) {
+      auto s = c.GetStatus();
+      if (s.ok()) {
+        for (const auto& node : s->nodes) {
+          if (node.progress.empty()) continue;
+          auto j = nlohmann::json::parse(node.progress, nullptr, false);
+          if (j.is_discarded()) continue;
+          std::string phase = j.value("phase", "");
+          if (phase == "rebuilding") {
+            seen_rebuild = true;
+            last_progress = std::to_string(j.value("pages_rebuilt", 0)) + "/" +
+                            std::to_string(j.value("pages_total", 0)) + " pages, " +
+                            std::to_string(static_cast<int>(j.value("mb_per_s", 0.0))) + " MB/s";
+            std::fprintf(stderr, "\r  rebuild %s, %.1f s left      ", last_progress.c_str(),
+                         j.value("seconds_left", 0.0));
+          } else {
+            std::fprintf(stderr, "\r  %-60s", phase.c_str());
+          }
+        }
+      }
+      std::string w;
+      if (s.ok() && s->map.version > after_version && s->map.protection.rebuilding.empty() &&
+          WaitServing(c, n, &w, after_version)) {
+        std::fprintf(stderr, "\n");
+        *d = w + (seen_rebuild ? ", rebuilt (last seen " + last_progress + ")" : ", rebuilt");
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    *d = "timed out waiting for the rebuild";
     return false;
   }
 
@@ -316,8 +392,9 @@ void RegisterDemoCommand(CLI::App& app, Context& ctx) {
   auto dir = std::make_shared<std::string>();
   auto* demo = app.add_subcommand(
       "demo",
-      "Run a local cluster end to end: start a manager and workers, load and check keys, kill and "
-      "restart a worker, shut down with cleanup");
+      "Run a local cluster end to end: start a manager and workers (xor parity), load and check "
+      "keys, kill and restart a worker, wipe a worker and rebuild it from parity, scrub, shut "
+      "down with cleanup");
   demo->add_option("PORTS", *ports,
                    "STATUS MANAGER WORKER... ports (default 8080 8081 8082 8083 8084)")
       ->check(CLI::Range(1, 65535));
