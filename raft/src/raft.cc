@@ -845,7 +845,9 @@ class Raft {
     if (MaybeCommit()) {
       BroadcastAppend();  // tells everyone the new commit index
     } else {
-      SendAppend(m.from, false);
+      // A follower that was paused missed the broadcast of the commit index; an empty
+      // AppendEntries brings it up to date without waiting for a heartbeat.
+      SendAppend(m.from, was_paused);
     }
     // Keep streaming while the follower is behind and not paused (max_bytes limits messages).
     while (pr.state == Progress::State::kReplicate && pr.next <= log_.LastIndex() &&

@@ -103,7 +103,7 @@ void Cluster::StartNode(NodeState& n) {
 }
 
 void Cluster::Tick(int ticks) {
-  for (int t = 0; t < ticks; ++t) {
+  for (int t = 0; t < ticks && !stalled_; ++t) {
     ++now_;
     for (NodeState& n : nodes_) {
       if (!n.node) continue;
@@ -205,6 +205,7 @@ void Cluster::Deliver(const Message& m) {
   if (drop_filter && drop_filter(m)) return;
   NodeState& n = nodes_.at(m.to - 1);
   counters_.delivered[{m.type, m.from}]++;
+  ++total_delivered_;
   if (m.type == MessageType::kAppendResponse && m.reject) counters_.rejections[m.from]++;
   Status s = n.node->Step(m);
   ASSERT_TRUE(s.ok()) << s.ToString();
@@ -212,7 +213,8 @@ void Cluster::Deliver(const Message& m) {
 }
 
 void Cluster::Pump() {
-  for (int round = 0; round < 100000; ++round) {
+  if (stalled_) return;
+  for (int round = 0; round < 10000; ++round) {
     bool progress = false;
     for (NodeState& n : nodes_) {
       if (n.node && n.node->HasReady()) {
@@ -228,7 +230,9 @@ void Cluster::Pump() {
     }
     if (!progress) return;
   }
-  ADD_FAILURE() << "the cluster did not quiesce within one tick";
+  // Messages that never stop (a livelock) would otherwise spin every later tick as well.
+  stalled_ = true;
+  ADD_FAILURE() << "the cluster did not quiesce within one tick; stopping it";
 }
 
 void Cluster::HandleReady(NodeState& n) {
@@ -307,6 +311,7 @@ uint64_t Cluster::CheckOneLeader(int max_ticks) {
         leaders[n.node->term()].push_back(n.id);
       }
     }
+    if (stalled_) break;
     if (!leaders.empty()) {
       const auto& top = leaders.rbegin()->second;
       EXPECT_EQ(top.size(), 1u) << "term " << leaders.rbegin()->first << " has several leaders";
@@ -356,7 +361,7 @@ size_t Cluster::NCommitted(uint64_t index, std::string* data) {
 uint64_t Cluster::One(const std::string& cmd, size_t expected, bool retry, int max_ticks) {
   const uint64_t start = now_;
   size_t next = 0;
-  while (now_ - start < static_cast<uint64_t>(max_ticks)) {
+  while (now_ - start < static_cast<uint64_t>(max_ticks) && !stalled_) {
     uint64_t index = 0;
     for (size_t k = 0; k < nodes_.size(); ++k) {
       NodeState& n = nodes_[(next + k) % nodes_.size()];
@@ -374,6 +379,7 @@ uint64_t Cluster::One(const std::string& cmd, size_t expected, bool retry, int m
         std::string got;
         size_t n = NCommitted(index, &got);
         if (n > 0 && n >= expected && got == cmd) return index;
+        if (stalled_) break;
         Tick();
       }
       if (!retry) {
@@ -402,5 +408,16 @@ uint64_t Cluster::DeliveredRejections(uint64_t from) const {
 }
 
 void Cluster::ResetCounters() { counters_ = Counter{}; }
+
+std::string Cluster::Summary() const {
+  uint64_t max_term = leader_of_term_.empty() ? 0 : leader_of_term_.rbegin()->first;
+  uint64_t normal = 0;
+  for (const auto& [index, e] : committed_) normal += e.type == EntryType::kNormal ? 1 : 0;
+  return "ticks=" + std::to_string(now_) + " applied_entries=" + std::to_string(committed_.size()) +
+         " (commands " + std::to_string(normal) +
+         ") terms_with_leader=" + std::to_string(leader_of_term_.size()) +
+         " max_term=" + std::to_string(max_term) +
+         " messages_delivered=" + std::to_string(total_delivered_);
+}
 
 }  // namespace tessera::raft::testing

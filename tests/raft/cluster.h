@@ -115,6 +115,9 @@ class Cluster {
   uint64_t Delivered(MessageType type, uint64_t from = 0) const;
   uint64_t DeliveredRejections(uint64_t from) const;  // rejected AppendResponses from `from`
   void ResetCounters();
+  // "ticks=.. applied=.. max_term=.. delivered=.. snapshots=..", printed by randomized tests so
+  // that a run that did nothing is visible.
+  std::string Summary() const;
 
  private:
   struct NodeState {
@@ -158,6 +161,8 @@ class Cluster {
   std::map<uint64_t, uint64_t> leader_of_term_;
   std::map<uint64_t, AppliedEntry> committed_;
   Counter counters_;
+  uint64_t total_delivered_ = 0;
+  bool stalled_ = false;
 };
 
 std::string EncodeLog(const std::vector<AppliedEntry>& log);
