@@ -136,9 +136,16 @@ service ParityService {
                   5: list<PageDelta> pages) throws (1: TesseraError e),
   // Atomically: applies the staged deltas if the holder records `from_gen` for the slot
   // (else GENERATION_MISMATCH), records `to_gen`, drops tail entries <= covered_seq.
+  // With prepare_only: checks the same, and records the generation as prepared (phase 1 of an
+  // advance) without applying it.
   GenRecord CommitGeneration(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 from_gen,
                              5: i64 to_gen, 6: binary descriptor, 7: i64 covered_seq,
-                             8: i64 last_page) throws (1: TesseraError e),
+                             8: i64 last_page, 9: bool prepare_only) throws (1: TesseraError e),
+  // Applies the generation `to_gen` the slot's owner prepared here (a rebuild completes an
+  // advance its crashed owner committed at some holders only). GENERATION_MISMATCH when that
+  // generation is not prepared on top of what the holder records.
+  GenRecord CommitPrepared(1: string token, 2: i32 slot, 3: i64 to_gen)
+      throws (1: TesseraError e),
   // The slot's record; raises the holder's epoch for the slot to `epoch` (fences older ones).
   GenRecord GetRecord(1: string token, 2: i32 slot, 3: i64 epoch) throws (1: TesseraError e),
   list<TailEntry> ReadTail(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 after_seq,

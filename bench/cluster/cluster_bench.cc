@@ -59,7 +59,8 @@ class EchoHandler : public gen::WorkerServiceIf {
   void StageDelta(const std::string&, int32_t, int64_t, int64_t,
                   const std::vector<gen::PageDelta>&) override {}
   void CommitGeneration(gen::GenRecord&, const std::string&, int32_t, int64_t, int64_t, int64_t,
-                        const std::string&, int64_t, int64_t) override {}
+                        const std::string&, int64_t, int64_t, bool) override {}
+  void CommitPrepared(gen::GenRecord&, const std::string&, int32_t, int64_t) override {}
   void GetRecord(gen::GenRecord&, const std::string&, int32_t, int64_t) override {}
   void ReadTail(std::vector<gen::TailEntry>&, const std::string&, int32_t, int64_t, int64_t,
                 int32_t) override {}
@@ -179,33 +180,52 @@ int main(int argc, char** argv) {
     (*lease)->Ping(r, "");
   };
 
-  // The cluster.
-  std::string mgr = "127.0.0.1:" + std::to_string(base + 1);
-  Proc m;
-  m.Start({"tessera", "manager", "--listen", mgr, "--data", dir + "/m", "--workers", "3"},
-          dir + "/m.log");
-  std::vector<std::unique_ptr<Proc>> ws;
-  for (int i = 0; i < 3; ++i) {
-    ws.push_back(std::make_unique<Proc>());
-    ws.back()->Start({"tessera", "worker", "--listen", "127.0.0.1:" + std::to_string(base + 2 + i),
-                      "--manager", mgr, "--data", dir + "/w" + std::to_string(i)},
-                     dir + "/w" + std::to_string(i) + ".log");
-  }
-  tessera::orchestrator::ClientOptions co;
-  co.manager = mgr;
-  auto client = std::move(Client::Connect(co)).value();
-  for (int i = 0; i < 200; ++i) {
-    auto s = client->GetStatus();
-    if (s.ok() && s->map.formed) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  // Warm up: every worker learned its shards and every connection exists.
-  for (int i = 0; i < 2000; ++i) {
-    if (!client->Put("warm" + std::to_string(i), "x", false).ok()) Die("warm-up put failed");
-  }
+  // The clusters: the default (xor parity on the manager) and an unprotected one, so the cost
+  // of protection shows as a ratio.
+  struct ClusterRun {
+    std::unique_ptr<Proc> m;
+    std::vector<std::unique_ptr<Proc>> ws;
+    std::unique_ptr<Client> client;
+  };
+  auto start_cluster = [&](const std::string& protection, int port0) {
+    ClusterRun c;
+    std::string mgr = "127.0.0.1:" + std::to_string(port0);
+    std::string sub = dir + "/" + protection;
+    c.m = std::make_unique<Proc>();
+    c.m->Start({"tessera", "manager", "--listen", mgr, "--data", sub + "/m", "--workers", "3",
+                "--protection", protection},
+               sub + "-m.log");
+    for (int i = 0; i < 3; ++i) {
+      c.ws.push_back(std::make_unique<Proc>());
+      c.ws.back()->Start(
+          {"tessera", "worker", "--listen", "127.0.0.1:" + std::to_string(port0 + 1 + i),
+           "--manager", mgr, "--data", sub + "/w" + std::to_string(i)},
+          sub + "-w" + std::to_string(i) + ".log");
+    }
+    tessera::orchestrator::ClientOptions co;
+    co.manager = mgr;
+    c.client = std::move(Client::Connect(co)).value();
+    for (int i = 0; i < 200; ++i) {
+      auto s = c.client->GetStatus();
+      if (s.ok() && s->map.formed) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    // Warm up: every worker learned its shards and every connection exists.
+    for (int i = 0; i < 2000; ++i) {
+      if (!c.client->Put("warm" + std::to_string(i), "x", false).ok()) Die("warm-up put failed");
+    }
+    return c;
+  };
+  ClusterRun prot = start_cluster("xor", base + 1);
+  ClusterRun bare = start_cluster("none", base + 10);
+  Client* client = prot.client.get();
   std::string value(value_size, 'v');
   auto put_op = [&](int, uint64_t i) {
     tessera::Status s = client->Put("key" + std::to_string(i), value, false);
+    if (!s.ok()) Die(s.ToString());
+  };
+  auto bare_put_op = [&](int, uint64_t i) {
+    tessera::Status s = bare.client->Put("key" + std::to_string(i), value, false);
     if (!s.ok()) Die(s.ToString());
   };
   auto get_op = [&](int, uint64_t i) {
@@ -222,11 +242,14 @@ int main(int argc, char** argv) {
   for (int threads : {1, 16}) {
     rows.push_back({"thrift echo (ceiling)", threads, Measure(threads, ops, echo_op)});
     rows.push_back({"echo, nonblocking srv", threads, Measure(threads, ops, nb_op)});
-    rows.push_back({"put nosync", threads, Measure(threads, ops, put_op)});
+    rows.push_back({"put nosync, unprotected", threads, Measure(threads, ops, bare_put_op)});
+    rows.push_back({"put nosync, xor", threads, Measure(threads, ops, put_op)});
     rows.push_back({"get", threads, Measure(threads, ops, get_op)});
   }
-  std::printf("cluster_bench: %llu ops per row, %zu-byte values, 3 workers on loopback\n",
-              static_cast<unsigned long long>(ops), value_size);
+  std::printf(
+      "cluster_bench: %llu ops per row, %zu-byte values, 3 workers on loopback "
+      "(gets and xor puts on the xor-protected cluster)\n",
+      static_cast<unsigned long long>(ops), value_size);
   std::printf("%-24s %8s %12s %10s %10s %12s\n", "operation", "clients", "ops/s", "p50 us",
               "p99 us", "vs ceiling");
   for (const auto& row : rows) {
@@ -237,7 +260,18 @@ int main(int argc, char** argv) {
     std::printf("%-24s %8d %12.0f %10.1f %10.1f %11.2fx\n", row.name.c_str(), row.threads,
                 row.r.ops_per_sec, row.r.p50_us, row.r.p99_us, row.r.ops_per_sec / ceiling);
   }
-  (void)client->Shutdown(true);
+  for (int threads : {1, 16}) {
+    double p = 0, u = 0, pp99 = 0, up99 = 0;
+    for (const auto& row : rows) {
+      if (row.threads != threads) continue;
+      if (row.name == "put nosync, xor") p = row.r.ops_per_sec, pp99 = row.r.p99_us;
+      if (row.name == "put nosync, unprotected") u = row.r.ops_per_sec, up99 = row.r.p99_us;
+    }
+    std::printf("protected / unprotected puts, %2d clients: %.2fx ops/s, p99 %.1f vs %.1f us\n",
+                threads, p / u, pp99, up99);
+  }
+  (void)prot.client->Shutdown(true);
+  (void)bare.client->Shutdown(true);
   nb->stop();
   nb_thread.join();
   std::error_code ec;

@@ -585,10 +585,15 @@ class Handler : public gen::ManagerServiceIf {
   }
   void CommitGeneration(gen::GenRecord& r, const std::string& token, int32_t slot, int64_t epoch,
                         int64_t from_gen, int64_t to_gen, const std::string& descriptor,
-                        int64_t covered_seq, int64_t last_page) override {
+                        int64_t covered_seq, int64_t last_page, bool prepare_only) override {
     Auth(token);
     r = Holder()->CommitGeneration(slot, epoch, from_gen, to_gen, descriptor, covered_seq,
-                                   last_page);
+                                   last_page, prepare_only);
+  }
+  void CommitPrepared(gen::GenRecord& r, const std::string& token, int32_t slot,
+                      int64_t to_gen) override {
+    Auth(token);
+    r = Holder()->CommitPrepared(slot, to_gen);
   }
   void GetRecord(gen::GenRecord& r, const std::string& token, int32_t slot,
                  int64_t epoch) override {

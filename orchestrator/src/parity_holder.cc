@@ -55,14 +55,16 @@ std::string EncodeRecord(const gen::GenRecord& r) {
   return s;
 }
 
+}  // namespace
+
 // A LMDB write or read transaction that aborts unless committed.
-class Txn {
+class HolderTxn {
  public:
-  Txn(MDB_env* env, bool write, const std::string& node) : node_(node) {
+  HolderTxn(MDB_env* env, bool write, const std::string& node) : node_(node) {
     int rc = mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &t_);
     if (rc != 0) Fail(rc, "begin");
   }
-  ~Txn() {
+  ~HolderTxn() {
     if (t_) mdb_txn_abort(t_);
   }
   MDB_txn* get() { return t_; }
@@ -93,7 +95,9 @@ class Txn {
   std::string node_;
 };
 
-gen::GenRecord LoadRecord(Txn& t, MDB_dbi records, int slot, const std::string& node) {
+namespace {
+
+gen::GenRecord LoadRecord(HolderTxn& t, MDB_dbi records, int slot, const std::string& node) {
   gen::GenRecord r;
   MDB_val v;
   if (t.Get(records, SlotKey(slot), &v)) {
@@ -112,7 +116,7 @@ gen::GenRecord LoadRecord(Txn& t, MDB_dbi records, int slot, const std::string& 
 }
 
 // Last tail seq of `slot` (0 when none).
-int64_t TailLast(Txn& t, MDB_dbi tail, int slot) {
+int64_t TailLast(HolderTxn& t, MDB_dbi tail, int slot) {
   MDB_cursor* c;
   if (mdb_cursor_open(t.get(), tail, &c) != 0) return 0;
   std::string next = SlotKey(slot + 1);
@@ -129,7 +133,7 @@ int64_t TailLast(Txn& t, MDB_dbi tail, int slot) {
 }
 
 // Deletes the keys of `dbi` in [from, to) (byte order).
-void DeleteRange(Txn& t, MDB_dbi dbi, const std::string& from, const std::string& to) {
+void DeleteRange(HolderTxn& t, MDB_dbi dbi, const std::string& from, const std::string& to) {
   MDB_cursor* c;
   if (int rc = mdb_cursor_open(t.get(), dbi, &c); rc != 0) t.Fail(rc, "cursor");
   MDB_val k = Val(from), v;
@@ -256,7 +260,7 @@ bool CheckEpoch(const gen::GenRecord& r, int slot, int64_t epoch, const std::str
 int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
                                  const std::vector<gen::TailEntry>& entries, bool sync) {
   CheckSlot(slot);
-  Txn t(env_, true, node_);
+  HolderTxn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
   if (CheckEpoch(r, slot, epoch, node_)) {
     r.epoch = epoch;
@@ -274,7 +278,7 @@ int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
 void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t to_gen,
                               const std::vector<gen::PageDelta>& pages) {
   CheckSlot(slot);
-  Txn t(env_, true, node_);
+  HolderTxn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
   CheckEpoch(r, slot, epoch, node_);
   // Staged deltas of an abandoned attempt (another target generation) are dropped first.
@@ -299,9 +303,10 @@ void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t to_gen,
 
 gen::GenRecord ParityHolder::CommitGeneration(int slot, int64_t epoch, int64_t from_gen,
                                               int64_t to_gen, const std::string& descriptor,
-                                              int64_t covered_seq, int64_t last_page) {
+                                              int64_t covered_seq, int64_t last_page,
+                                              bool prepare_only) {
   CheckSlot(slot);
-  Txn t(env_, true, node_);
+  HolderTxn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
   CheckEpoch(r, slot, epoch, node_);
   if (r.gen == to_gen && r.covered_seq == covered_seq) {  // a retried commit that landed
@@ -314,13 +319,67 @@ gen::GenRecord ParityHolder::CommitGeneration(int slot, int64_t epoch, int64_t f
               std::to_string(r.gen) + ", not " + std::to_string(from_gen),
           node_);
   }
+  if (prepare_only) {
+    // Phase 1: remember what to apply; the staged deltas stay where they are.
+    std::string prep;
+    PutBE(&prep, static_cast<uint64_t>(from_gen), 8);
+    PutBE(&prep, static_cast<uint64_t>(to_gen), 8);
+    PutBE(&prep, static_cast<uint64_t>(covered_seq), 8);
+    PutBE(&prep, static_cast<uint64_t>(last_page), 8);
+    prep += descriptor;
+    t.Put(config_, "prep:" + std::to_string(slot), prep);
+    r.epoch = std::max(r.epoch, epoch);
+    t.Put(records_, SlotKey(slot), EncodeRecord(r));
+    r.tail_last = TailLast(t, tail_, slot);
+    t.Commit();
+    if (int rc = mdb_env_sync(env_, 1); rc != 0) {
+      Throw(ErrorCode::INTERNAL, std::string("parity holder flush: ") + mdb_strerror(rc), node_);
+    }
+    return r;
+  }
+  r.epoch = std::max(r.epoch, epoch);
+  return Apply(t, slot, r, from_gen, to_gen, descriptor, covered_seq, last_page);
+}
+
+gen::GenRecord ParityHolder::CommitPrepared(int slot, int64_t to_gen) {
+  CheckSlot(slot);
+  HolderTxn t(env_, true, node_);
+  gen::GenRecord r = LoadRecord(t, records_, slot, node_);
+  if (r.gen == to_gen) {
+    r.tail_last = TailLast(t, tail_, slot);
+    return r;
+  }
+  MDB_val v;
+  if (!t.Get(config_, "prep:" + std::to_string(slot), &v) || v.mv_size < 32) {
+    Throw(ErrorCode::GENERATION_MISMATCH,
+          "slot " + std::to_string(slot) + ": no generation is prepared here", node_);
+  }
+  const char* p = static_cast<const char*>(v.mv_data);
+  int64_t from = static_cast<int64_t>(GetBE(p, 8)), to = static_cast<int64_t>(GetBE(p + 8, 8));
+  int64_t covered = static_cast<int64_t>(GetBE(p + 16, 8));
+  int64_t last_page = static_cast<int64_t>(GetBE(p + 24, 8));
+  std::string desc(p + 32, v.mv_size - 32);
+  if (to != to_gen || from != r.gen) {
+    Throw(ErrorCode::GENERATION_MISMATCH,
+          "slot " + std::to_string(slot) + ": prepared generation " + std::to_string(from) +
+              " -> " + std::to_string(to) + " does not lead from " + std::to_string(r.gen) +
+              " to " + std::to_string(to_gen),
+          node_);
+  }
+  return Apply(t, slot, r, from, to, desc, covered, last_page);
+}
+
+// Applies the staged deltas of `to_gen`, records it and drops the covered tail, in `t`.
+gen::GenRecord ParityHolder::Apply(HolderTxn& t, int slot, gen::GenRecord r, int64_t from_gen,
+                                   int64_t to_gen, const std::string& descriptor,
+                                   int64_t covered_seq, int64_t last_page) {
   std::string gkey = "stage:" + std::to_string(slot);
   MDB_val sg;
   bool staged = t.Get(config_, gkey, &sg) && Str(sg) == std::to_string(to_gen);
   // Apply every staged delta: parity ^= c · delta, in this one transaction.
-  const uint8_t c = Coefficient(slot);
-  std::vector<uint8_t> tables(32 * 1);
-  ec_init_tables(1, 1, const_cast<uint8_t*>(&c), tables.data());
+  uint8_t c = Coefficient(slot);
+  std::vector<uint8_t> tables(32);
+  ec_init_tables(1, 1, &c, tables.data());
   std::string page(kProtectionPageSize, '\0');
   size_t applied = 0;
   if (staged) {
@@ -357,11 +416,15 @@ gen::GenRecord ParityHolder::CommitGeneration(int slot, int64_t epoch, int64_t f
       t.Fail(rc, "delete");
     }
   }
+  std::string pkey = "prep:" + std::to_string(slot);
+  MDB_val pk = Val(pkey);
+  if (int rc = mdb_del(t.get(), config_, &pk, nullptr); rc != 0 && rc != MDB_NOTFOUND) {
+    t.Fail(rc, "delete");
+  }
   r.gen = to_gen;
   r.descriptor = descriptor;
   r.covered_seq = covered_seq;
   r.last_page = last_page;
-  r.epoch = std::max(r.epoch, epoch);
   t.Put(records_, SlotKey(slot), EncodeRecord(r));
   DeleteRange(t, tail_, SlotSeqKey(slot, 0),
               SlotSeqKey(slot, static_cast<uint64_t>(covered_seq) + 1));
@@ -377,7 +440,7 @@ gen::GenRecord ParityHolder::CommitGeneration(int slot, int64_t epoch, int64_t f
 
 gen::GenRecord ParityHolder::GetRecord(int slot, int64_t epoch) {
   CheckSlot(slot);
-  Txn t(env_, true, node_);
+  HolderTxn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
   bool raised = CheckEpoch(r, slot, epoch, node_);
   if (raised) {
@@ -393,7 +456,7 @@ gen::GenRecord ParityHolder::GetRecord(int slot, int64_t epoch) {
 std::vector<gen::TailEntry> ParityHolder::ReadTail(int slot, int64_t epoch, int64_t after_seq,
                                                    int max_entries) {
   CheckSlot(slot);
-  Txn t(env_, false, node_);
+  HolderTxn t(env_, false, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
   CheckEpoch(r, slot, epoch, node_);
   std::vector<gen::TailEntry> out;
@@ -419,7 +482,7 @@ gen::ParityPages ParityHolder::ReadParity(int64_t first_pgno, int count) {
   if (first_pgno < 0 || count < 0 || count > 4096) {
     Throw(ErrorCode::INVALID_ARGUMENT, "ReadParity: bad page range", node_);
   }
-  Txn t(env_, false, node_);
+  HolderTxn t(env_, false, node_);
   gen::ParityPages out;
   for (int i = 0; i < k_; ++i) {
     gen::GenRecord r = LoadRecord(t, records_, i, node_);

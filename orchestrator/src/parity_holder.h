@@ -45,7 +45,8 @@ class ParityHolder {
                   const std::vector<gen::PageDelta>& pages);
   gen::GenRecord CommitGeneration(int slot, int64_t epoch, int64_t from_gen, int64_t to_gen,
                                   const std::string& descriptor, int64_t covered_seq,
-                                  int64_t last_page);
+                                  int64_t last_page, bool prepare_only = false);
+  gen::GenRecord CommitPrepared(int slot, int64_t to_gen);
   gen::GenRecord GetRecord(int slot, int64_t epoch);
   std::vector<gen::TailEntry> ReadTail(int slot, int64_t epoch, int64_t after_seq, int max_entries);
   gen::ParityPages ReadParity(int64_t first_pgno, int count);
@@ -55,6 +56,9 @@ class ParityHolder {
  private:
   ParityHolder() = default;
   void CheckSlot(int slot) const;
+  gen::GenRecord Apply(class HolderTxn& t, int slot, gen::GenRecord r, int64_t from_gen,
+                       int64_t to_gen, const std::string& descriptor, int64_t covered_seq,
+                       int64_t last_page);
   uint8_t Coefficient(int slot) const;
 
   std::string node_;

@@ -283,15 +283,31 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
     p.seq = ++next_seq_;
   }
   e.seq = p.seq;
-  std::vector<gen::TailEntry> entries{e};
   size_t stored = 0;
   bool stale = false;
   std::string missing;
+  // Queue the entry at every holder first, then drive each: the holders work in parallel and
+  // concurrent writers share calls.
+  std::vector<TailReq> reqs(m);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    while (batchers_.size() < m) batchers_.push_back(std::make_unique<TailBatcher>());
+  }
   for (size_t j = 0; j < m; ++j) {
-    int64_t recorded = 0;
-    Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
-      recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
-    });
+    reqs[j].entry = &e;
+    reqs[j].sync = sync;
+    TailBatcher* b;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      b = batchers_[j].get();
+    }
+    std::lock_guard<std::mutex> l(b->mu);
+    b->queue.push_back(&reqs[j]);
+  }
+  for (size_t j = 0; j < m; ++j) {
+    DriveTail(j, &reqs[j], slot, epoch);
+    Status st = reqs[j].status;
+    int64_t recorded = reqs[j].recorded;
     if (st.ok()) {
       ++stored;
       std::lock_guard<std::mutex> l(mu_);
@@ -324,6 +340,50 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   if (!p.status.ok()) {
     Throw(p.status.IsInvalidArgument() ? ErrorCode::INVALID_ARGUMENT : ErrorCode::INTERNAL,
           p.status.ToString(), o_.node_id);
+  }
+}
+
+// Waits for `r` to be sent to holder j; whoever finds the holder idle sends every queued entry
+// in one AppendTail call.
+void Protector::DriveTail(size_t j, TailReq* r, int slot, int64_t epoch) {
+  TailBatcher* b;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    b = batchers_[j].get();
+  }
+  std::unique_lock<std::mutex> l(b->mu);
+  while (!r->done) {
+    if (b->busy) {
+      b->cv.wait(l);
+      continue;
+    }
+    b->busy = true;
+    std::vector<TailReq*> group;
+    size_t bytes = 0;
+    while (!b->queue.empty() && group.size() < 1000 && bytes < (8u << 20)) {
+      group.push_back(b->queue.front());
+      bytes += b->queue.front()->entry->batch.size();
+      b->queue.erase(b->queue.begin());
+    }
+    l.unlock();
+    std::vector<gen::TailEntry> entries;
+    bool sync = false;
+    for (TailReq* q : group) {
+      entries.push_back(*q->entry);
+      sync = sync || q->sync;
+    }
+    int64_t recorded = 0;
+    Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
+      recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
+    });
+    l.lock();
+    for (TailReq* q : group) {
+      q->status = st;
+      q->recorded = recorded;
+      q->done = true;
+    }
+    b->busy = false;
+    b->cv.notify_all();
   }
 }
 
@@ -561,6 +621,35 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       else
         spdlog::warn("{}: rebuild: {}", o_.node_id, st.message());
     }
+    // Holders that disagree on a slot's generation (its owner crashed between the commits of an
+    // advance): the lagging ones hold that generation prepared; complete it so rows agree.
+    {
+      std::vector<std::vector<int64_t>> gens(static_cast<size_t>(m));
+      for (int j = 0; j < m; ++j) {
+        gen::ParityPages pp;
+        if (CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
+              c.ReadParity(pp, o_.token, 0, 0);
+            }).ok()) {
+          for (const auto& r : pp.records) gens[static_cast<size_t>(j)].push_back(r.gen);
+        }
+      }
+      for (int i = 0; i < k; ++i) {
+        int64_t newest = -1;
+        for (const auto& g : gens) {
+          if (static_cast<int>(g.size()) == k) newest = std::max(newest, g[static_cast<size_t>(i)]);
+        }
+        for (int j = 0; j < m; ++j) {
+          const auto& g = gens[static_cast<size_t>(j)];
+          if (static_cast<int>(g.size()) != k || g[static_cast<size_t>(i)] >= newest) continue;
+          gen::GenRecord r;
+          Status st = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
+            c.CommitPrepared(r, o_.token, i, newest);
+          });
+          spdlog::info("{}: holder {} completes slot {}'s prepared generation {}: {}", o_.node_id,
+                       j, i, newest, st.ok() ? "done" : st.message());
+        }
+      }
+    }
     // The generation to rebuild: the newest any reachable holder records.
     const gen::GenRecord* base = nullptr;
     for (const auto& r : recs) {
@@ -741,8 +830,10 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
 
 // ---- generations ----------------------------------------------------------------------------
 
-Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap,
-                            int64_t covered) {
+// Phase 1 of an advance at holder j: stage the deltas from what it records and prepare the new
+// generation (nothing changes in its parity yet). Sets *base to the generation it starts from.
+Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
+                            int64_t* base_out) {
   const int slot = slot_.load();
   int64_t epoch, base;
   {
@@ -751,6 +842,7 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
     base = holders_[j].gen;
   }
   const int64_t g = static_cast<int64_t>(snap.txnid());
+  *base_out = base;
   if (base == g) return Status::Ok();
   const engine::ReadTxn* old = nullptr;
   {
@@ -762,6 +854,7 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
     TESSERA_RETURN_IF_ERROR(
         CallHolder(j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); }));
     base = r.gen;
+    *base_out = base;
     if (base == g) {
       std::lock_guard<std::mutex> l(mu_);
       holders_[j].gen = g;
@@ -813,15 +906,39 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
   gen::GenRecord r;
   Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
     c.CommitGeneration(r, o_.token, slot, epoch, base, g, desc.meta_bytes, covered,
-                       static_cast<int64_t>(desc.last_page));
+                       static_cast<int64_t>(desc.last_page), /*prepare_only=*/true);
   });
-  std::lock_guard<std::mutex> l(mu_);
   if (!st.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
     holders_[j].gen = -1;  // learn what it records before the next attempt
     return st;
   }
+  spdlog::debug("{}: holder {} prepared generation {} ({} page deltas)", o_.node_id, j, g, sent);
+  return Status::Ok();
+}
+
+// Phase 2 at holder j: apply the prepared generation.
+Status Protector::CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base) {
+  const int slot = slot_.load();
+  int64_t epoch;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    epoch = epoch_;
+  }
+  const int64_t g = static_cast<int64_t>(snap.txnid());
+  if (base == g) return Status::Ok();
+  auto desc = snap.Descriptor();
+  gen::GenRecord r;
+  Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
+    c.CommitGeneration(r, o_.token, slot, epoch, base, g, desc.meta_bytes, covered,
+                       static_cast<int64_t>(desc.last_page), /*prepare_only=*/false);
+  });
+  std::lock_guard<std::mutex> l(mu_);
+  if (!st.ok()) {
+    holders_[j].gen = -1;
+    return st;
+  }
   holders_[j].gen = g;
-  spdlog::debug("{}: holder {} now records generation {} ({} page deltas)", o_.node_id, j, g, sent);
   return Status::Ok();
 }
 
@@ -853,8 +970,16 @@ Status Protector::Advance(engine::Db* db, bool force) {
   commits_since_advance_.store(0);
   Status first_error;
   ++advances_;
+  // Two phases: every holder stages and prepares before any applies. A crash between the
+  // commits leaves holders at different generations, but each lagging one holds the prepared
+  // generation, so a rebuild can complete it (CommitPrepared) and decode from agreeing rows.
+  std::vector<int64_t> bases(m, -1);
   for (size_t j = 0; j < m; ++j) {
-    Status st = ProtectTo(db, j, *pinned, covered);
+    Status st = ProtectTo(db, j, *pinned, covered, &bases[j]);
+    if (!st.ok() && first_error.ok()) first_error = st;
+  }
+  for (size_t j = 0; j < m && first_error.ok(); ++j) {
+    Status st = CommitTo(j, *pinned, covered, bases[j]);
     if (!st.ok() && first_error.ok()) first_error = st;
     if (crash_in_advance_ > 0 && advances_ >= crash_in_advance_ && j == 0) {
       // Test failpoint (TESSERA_FAILPOINT=crash_in_advance:N): die in the Nth advance after the

@@ -75,11 +75,28 @@ class Protector {
     int64_t gen = -1;  // the generation it records for this slot (-1: not known yet)
   };
   struct Pending;
+  // Tail appends to one holder, combined: concurrent writers' entries travel in one call.
+  struct TailReq {
+    const gen::TailEntry* entry = nullptr;
+    bool sync = false;
+    bool done = false;
+    Status status;
+    int64_t recorded = 0;  // the generation the holder records
+  };
+  struct TailBatcher {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<TailReq*> queue;
+    bool busy = false;
+  };
+  void DriveTail(size_t j, TailReq* r, int slot, int64_t epoch);
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
   Status ReplayTails(engine::Db* db, int64_t from_seq);
   Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
-  Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered);
+  Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
+                   int64_t* base);
+  Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
   Status SavePins();
   void AuditHolders();
   void CommitInOrder(engine::Db* db, Pending* p);
@@ -102,6 +119,7 @@ class Protector {
   std::vector<Holder> holders_;
   std::vector<std::string> slot_addresses_;
   std::map<int64_t, std::unique_ptr<engine::ReadTxn>> pins_;  // gen -> pinned snapshot
+  std::vector<std::unique_ptr<TailBatcher>> batchers_;        // one per holder (grows only)
 
   rpc::ClientPool<gen::ParityServiceClient> holder_pool_;
   rpc::ClientPool<gen::WorkerServiceClient> worker_pool_;

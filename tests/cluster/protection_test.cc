@@ -416,6 +416,35 @@ TEST(ProtectionTest, CrashDuringAGenerationAdvanceThenALostWorkerRebuilds) {
   EXPECT_NE(c.NodeLogs(1).find("rebuilt"), std::string::npos);
 }
 
+TEST(ProtectionTest, CrashMidAdvanceThenBothDataWorkersWipedAreRebuilt) {
+  // Node 0 dies between the commits of an advance: holder 0 records the new generation, holder 1
+  // only has it prepared. Then both data workers lose their disks: decoding two erasures needs
+  // both parity rows to agree, so the rebuild completes the prepared generation first.
+  PCluster c("rs:2+2", 2, 2);
+  c.StartManager();
+  c.StartNode(0, {"TESSERA_FAILPOINT=crash_in_advance:3"});
+  for (size_t i = 1; i < 4; ++i) c.StartNode(i);
+  {
+    Load load(c, 2, 300);
+    for (int i = 0; i < 600 && c.node(0).Running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_FALSE(c.node(0).Running()) << c.NodeLogs(0);
+    load.Stop();
+    c.node(1).Kill(SIGKILL);
+    c.node(1).Wait(std::chrono::milliseconds(5000));
+    c.Wipe(0);
+    c.Wipe(1);
+    c.StartNode(0);
+    c.StartNode(1);
+    ASSERT_TRUE(c.WaitServing(90)) << c.Logs();
+    load.Check(*c.NewClient());
+  }
+  std::string logs = c.NodeLogs(0) + c.NodeLogs(1);
+  EXPECT_NE(logs.find("'s prepared generation"), std::string::npos) << logs;
+  ExpectScrubClean(c);
+}
+
 TEST(ProtectionTest, ZombieFromAnOldEpochCannotGetAWriteAcknowledged) {
   PCluster c("xor", 3, 0);
   c.Start();
