@@ -91,7 +91,7 @@ Result<std::vector<Entry>> RaftLog::Slice(uint64_t lo, uint64_t hi, uint64_t max
 std::optional<uint64_t> RaftLog::MaybeAppend(uint64_t index, uint64_t log_term,
                                              uint64_t leader_commit,
                                              const std::vector<Entry>& entries) {
-  if (!MatchTerm(index, log_term)) return std::nullopt;
+  if (!MatchTerm(index, log_term) || !error_.ok()) return std::nullopt;
   const uint64_t last_new = index + entries.size();
   // The first new entry that is not already in the log with the same term. Entries before it
   // match (log matching), so they are kept: a delayed, shorter AppendEntries must not truncate
@@ -114,6 +114,8 @@ std::optional<uint64_t> RaftLog::MaybeAppend(uint64_t index, uint64_t log_term,
 }
 
 uint64_t RaftLog::Append(const std::vector<Entry>& entries) {
+  // After a storage failure the caller computed `entries` from fallback values; drop them.
+  if (!error_.ok()) return 0;
   if (entries.empty()) return LastIndex();
   const uint64_t after = entries[0].index;
   TESSERA_ASSERT(after > committed_, "raft: appending at ", after, " at or before commit ",
