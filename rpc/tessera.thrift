@@ -131,9 +131,10 @@ service ParityService {
   // holder lost its data, and the caller re-protects to it.
   i64 AppendTail(1: string token, 2: i32 slot, 3: i64 epoch, 4: list<TailEntry> entries,
                   5: bool sync) throws (1: TesseraError e),
-  // Stages deltas of the generation `to_gen`; nothing changes in the parity until Commit.
+  // Stages deltas from generation `from_gen` to `to_gen`; nothing changes in the parity until
+  // Commit. Deltas staged for another (from, to) pair are dropped first.
   void StageDelta(1: string token, 2: i32 slot, 3: i64 epoch, 4: i64 to_gen,
-                  5: list<PageDelta> pages) throws (1: TesseraError e),
+                  5: list<PageDelta> pages, 6: i64 from_gen) throws (1: TesseraError e),
   // Atomically: applies the staged deltas if the holder records `from_gen` for the slot
   // (else GENERATION_MISMATCH), records `to_gen`, drops tail entries <= covered_seq.
   // With prepare_only: checks the same, and records the generation as prepared (phase 1 of an

@@ -56,8 +56,8 @@ class EchoHandler : public gen::WorkerServiceIf {
                      bool) override {
     return 0;
   }
-  void StageDelta(const std::string&, int32_t, int64_t, int64_t,
-                  const std::vector<gen::PageDelta>&) override {}
+  void StageDelta(const std::string&, int32_t, int64_t, int64_t, const std::vector<gen::PageDelta>&,
+                  int64_t) override {}
   void CommitGeneration(gen::GenRecord&, const std::string&, int32_t, int64_t, int64_t, int64_t,
                         const std::string&, int64_t, int64_t, bool) override {}
   void CommitPrepared(gen::GenRecord&, const std::string&, int32_t, int64_t) override {}

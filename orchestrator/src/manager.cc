@@ -579,9 +579,9 @@ class Handler : public gen::ManagerServiceIf {
     return Holder()->AppendTail(slot, epoch, entries, sync);
   }
   void StageDelta(const std::string& token, int32_t slot, int64_t epoch, int64_t to_gen,
-                  const std::vector<gen::PageDelta>& pages) override {
+                  const std::vector<gen::PageDelta>& pages, int64_t from_gen) override {
     Auth(token);
-    Holder()->StageDelta(slot, epoch, to_gen, pages);
+    Holder()->StageDelta(slot, epoch, from_gen, to_gen, pages);
   }
   void CommitGeneration(gen::GenRecord& r, const std::string& token, int32_t slot, int64_t epoch,
                         int64_t from_gen, int64_t to_gen, const std::string& descriptor,

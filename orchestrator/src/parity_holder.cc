@@ -275,7 +275,7 @@ int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
   return r.gen;
 }
 
-void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t to_gen,
+void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t from_gen, int64_t to_gen,
                               const std::vector<gen::PageDelta>& pages) {
   CheckSlot(slot);
   HolderTxn t(env_, true, node_);
@@ -284,7 +284,9 @@ void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t to_gen,
   // Staged deltas of an abandoned attempt (another target generation) are dropped first.
   std::string gkey = "stage:" + std::to_string(slot);
   MDB_val v;
-  std::string want = std::to_string(to_gen);
+  // Staged deltas belong to one (from, to) pair: an attempt from another base left pages that
+  // must not be applied with these.
+  std::string want = std::to_string(from_gen) + ":" + std::to_string(to_gen);
   if (!t.Get(config_, gkey, &v) || Str(v) != want) {
     DeleteRange(t, stage_, SlotKey(slot), SlotKey(slot + 1));
     t.Put(config_, gkey, want);
@@ -375,7 +377,8 @@ gen::GenRecord ParityHolder::Apply(HolderTxn& t, int slot, gen::GenRecord r, int
                                    int64_t covered_seq, int64_t last_page) {
   std::string gkey = "stage:" + std::to_string(slot);
   MDB_val sg;
-  bool staged = t.Get(config_, gkey, &sg) && Str(sg) == std::to_string(to_gen);
+  bool staged = t.Get(config_, gkey, &sg) &&
+                Str(sg) == std::to_string(from_gen) + ":" + std::to_string(to_gen);
   // Apply every staged delta: parity ^= c · delta, in this one transaction.
   uint8_t c = Coefficient(slot);
   std::vector<uint8_t> tables(32);

@@ -41,7 +41,7 @@ class ParityHolder {
   // ParityService, as the Thrift handlers call it (errors thrown as TesseraError).
   int64_t AppendTail(int slot, int64_t epoch, const std::vector<gen::TailEntry>& entries,
                      bool sync);
-  void StageDelta(int slot, int64_t epoch, int64_t to_gen,
+  void StageDelta(int slot, int64_t epoch, int64_t from_gen, int64_t to_gen,
                   const std::vector<gen::PageDelta>& pages);
   gen::GenRecord CommitGeneration(int slot, int64_t epoch, int64_t from_gen, int64_t to_gen,
                                   const std::string& descriptor, int64_t covered_seq,

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -674,79 +675,96 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       pages_total = desc.last_page;
       TESSERA_ASSIGN_OR_RETURN(auto codec, erasure::Codec::Create(scheme, k, m));
       const size_t ps = kProtectionPageSize;
-      // One batch of stripes: every shard's pages [first, first + count).
-      std::vector<std::vector<uint8_t>> shards(static_cast<size_t>(k + m));
-      uint64_t batch_first = 0, batch_count = 0;
+      // One batch of stripes: every shard's pages [first, first + count), fetched from every
+      // source at once (holders and survivors in parallel), decoded, and this slot's pages kept.
+      std::mutex gens_mu;
       std::vector<std::optional<std::vector<int64_t>>> first_gens(static_cast<size_t>(m));
       auto t0 = Clock::now();
       uint64_t rebuilt = 0;
-      auto fetch = [&](uint64_t first) -> Status {
-        batch_first = first;
-        batch_count = std::min<uint64_t>(kRebuildChunk, desc.last_page - first);
-        const size_t len = batch_count * ps;
-        for (auto& s : shards) s.assign(len, 0);
+      auto fetch = [&, slot_addrs](uint64_t first, uint64_t count) -> Result<std::vector<uint8_t>> {
+        const size_t len = count * ps;
+        std::vector<std::vector<uint8_t>> shards(static_cast<size_t>(k + m),
+                                                 std::vector<uint8_t>(len, 0));
+        std::vector<gen::ParityPages> pps(static_cast<size_t>(m));
+        std::vector<Status> hst(static_cast<size_t>(m));
+        std::vector<std::future<void>> hf;
+        for (int j = 0; j < m; ++j) {
+          hf.push_back(std::async(std::launch::async, [&, j] {
+            hst[j] = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
+              c.ReadParity(pps[j], o_.token, static_cast<int64_t>(first),
+                           static_cast<int32_t>(count));
+            });
+          }));
+        }
+        for (auto& f : hf) f.get();
         std::vector<int> erased;
-        // Parity rows whose record of every slot equals the one the first row used records.
+        // Parity rows that record this slot at g and agree with each other on every slot.
         std::optional<std::vector<int64_t>> gens;
         for (int j = 0; j < m; ++j) {
-          gen::ParityPages pp;
-          Status st = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
-            c.ReadParity(pp, o_.token, static_cast<int64_t>(first),
-                         static_cast<int32_t>(batch_count));
-          });
           std::vector<int64_t> rg;
-          for (const auto& r : pp.records) rg.push_back(r.gen);
-          bool usable = st.ok() && static_cast<int>(rg.size()) == k && rg[slot] == g &&
+          for (const auto& r : pps[j].records) rg.push_back(r.gen);
+          bool usable = hst[j].ok() && static_cast<int>(rg.size()) == k && rg[slot] == g &&
                         (!gens || *gens == rg);
-          if (usable && first_gens[j] && *first_gens[j] != rg) {
-            return Status::Unavailable("parity holder " + std::to_string(j) +
-                                       " advanced a generation during the rebuild");
+          if (usable) {
+            std::lock_guard<std::mutex> l(gens_mu);
+            if (first_gens[j] && *first_gens[j] != rg) {
+              return Status::Unavailable("parity holder " + std::to_string(j) +
+                                         " advanced a generation during the rebuild");
+            }
+            first_gens[j] = rg;
           }
           if (!usable) {
             erased.push_back(k + j);
             continue;
           }
-          first_gens[j] = rg;
           gens = rg;
           auto& buf = shards[static_cast<size_t>(k + j)];
-          for (size_t i = 0; i < pp.pages.size() && i < batch_count; ++i) {
-            if (pp.pages[i].size() == ps) std::memcpy(buf.data() + i * ps, pp.pages[i].data(), ps);
+          for (size_t i = 0; i < pps[j].pages.size() && i < count; ++i) {
+            if (pps[j].pages[i].size() == ps) {
+              std::memcpy(buf.data() + i * ps, pps[j].pages[i].data(), ps);
+            }
           }
         }
-        if (!gens)
+        if (!gens) {
           return Status::Unavailable("no parity holder records generation " + std::to_string(g));
+        }
+        std::vector<Status> wst(static_cast<size_t>(k));
+        std::vector<std::future<void>> wf;
         for (int i = 0; i < k; ++i) {
-          if (i == slot) {
-            erased.push_back(i);
-            continue;
-          }
-          int64_t want = (*gens)[i];
-          if (want == 0) continue;  // that slot's image is all zeros
-          Status st = Status::Unavailable("no address for slot " + std::to_string(i));
-          if (static_cast<size_t>(i) < slot_addrs.size() && !slot_addrs[i].empty()) {
-            auto ep = rpc::Endpoint::Parse(slot_addrs[i]);
-            if (ep.ok()) {
-              auto lease = worker_pool_.Get(*ep);
-              st = lease.status();
-              if (st.ok()) {
-                try {
-                  std::vector<std::string> imgs;
-                  (*lease)->ReadImage(imgs, o_.token, want, static_cast<int64_t>(first),
-                                      static_cast<int32_t>(batch_count));
-                  auto& buf = shards[static_cast<size_t>(i)];
-                  for (size_t p = 0; p < imgs.size() && p < batch_count; ++p) {
-                    if (imgs[p].size() == ps) std::memcpy(buf.data() + p * ps, imgs[p].data(), ps);
+          if (i == slot || (*gens)[i] == 0) continue;  // gen 0: that image is all zeros
+          wf.push_back(std::async(std::launch::async, [&, i] {
+            const int64_t want = (*gens)[i];
+            Status st = Status::Unavailable("no address for slot " + std::to_string(i));
+            if (static_cast<size_t>(i) < slot_addrs.size() && !slot_addrs[i].empty()) {
+              auto ep = rpc::Endpoint::Parse(slot_addrs[i]);
+              if (ep.ok()) {
+                auto lease = worker_pool_.Get(*ep);
+                st = lease.status();
+                if (st.ok()) {
+                  try {
+                    std::vector<std::string> imgs;
+                    (*lease)->ReadImage(imgs, o_.token, want, static_cast<int64_t>(first),
+                                        static_cast<int32_t>(count));
+                    auto& buf = shards[static_cast<size_t>(i)];
+                    for (size_t q = 0; q < imgs.size() && q < count; ++q) {
+                      if (imgs[q].size() == ps)
+                        std::memcpy(buf.data() + q * ps, imgs[q].data(), ps);
+                    }
+                  } catch (const gen::TesseraError& e) {
+                    st = FromError(e);
+                  } catch (const std::exception& e) {
+                    lease->Broken();
+                    st = Status::Unavailable(e.what());
                   }
-                } catch (const gen::TesseraError& e) {
-                  st = FromError(e);
-                } catch (const std::exception& e) {
-                  lease->Broken();
-                  st = Status::Unavailable(e.what());
                 }
               }
             }
-          }
-          if (!st.ok()) erased.push_back(i);
+            wst[i] = st;
+          }));
+        }
+        for (auto& f : wf) f.get();
+        for (int i = 0; i < k; ++i) {
+          if (i == slot || !wst[i].ok()) erased.push_back(i);
         }
         if (static_cast<int>(erased.size()) > m) {
           return Status::Unavailable("only " + std::to_string(k + m - erased.size()) + " of " +
@@ -754,15 +772,32 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                                      " shards are reachable; waiting for more survivors");
         }
         std::vector<uint8_t*> ptrs;
-        for (auto& s : shards) ptrs.push_back(s.data());
-        return codec->Decode(ptrs, erased, len);
+        for (auto& sh : shards) ptrs.push_back(sh.data());
+        TESSERA_RETURN_IF_ERROR(codec->Decode(ptrs, erased, len));
+        return std::move(shards[static_cast<size_t>(slot)]);
       };
       const std::string tmp = path + ".rebuild";
       std::filesystem::remove(tmp, ec);
+      // Double buffering: the next batch is fetched while this one is written.
+      uint64_t batch_first = 0, batch_count = 0;
+      std::vector<uint8_t> batch;
+      std::future<Result<std::vector<uint8_t>>> next;
+      auto launch = [&](uint64_t first) {
+        if (first >= desc.last_page) return;
+        uint64_t count = std::min<uint64_t>(kRebuildChunk, desc.last_page - first);
+        next = std::async(std::launch::async, fetch, first, count);
+      };
+      launch(2);
       Status st = engine::Db::Restore(tmp, desc, [&](uint64_t p, uint8_t* buf) -> Status {
         if (stop.load()) return Status::Unavailable("stopped during rebuild");
         if (batch_count == 0 || p >= batch_first + batch_count || p < batch_first) {
-          TESSERA_RETURN_IF_ERROR(fetch(p));
+          if (!next.valid()) return Status::Internal("rebuild: no batch in flight");
+          auto r = next.get();
+          if (!r.ok()) return r.status();
+          batch = std::move(r).value();
+          batch_first = p;
+          batch_count = batch.size() / ps;
+          launch(p + batch_count);
           rebuilt += batch_count;
           double secs = std::chrono::duration<double>(Clock::now() - t0).count();
           double mbs = secs > 0 ? rebuilt * ps / 1e6 / secs : 0;
@@ -774,9 +809,10 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                                       {"seconds_left", std::round(left * 10) / 10}})
                           .dump());
         }
-        std::memcpy(buf, shards[static_cast<size_t>(slot)].data() + (p - batch_first) * ps, ps);
+        std::memcpy(buf, batch.data() + (p - batch_first) * ps, ps);
         return Status::Ok();
       });
+      if (next.valid()) next.wait();  // never leave a fetch running past its buffers
       if (!st.ok()) {
         spdlog::warn("{}: rebuild attempt {}: {}", o_.node_id, attempt + 1, st.message());
         SetProgress(
@@ -882,8 +918,9 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
   size_t sent = 0;
   auto flush = [&]() -> Status {
     if (chunk.empty()) return Status::Ok();
-    Status st = CallHolder(
-        j, [&](gen::ParityServiceClient& c) { c.StageDelta(o_.token, slot, epoch, g, chunk); });
+    Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
+      c.StageDelta(o_.token, slot, epoch, g, chunk, base);
+    });
     sent += chunk.size();
     chunk.clear();
     return st;
