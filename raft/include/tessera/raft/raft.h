@@ -30,8 +30,11 @@
 //        c. apply rd.snapshot (if not empty) and then rd.committed_entries to the state machine;
 //        d. serve reads of rd.read_states once the applied index reaches their index;
 //        e. Advance(rd).
-//   A Status from any call other than InvalidArgument means the storage failed; the node stops
-//   (every later call returns the same error) and must be rebuilt from storage.
+//   Errors: InvalidArgument for a bad call or message; Unavailable / Busy when the node's role
+//   does not allow the request (not the leader, transfer in progress). Anything else means a
+//   storage read failed: the node stops (every later call returns that error, and what the
+//   failing call produced is discarded) and must be rebuilt from storage. A failed Save by the
+//   driver is the driver's to handle the same way: do not send, do not Advance, rebuild.
 //
 // Thread safety: none. A RawNode and its Storage are owned by one driver, which calls them from
 // one thread at a time. Nothing is called back.
