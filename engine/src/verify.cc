@@ -377,9 +377,9 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   if (fd < 0) return ErrnoStatus(errno, "create " + path);
   const uint32_t ps = m.page_size;
   std::vector<uint8_t> buf(ps);
-  auto write_page = [&](uint64_t p) -> Status {
+  auto write_run = [&](uint64_t p, uint64_t n) -> Status {
     const uint8_t* d = buf.data();
-    size_t left = ps;
+    size_t left = static_cast<size_t>(ps) * n;
     off_t off = static_cast<off_t>(p * ps);
     while (left > 0) {
       ssize_t w = ::pwrite(fd, d, left, off);
@@ -396,12 +396,17 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   Status s;
   std::memset(buf.data(), 0, ps);
   std::memcpy(buf.data(), &m, sizeof m);
-  s = write_page(0);
+  s = write_run(0, 1);
   std::memset(buf.data(), 0, ps);
-  if (s.ok()) s = write_page(1);
-  for (uint64_t p = kMetaPages; s.ok() && p < m.last_page; ++p) {
-    s = image(p, buf.data());
-    if (s.ok()) s = write_page(p);
+  if (s.ok()) s = write_run(1, 1);
+  // Pages are written in runs of up to 256 (one pwrite each), not one call per page.
+  constexpr uint64_t kRun = 256;
+  buf.resize(static_cast<size_t>(ps) * kRun);
+  for (uint64_t p = kMetaPages; s.ok() && p < m.last_page;) {
+    const uint64_t n = std::min(kRun, m.last_page - p);
+    for (uint64_t i = 0; s.ok() && i < n; ++i) s = image(p + i, buf.data() + i * ps);
+    if (s.ok()) s = write_run(p, n);
+    p += n;
   }
   if (s.ok() && ::fdatasync(fd) != 0) s = ErrnoStatus(errno, "fdatasync " + path);
   ::close(fd);
