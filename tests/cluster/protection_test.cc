@@ -445,6 +445,65 @@ TEST(ProtectionTest, CrashMidAdvanceThenBothDataWorkersWipedAreRebuilt) {
   ExpectScrubClean(c);
 }
 
+TEST(ProtectionTest, WipedParityWorkerIsReprotectedAndCarriesARebuild) {
+  PCluster c("rs:2+2", 2, 2);
+  c.Start();
+  Load load(c, 2, 300);
+  load.WaitAcks(1500);
+  load.Stop();
+  // Parity worker 2 loses its disk and comes back empty on its address: it takes its old row,
+  // and the data workers re-protect to it from generation 0.
+  c.node(2).Kill(SIGKILL);
+  c.node(2).Wait(std::chrono::milliseconds(5000));
+  c.Wipe(2);
+  c.StartNode(2);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  bool reprotected = false;
+  for (int i = 0; i < 200 && !reprotected; ++i) {
+    auto conn = rpc::Connect(*rpc::Endpoint::Parse(Addr(c.port(2))), {});
+    if (conn.ok()) {
+      gen::ParityServiceClient holder(conn->protocol);
+      gen::ParityPages pp;
+      try {
+        holder.ReadParity(pp, "", 0, 0);
+        reprotected = pp.records.size() == 2;
+        for (const auto& r : pp.records) reprotected = reprotected && r.gen > 0;
+      } catch (const std::exception&) {
+      }
+    }
+    if (!reprotected) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(reprotected) << c.Logs();
+  ExpectScrubClean(c);
+  // Now the other parity worker is gone and a data worker is wiped: only the re-protected row
+  // can rebuild it.
+  auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  const size_t served_before = count(c.NodeLogs(0), "serving (protected)");
+  c.node(3).Kill(SIGKILL);
+  c.node(0).Kill(SIGKILL);
+  c.node(0).Wait(std::chrono::milliseconds(5000));
+  c.Wipe(0);
+  c.StartNode(0);
+  auto client = c.NewClient();
+  bool rebuilt = false;
+  for (int i = 0; i < 600 && !rebuilt; ++i) {
+    rebuilt = c.NodeLogs(0).find("rebuilt") != std::string::npos;
+    if (!rebuilt) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(rebuilt) << c.Logs();
+  // It serves only once what it holds is protected at every holder: holder 3 must come back.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(count(c.NodeLogs(0), "serving (protected)"), served_before) << c.NodeLogs(0);
+  c.StartNode(3);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  load.Check(*client);
+  ExpectScrubClean(c);
+}
+
 TEST(ProtectionTest, ZombieFromAnOldEpochCannotGetAWriteAcknowledged) {
   PCluster c("xor", 3, 0);
   c.Start();
