@@ -45,7 +45,7 @@ lint: deps $(BUILD)/build.ninja
 	@echo "clang-format: checking $(words $(SOURCES)) files"
 	@clang-format --dry-run -Werror $(SOURCES)
 	@echo "clang-tidy: checking our sources"
-	@run-clang-tidy -quiet -p $(BUILD) -j $(JOBS) '^$(CURDIR)/(common|vmem|engine|erasure|orchestrator|tools)/.*\.cc$$' >$(BUILD)/clang-tidy.log 2>&1 \
+	@run-clang-tidy -quiet -p $(BUILD) -j $(JOBS) '^$(CURDIR)/(common|vmem|engine|erasure|orchestrator|raft|tools)/.*\.cc$$' >$(BUILD)/clang-tidy.log 2>&1 \
 	  || { grep -E 'warning:|error:' $(BUILD)/clang-tidy.log | sort -u; exit 1; }
 	@echo "lint: clean"
 

@@ -323,6 +323,7 @@ Result<ScrubReport> Client::Scrub(const std::function<void(uint64_t, uint64_t)>&
   };
   auto gens_of = [](const std::vector<gen::GenRecord>& rs) {
     std::vector<int64_t> g;
+    g.reserve(rs.size());
     for (const auto& r : rs) g.push_back(r.gen);
     return g;
   };
@@ -391,10 +392,12 @@ Result<ScrubReport> Client::Scrub(const std::function<void(uint64_t, uint64_t)>&
         continue;
       }
       std::vector<const uint8_t*> dp;
+      dp.reserve(data.size());
       for (auto& d : data) dp.push_back(d.data());
       std::vector<std::vector<uint8_t>> fresh(static_cast<size_t>(m),
                                               std::vector<uint8_t>(count * ps));
       std::vector<uint8_t*> fp;
+      fp.reserve(fresh.size());
       for (auto& f : fresh) fp.push_back(f.data());
       TESSERA_RETURN_IF_ERROR(codec->Encode(dp, fp, count * ps));
       for (int j = 0; j < m; ++j) {

@@ -171,7 +171,11 @@ Result<std::unique_ptr<ParityHolder>> ParityHolder::Open(const std::string& dir,
   } else if (scheme == "rs") {
     TESSERA_ASSIGN_OR_RETURN(auto codec, erasure::Codec::Create(erasure::Scheme::kRs, k, m));
     auto mat = codec->matrix();
-    for (int i = 0; i < k; ++i) h->coeff_.push_back(mat[static_cast<size_t>((k + row) * k + i)]);
+    for (int i = 0; i < k; ++i) {
+      h->coeff_.push_back(
+          mat[(static_cast<size_t>(k) + static_cast<size_t>(row)) * static_cast<size_t>(k) +
+              static_cast<size_t>(i)]);
+    }
   } else {
     return Status::InvalidArgument("unknown protection scheme '" + scheme + "'");
   }

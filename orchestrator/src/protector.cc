@@ -236,8 +236,10 @@ Status Protector::CallHolder(size_t j, F&& f) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto lease = holder_pool_.Get(*ep);
     if (!lease.ok()) {
-      last = Status::Unavailable("parity holder " + node + " at " + addr + ": " +
-                                 lease.status().message());
+      std::string msg = "parity holder " + node;
+      msg += " at " + addr + ": ";
+      msg += lease.status().message();
+      last = Status::Unavailable(msg);
     } else {
       try {
         f(*(*lease).operator->());
@@ -254,7 +256,10 @@ Status Protector::CallHolder(size_t j, F&& f) {
       } catch (const std::exception& e) {
         lease->Broken();
         holder_pool_.Clear();  // the other pooled connections are likely dead too (a restart)
-        last = Status::Unavailable("parity holder " + node + " at " + addr + ": " + e.what());
+        std::string msg = "parity holder " + node;
+        msg += " at " + addr + ": ";
+        msg += e.what();
+        last = Status::Unavailable(msg);
       }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
@@ -688,6 +693,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         std::vector<gen::ParityPages> pps(static_cast<size_t>(m));
         std::vector<Status> hst(static_cast<size_t>(m));
         std::vector<std::future<void>> hf;
+        hf.reserve(static_cast<size_t>(m));
         for (int j = 0; j < m; ++j) {
           hf.push_back(std::async(std::launch::async, [&, j] {
             hst[j] = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
@@ -718,7 +724,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
             continue;
           }
           gens = rg;
-          auto& buf = shards[static_cast<size_t>(k + j)];
+          auto& buf = shards[static_cast<size_t>(k) + static_cast<size_t>(j)];
           for (size_t i = 0; i < pps[j].pages.size() && i < count; ++i) {
             if (pps[j].pages[i].size() == ps) {
               std::memcpy(buf.data() + i * ps, pps[j].pages[i].data(), ps);
@@ -772,6 +778,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                                      " shards are reachable; waiting for more survivors");
         }
         std::vector<uint8_t*> ptrs;
+        ptrs.reserve(shards.size());
         for (auto& sh : shards) ptrs.push_back(sh.data());
         TESSERA_RETURN_IF_ERROR(codec->Decode(ptrs, erased, len));
         return std::move(shards[static_cast<size_t>(slot)]);

@@ -487,11 +487,11 @@ class Raft {
     const bool vote_request = m.type == MessageType::kVote || m.type == MessageType::kPreVote;
     if (m.term > term_) {
       if (vote_request && m.context != kTransferContext && InLease()) return;
-      if (m.type == MessageType::kPreVote) {
-        // A pre-vote never changes our term: answering it is free.
-      } else if (m.type == MessageType::kPreVoteResponse && !m.reject) {
-        // A grant echoes the term we asked for; we adopt it only by winning the pre-vote.
-      } else {
+      // A pre-vote never changes our term (answering it is free), and a pre-vote grant echoes the
+      // term we asked for: we adopt it only by winning the pre-vote.
+      const bool keeps_term =
+          m.type == MessageType::kPreVote || (m.type == MessageType::kPreVoteResponse && !m.reject);
+      if (!keeps_term) {
         const bool from_leader = m.type == MessageType::kAppend ||
                                  m.type == MessageType::kHeartbeat ||
                                  m.type == MessageType::kSnapshot;
@@ -617,10 +617,8 @@ class Raft {
       case MessageType::kTimeoutNow:
         Hup(true);
         break;
-      case MessageType::kReadIndex:
-        // We are not the leader (any more); the asker times out and retries.
-        break;
       default:
+        // Including kReadIndex: we are not the leader (any more); the asker times out and retries.
         break;
     }
   }
@@ -837,9 +835,8 @@ class Raft {
       }
       return;
     }
-    if (pr.state == Progress::State::kProbe) {
-      pr.BecomeReplicate();
-    } else if (pr.state == Progress::State::kSnapshot && pr.match >= pr.pending_snapshot) {
+    if (pr.state == Progress::State::kProbe ||
+        (pr.state == Progress::State::kSnapshot && pr.match >= pr.pending_snapshot)) {
       pr.BecomeReplicate();
     }
     if (MaybeCommit()) {
@@ -872,10 +869,10 @@ class Raft {
       reads_before_commit_.push_back(PendingRead{0, std::move(context), from, {}});
       return;
     }
-    StartRead(std::move(context), from);
+    StartRead(context, from);
   }
 
-  void StartRead(std::string context, uint64_t from) {
+  void StartRead(const std::string& context, uint64_t from) {
     PendingRead r{log_.committed(), context, from, {id_}};
     pending_reads_.push_back(std::move(r));
     BroadcastHeartbeat(context);
@@ -889,7 +886,7 @@ class Raft {
         r.index = log_.committed();
         ServeRead(std::move(r));
       } else {
-        StartRead(std::move(r.context), r.from);
+        StartRead(r.context, r.from);
       }
     }
   }

@@ -297,7 +297,8 @@ class Demo {
       if (s.ok() && s->map.version > after_version && s->map.protection.rebuilding.empty() &&
           WaitServing(c, n, &w, after_version)) {
         std::fprintf(stderr, "\n");
-        *d = w + (seen_rebuild ? ", rebuilt (last seen " + last_progress + ")" : ", rebuilt");
+        *d = w;
+        *d += seen_rebuild ? ", rebuilt (last seen " + last_progress + ")" : ", rebuilt";
         return true;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
