@@ -359,6 +359,12 @@ Result<ScrubReport> Client::Scrub(const std::function<void(uint64_t, uint64_t)>&
                   });
         if (!st.ok()) break;
         auto g = gens_of(pp.records);
+        if (static_cast<int>(g.size()) != k) {
+          st = Status::Corruption("parity holder " + p.holder_nodes[j] + " answered " +
+                                  std::to_string(g.size()) + " records for " + std::to_string(k) +
+                                  " slots");
+          break;
+        }
         if (j == 0) gens = g;
         if (g != gens) st = Status::Unavailable("holders record different generations");
         for (size_t i = 0; i < pp.pages.size() && i < count; ++i) {

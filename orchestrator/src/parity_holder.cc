@@ -31,6 +31,12 @@ std::string SlotSeqKey(int slot, uint64_t seq) {
   PutBE(&k, seq, 8);
   return k;
 }
+// Identifies one attempt at an advance: staged deltas, the prepared record and the commit must
+// all name the same one.
+std::string StageId(int64_t epoch, int64_t from_gen, int64_t to_gen) {
+  return std::to_string(epoch) + ":" + std::to_string(from_gen) + ":" + std::to_string(to_gen);
+}
+
 std::string PageKey(uint64_t pgno) {
   std::string k;
   PutBE(&k, pgno, 8);
@@ -290,7 +296,7 @@ void ParityHolder::StageDelta(int slot, int64_t epoch, int64_t from_gen, int64_t
   MDB_val v;
   // Staged deltas belong to one (from, to) pair: an attempt from another base left pages that
   // must not be applied with these.
-  std::string want = std::to_string(from_gen) + ":" + std::to_string(to_gen);
+  std::string want = StageId(epoch, from_gen, to_gen);
   if (!t.Get(config_, gkey, &v) || Str(v) != want) {
     DeleteRange(t, stage_, SlotKey(slot), SlotKey(slot + 1));
     t.Put(config_, gkey, want);
@@ -325,13 +331,22 @@ gen::GenRecord ParityHolder::CommitGeneration(int slot, int64_t epoch, int64_t f
               std::to_string(r.gen) + ", not " + std::to_string(from_gen),
           node_);
   }
+  const std::string id = StageId(epoch, from_gen, to_gen);
   if (prepare_only) {
-    // Phase 1: remember what to apply; the staged deltas stay where they are.
+    // Phase 1: remember what to apply; the staged deltas stay where they are. Only deltas
+    // staged by this very attempt count.
+    MDB_val sg;
+    if (!t.Get(config_, "stage:" + std::to_string(slot), &sg) || Str(sg) != id) {
+      Throw(ErrorCode::GENERATION_MISMATCH,
+            "slot " + std::to_string(slot) + ": no deltas staged for " + id, node_);
+    }
     std::string prep;
     PutBE(&prep, static_cast<uint64_t>(from_gen), 8);
     PutBE(&prep, static_cast<uint64_t>(to_gen), 8);
     PutBE(&prep, static_cast<uint64_t>(covered_seq), 8);
     PutBE(&prep, static_cast<uint64_t>(last_page), 8);
+    PutBE(&prep, id.size(), 4);
+    prep += id;
     prep += descriptor;
     t.Put(config_, "prep:" + std::to_string(slot), prep);
     r.epoch = std::max(r.epoch, epoch);
@@ -344,7 +359,7 @@ gen::GenRecord ParityHolder::CommitGeneration(int slot, int64_t epoch, int64_t f
     return r;
   }
   r.epoch = std::max(r.epoch, epoch);
-  return Apply(t, slot, r, from_gen, to_gen, descriptor, covered_seq, last_page);
+  return Apply(t, slot, r, id, from_gen, to_gen, descriptor, covered_seq, last_page);
 }
 
 gen::GenRecord ParityHolder::CommitPrepared(int slot, int64_t to_gen) {
@@ -356,7 +371,7 @@ gen::GenRecord ParityHolder::CommitPrepared(int slot, int64_t to_gen) {
     return r;
   }
   MDB_val v;
-  if (!t.Get(config_, "prep:" + std::to_string(slot), &v) || v.mv_size < 32) {
+  if (!t.Get(config_, "prep:" + std::to_string(slot), &v) || v.mv_size < 36) {
     Throw(ErrorCode::GENERATION_MISMATCH,
           "slot " + std::to_string(slot) + ": no generation is prepared here", node_);
   }
@@ -364,7 +379,13 @@ gen::GenRecord ParityHolder::CommitPrepared(int slot, int64_t to_gen) {
   int64_t from = static_cast<int64_t>(GetBE(p, 8)), to = static_cast<int64_t>(GetBE(p + 8, 8));
   int64_t covered = static_cast<int64_t>(GetBE(p + 16, 8));
   int64_t last_page = static_cast<int64_t>(GetBE(p + 24, 8));
-  std::string desc(p + 32, v.mv_size - 32);
+  size_t id_len = GetBE(p + 32, 4);
+  if (v.mv_size < 36 + id_len) {
+    Throw(ErrorCode::INTERNAL, "slot " + std::to_string(slot) + ": prepared record truncated",
+          node_);
+  }
+  std::string id(p + 36, id_len);
+  std::string desc(p + 36 + id_len, v.mv_size - 36 - id_len);
   if (to != to_gen || from != r.gen) {
     Throw(ErrorCode::GENERATION_MISMATCH,
           "slot " + std::to_string(slot) + ": prepared generation " + std::to_string(from) +
@@ -372,17 +393,24 @@ gen::GenRecord ParityHolder::CommitPrepared(int slot, int64_t to_gen) {
               " to " + std::to_string(to_gen),
           node_);
   }
-  return Apply(t, slot, r, from, to, desc, covered, last_page);
+  return Apply(t, slot, r, id, from, to, desc, covered, last_page);
 }
 
 // Applies the staged deltas of `to_gen`, records it and drops the covered tail, in `t`.
-gen::GenRecord ParityHolder::Apply(HolderTxn& t, int slot, gen::GenRecord r, int64_t from_gen,
-                                   int64_t to_gen, const std::string& descriptor,
-                                   int64_t covered_seq, int64_t last_page) {
+gen::GenRecord ParityHolder::Apply(HolderTxn& t, int slot, gen::GenRecord r,
+                                   const std::string& stage_id, int64_t from_gen, int64_t to_gen,
+                                   const std::string& descriptor, int64_t covered_seq,
+                                   int64_t last_page) {
   std::string gkey = "stage:" + std::to_string(slot);
   MDB_val sg;
-  bool staged = t.Get(config_, gkey, &sg) &&
-                Str(sg) == std::to_string(from_gen) + ":" + std::to_string(to_gen);
+  // The deltas must be exactly the ones staged for this (epoch, from, to): otherwise recording
+  // `to_gen` would leave parity that is not the coded sum of the recorded images.
+  if (!t.Get(config_, gkey, &sg) || Str(sg) != stage_id) {
+    Throw(ErrorCode::GENERATION_MISMATCH,
+          "slot " + std::to_string(slot) + ": the deltas staged here are not those of " + stage_id,
+          node_);
+  }
+  const bool staged = true;
   // Apply every staged delta: parity ^= c · delta, in this one transaction.
   uint8_t c = Coefficient(slot);
   std::vector<uint8_t> tables(32);

@@ -56,9 +56,9 @@ class ParityHolder {
  private:
   ParityHolder() = default;
   void CheckSlot(int slot) const;
-  gen::GenRecord Apply(class HolderTxn& t, int slot, gen::GenRecord r, int64_t from_gen,
-                       int64_t to_gen, const std::string& descriptor, int64_t covered_seq,
-                       int64_t last_page);
+  gen::GenRecord Apply(class HolderTxn& t, int slot, gen::GenRecord r, const std::string& stage_id,
+                       int64_t from_gen, int64_t to_gen, const std::string& descriptor,
+                       int64_t covered_seq, int64_t last_page);
   uint8_t Coefficient(int slot) const;
 
   std::string node_;

@@ -11,10 +11,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -89,7 +91,21 @@ Status WriteFileDurably(const std::string& path, const std::string& content) {
   ::close(fd);
   if (!ok) return ErrnoStatus(err, "write " + tmp);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + tmp);
+  // The rename itself must survive a power cut: flush the directory too.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
   return Status::Ok();
+}
+
+std::string PinLine(int64_t g, const engine::SnapshotDescriptor& d) {
+  std::ostringstream out;
+  out << g << ' ' << d.page_size << ' ' << d.commit_seq << ' ' << d.last_page << ' '
+      << Hex(d.meta_bytes) << '\n';
+  return out.str();
 }
 
 bool AllZero(const uint8_t* p, size_t n) {
@@ -143,6 +159,15 @@ Result<std::vector<gen::Op>> DecodeOps(const std::string& b) {
   if (pos != b.size()) return bad();
   return ops;
 }
+
+// Drops the protector's pins unless disarmed (declared after the Db they belong to).
+struct PinGuard {
+  Protector* p;
+  bool armed = true;
+  ~PinGuard() {
+    if (armed) p->Close();
+  }
+};
 
 struct Protector::Pending {
   const std::vector<gen::Op>* ops = nullptr;
@@ -293,40 +318,47 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   bool stale = false;
   std::string missing;
   // Queue the entry at every holder first, then drive each: the holders work in parallel and
-  // concurrent writers share calls.
+  // concurrent writers share calls. Whatever happens, the seq is committed or abandoned, or every
+  // later writer would wait for it forever.
   std::vector<TailReq> reqs(m);
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    while (batchers_.size() < m) batchers_.push_back(std::make_unique<TailBatcher>());
-  }
-  for (size_t j = 0; j < m; ++j) {
-    reqs[j].entry = &e;
-    reqs[j].sync = sync;
-    TailBatcher* b;
+  try {
     {
       std::lock_guard<std::mutex> l(mu_);
-      b = batchers_[j].get();
+      while (batchers_.size() < m) batchers_.push_back(std::make_unique<TailBatcher>());
     }
-    std::lock_guard<std::mutex> l(b->mu);
-    b->queue.push_back(&reqs[j]);
-  }
-  for (size_t j = 0; j < m; ++j) {
-    DriveTail(j, &reqs[j], slot, epoch);
-    Status st = reqs[j].status;
-    int64_t recorded = reqs[j].recorded;
-    if (st.ok()) {
-      ++stored;
-      std::lock_guard<std::mutex> l(mu_);
-      if (recorded < holders_[j].gen) {
-        // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
-        spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
-                     o_.node_id, j, recorded, holders_[j].gen);
-        holders_[j].gen = -1;
+    for (size_t j = 0; j < m; ++j) {
+      reqs[j].entry = &e;
+      reqs[j].sync = sync;
+      TailBatcher* b;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        b = batchers_[j].get();
       }
-    } else {
-      stale = stale || st.c_code() == -2;
-      missing += (missing.empty() ? "" : "; ") + st.message();
+      std::lock_guard<std::mutex> l(b->mu);
+      b->queue.push_back(&reqs[j]);
     }
+    for (size_t j = 0; j < m; ++j) {
+      DriveTail(j, &reqs[j], slot, epoch);
+      Status st = reqs[j].status;
+      int64_t recorded = reqs[j].recorded;
+      if (st.ok()) {
+        ++stored;
+        std::lock_guard<std::mutex> l(mu_);
+        if (recorded < holders_[j].gen) {
+          // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
+          spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
+                       o_.node_id, j, recorded, holders_[j].gen);
+          holders_[j].gen = -1;
+        }
+      } else {
+        stale = stale || st.c_code() == -2;
+        missing += (missing.empty() ? "" : "; ") + st.message();
+      }
+    }
+  } catch (...) {
+    p.abandon = true;
+    CommitInOrder(db, &p);
+    throw;
   }
   if (crash_after_tail_ > 0 && p.seq >= crash_after_tail_) {
     // Test failpoint (TESSERA_FAILPOINT=crash_after_tail:N): die between the tail appends and
@@ -479,6 +511,9 @@ Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
       spdlog::warn("{}: replay: {}", o_.node_id, st.message());
       continue;
     }
+    // A holder whose generation covers seqs beyond from_seq (re-protected after losing its
+    // data) has no tail entries for them: replaying from it would skip writes.
+    if (r.covered_seq > from_seq) continue;
     if (r.tail_last > best_last) {
       best_last = r.tail_last;
       best = j;
@@ -511,17 +546,15 @@ Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
   return Status::Ok();
 }
 
-Status Protector::SavePins() {
-  std::ostringstream out;
+Status Protector::SavePins(const std::set<int64_t>& except) {
+  std::string out;
   {
     std::lock_guard<std::mutex> l(mu_);
     for (const auto& [g, snap] : pins_) {
-      auto d = snap->Descriptor();
-      out << g << ' ' << d.page_size << ' ' << d.commit_seq << ' ' << d.last_page << ' '
-          << Hex(d.meta_bytes) << '\n';
+      if (!except.count(g)) out += PinLine(g, snap->Descriptor());
     }
   }
-  return WriteFileDurably(o_.data_dir + "/protected", out.str());
+  return WriteFileDurably(o_.data_dir + "/protected", out);
 }
 
 Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
@@ -553,6 +586,8 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
   }
   auto db = engine::Db::Open(path, opts);
   if (!db.ok()) return db.status().WithContext("worker data");
+  // Pins are read transactions of this Db: they go before it does on every early return.
+  PinGuard guard{this};
   bool pins_ok = true;
   for (const auto& d : descs) {
     auto snap = (*db)->OpenSnapshot(d);
@@ -565,14 +600,20 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
     std::lock_guard<std::mutex> l(mu_);
     pins_[static_cast<int64_t>(d.txnid)] = std::move(snap).value();
   }
-  if (!enabled_.load()) return std::move(db).value();
+  if (!enabled_.load()) {
+    guard.armed = false;
+    return std::move(db).value();
+  }
   if (!pins_ok) {
+    guard.armed = false;
     // Without its protected snapshot this engine cannot compute deltas: start over from what
     // the parity and the tails hold (they cover every acknowledged write).
     Close();
     db->reset();
     std::string aside = path + ".unprotectable";
-    std::filesystem::rename(path, aside);
+    std::error_code rec;
+    std::filesystem::rename(path, aside, rec);
+    if (rec) return Status::IoError("move " + path + " aside: " + rec.message());
     spdlog::warn("{}: moved {} aside to {}; rebuilding from parity", o_.node_id, path, aside);
     return Rebuild(stop);
   }
@@ -594,12 +635,14 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
   SetProgress("");
+  guard.armed = false;
   return std::move(db).value();
 }
 
 Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& stop) {
   const std::string path = o_.data_dir + "/data.tdb";
   const int slot = slot_.load();
+  std::atomic<int> want_rows{1};  // parity rows fetched per batch
   for (int attempt = 0;; ++attempt) {
     if (stop.load()) return Status::Unavailable("stopped during rebuild");
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -670,6 +713,16 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
     std::filesystem::remove(o_.data_dir + "/protected", ec);
     const int64_t g = base->gen;
     const int64_t covered = base->covered_seq;
+    // Rows to read, those known to record this generation first.
+    std::vector<int> row_order;
+    for (int j = 0; j < m; ++j) {
+      if (recs[static_cast<size_t>(j)] && recs[static_cast<size_t>(j)]->gen == g)
+        row_order.push_back(j);
+    }
+    for (int j = 0; j < m; ++j) {
+      if (!recs[static_cast<size_t>(j)] || recs[static_cast<size_t>(j)]->gen != g)
+        row_order.push_back(j);
+    }
     uint64_t pages_total = 0;
     if (g != 0) {
       engine::SnapshotDescriptor desc;
@@ -691,10 +744,14 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         std::vector<std::vector<uint8_t>> shards(static_cast<size_t>(k + m),
                                                  std::vector<uint8_t>(len, 0));
         std::vector<gen::ParityPages> pps(static_cast<size_t>(m));
-        std::vector<Status> hst(static_cast<size_t>(m));
+        std::vector<Status> hst(static_cast<size_t>(m), Status::Unavailable("not asked"));
         std::vector<std::future<void>> hf;
         hf.reserve(static_cast<size_t>(m));
-        for (int j = 0; j < m; ++j) {
+        // As many parity rows as there are lost data shards are enough (more only when some
+        // are unusable: then everything is asked for).
+        const int rows = std::min(m, want_rows.load());
+        for (int n = 0; n < rows; ++n) {
+          const int j = row_order[static_cast<size_t>(n)];
           hf.push_back(std::async(std::launch::async, [&, j] {
             hst[j] = CallHolder(static_cast<size_t>(j), [&](gen::ParityServiceClient& c) {
               c.ReadParity(pps[j], o_.token, static_cast<int64_t>(first),
@@ -732,7 +789,9 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
           }
         }
         if (!gens) {
-          return Status::Unavailable("no parity holder records generation " + std::to_string(g));
+          if (rows < m) want_rows.store(m);  // ask every holder from now on
+          return Status::Unavailable("no parity holder asked records generation " +
+                                     std::to_string(g));
         }
         std::vector<Status> wst(static_cast<size_t>(k));
         std::vector<std::future<void>> wf;
@@ -772,6 +831,10 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         for (int i = 0; i < k; ++i) {
           if (i == slot || !wst[i].ok()) erased.push_back(i);
         }
+        if (static_cast<int>(erased.size()) > m && rows < m) {
+          want_rows.store(m);  // ask every holder from now on (the attempt starts over)
+          return Status::Unavailable("more survivors are missing: asking every parity holder");
+        }
         if (static_cast<int>(erased.size()) > m) {
           return Status::Unavailable("only " + std::to_string(k + m - erased.size()) + " of " +
                                      std::to_string(k + m) +
@@ -788,23 +851,30 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       // Double buffering: the next batch is fetched while this one is written.
       uint64_t batch_first = 0, batch_count = 0;
       std::vector<uint8_t> batch;
-      std::future<Result<std::vector<uint8_t>>> next;
-      auto launch = [&](uint64_t first) {
-        if (first >= desc.last_page) return;
-        uint64_t count = std::min<uint64_t>(kRebuildChunk, desc.last_page - first);
-        next = std::async(std::launch::async, fetch, first, count);
+      // A few batches in flight: the sources answer in parallel while earlier ones are decoded
+      // and written.
+      constexpr size_t kInFlight = 3;
+      std::deque<std::future<Result<std::vector<uint8_t>>>> next;
+      uint64_t next_first = 2;
+      auto launch = [&]() {
+        while (next.size() < kInFlight && next_first < desc.last_page) {
+          uint64_t count = std::min<uint64_t>(kRebuildChunk, desc.last_page - next_first);
+          next.push_back(std::async(std::launch::async, fetch, next_first, count));
+          next_first += count;
+        }
       };
-      launch(2);
+      launch();
       Status st = engine::Db::Restore(tmp, desc, [&](uint64_t p, uint8_t* buf) -> Status {
         if (stop.load()) return Status::Unavailable("stopped during rebuild");
         if (batch_count == 0 || p >= batch_first + batch_count || p < batch_first) {
-          if (!next.valid()) return Status::Internal("rebuild: no batch in flight");
-          auto r = next.get();
+          if (next.empty()) return Status::Internal("rebuild: no batch in flight");
+          auto r = next.front().get();
+          next.pop_front();
           if (!r.ok()) return r.status();
           batch = std::move(r).value();
           batch_first = p;
           batch_count = batch.size() / ps;
-          launch(p + batch_count);
+          launch();
           rebuilt += batch_count;
           double secs = std::chrono::duration<double>(Clock::now() - t0).count();
           double mbs = secs > 0 ? rebuilt * ps / 1e6 / secs : 0;
@@ -819,7 +889,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         std::memcpy(buf, batch.data() + (p - batch_first) * ps, ps);
         return Status::Ok();
       });
-      if (next.valid()) next.wait();  // never leave a fetch running past its buffers
+      for (auto& f : next) f.wait();  // never leave a fetch running past its buffers
       if (!st.ok()) {
         spdlog::warn("{}: rebuild attempt {}: {}", o_.node_id, attempt + 1, st.message());
         SetProgress(
@@ -830,6 +900,9 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       spdlog::info("{}: rebuilt {} pages ({:.1f} MB) of generation {} in {:.2f} s ({:.0f} MB/s)",
                    o_.node_id, desc.last_page, desc.last_page * ps / 1e6, g, secs,
                    secs > 0 ? desc.last_page * ps / 1e6 / secs : 0.0);
+      // The rebuilt generation is listed before the file takes its name: a restart after the
+      // rename pins it again.
+      TESSERA_RETURN_IF_ERROR(WriteFileDurably(o_.data_dir + "/protected", PinLine(g, desc)));
       std::filesystem::rename(tmp, path, ec);
       if (ec) return Status::IoError("rename " + tmp + ": " + ec.message());
     }
@@ -838,6 +911,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
     opts.retain_freed_after = static_cast<uint64_t>(g);
     auto db = engine::Db::Open(path, opts);
     if (!db.ok()) return db.status().WithContext("rebuilt worker data");
+    PinGuard guard{this};
     if (g != 0) {
       engine::SnapshotDescriptor desc;
       desc.page_size = kProtectionPageSize;
@@ -867,6 +941,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
     SetProgress("");
+    guard.armed = false;
     return std::move(db).value();
   }
 }
@@ -946,6 +1021,12 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
     if (chunk.size() >= static_cast<size_t>(kDeltaChunk)) TESSERA_RETURN_IF_ERROR(flush());
   }
   TESSERA_RETURN_IF_ERROR(flush());
+  if (sent == 0) {
+    // Nothing changed in the image: stage an empty set, so the holder knows this attempt's
+    // (from, to) and applies nothing left over from another.
+    TESSERA_RETURN_IF_ERROR(CallHolder(
+        j, [&](gen::ParityServiceClient& c) { c.StageDelta(o_.token, slot, epoch, g, {}, base); }));
+  }
   auto desc = snap.Descriptor();
   gen::GenRecord r;
   Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
@@ -1032,26 +1113,26 @@ Status Protector::Advance(engine::Db* db, bool force) {
       ::raise(SIGKILL);
     }
   }
-  // Release the snapshots no holder records any more (all known), keeping the newest.
-  bool changed = false;
+  // Release the snapshots no holder records any more (all known), keeping the newest. The list
+  // on disk shrinks first: a crash in between must not leave a listed snapshot unpinned.
+  std::set<int64_t> drop;
   {
     std::lock_guard<std::mutex> l(mu_);
     bool all_known = true;
     for (const auto& h : holders_) all_known = all_known && h.gen >= 0;
     if (all_known) {
-      for (auto it = pins_.begin(); it != pins_.end();) {
-        bool used = it->first == g;
-        for (const auto& h : holders_) used = used || h.gen == it->first;
-        if (!used) {
-          it = pins_.erase(it);
-          changed = true;
-        } else {
-          ++it;
-        }
+      for (const auto& [pg, snap] : pins_) {
+        bool used = pg == g;
+        for (const auto& h : holders_) used = used || h.gen == pg;
+        if (!used) drop.insert(pg);
       }
     }
   }
-  if (changed) TESSERA_RETURN_IF_ERROR(SavePins());
+  if (!drop.empty()) {
+    TESSERA_RETURN_IF_ERROR(SavePins(drop));
+    std::lock_guard<std::mutex> l(mu_);
+    for (int64_t pg : drop) pins_.erase(pg);
+  }
   return first_error;
 }
 

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -97,7 +98,7 @@ class Protector {
   Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
                    int64_t* base);
   Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
-  Status SavePins();
+  Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
   void CommitInOrder(engine::Db* db, Pending* p);
   void SetProgress(const std::string& json);

@@ -449,8 +449,8 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
           (*lease)->Register(r, options.token, s.node_id, s.address, s.incarnation, options.role,
                              options.replace, has_data);
           ShardMap map = FromGen(r.shard_map);
+          s.protector->ApplyMap(map);  // first: a shard is never served before its protection
           s.ApplyMap(map);
-          s.protector->ApplyMap(map);
           heartbeat_ms = std::max(50, r.heartbeat_ms);
           s.registered.store(true);
           spdlog::info("worker {}: registered with manager {} as {} (map version {}){}", s.node_id,
@@ -469,8 +469,8 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
             progress = R"({"phase":"starting"})";
           (*lease)->Heartbeat(m, options.token, s.node_id, s.incarnation, progress);
           ShardMap map = FromGen(m);
-          s.ApplyMap(map);
           s.protector->ApplyMap(map);
+          s.ApplyMap(map);
           if (parity_role) {
             Status hs = open_holder(map);
             if (!hs.ok()) spdlog::error("worker {}: parity holder: {}", s.node_id, hs.message());
