@@ -136,8 +136,9 @@ Outcome Run(const std::string& protection, int data, int parity, int base, uint6
     }
     if (!client->PutMany(kvs, false).ok()) Die("load failed");
   }
-  // Let every worker protect what it holds (the default interval is 2 s).
-  std::this_thread::sleep_for(std::chrono::seconds(4));
+  // Let every worker protect what it holds (the default interval is 2 s; a first generation of
+  // the whole load takes a few seconds to send).
+  std::this_thread::sleep_for(std::chrono::seconds(10));
   const int lost = 1;
   nodes[lost]->Kill();
   std::filesystem::remove_all(dir + "/n" + std::to_string(lost));

@@ -109,10 +109,7 @@ std::string PinLine(int64_t g, const engine::SnapshotDescriptor& d) {
 }
 
 bool AllZero(const uint8_t* p, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (p[i]) return false;
-  }
-  return true;
+  return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
 }
 
 }  // namespace
@@ -1194,16 +1191,26 @@ std::vector<std::string> Protector::ReadImage(engine::Db* db, int64_t gen, int64
   if (count < 0 || count > 4096 || first < 0) {
     Throw(ErrorCode::INVALID_ARGUMENT, "ReadImage: bad page range", o_.node_id);
   }
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = pins_.find(gen);
-  if (it == pins_.end() || db == nullptr) {
-    Throw(ErrorCode::UNAVAILABLE,
-          "generation " + std::to_string(gen) + " is not pinned on this worker", o_.node_id);
+  std::shared_ptr<engine::ReadTxn> snap;
+  std::string buf(db ? db->page_size() : 0, '\0');
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = pins_.find(gen);
+    if (it == pins_.end() || db == nullptr) {
+      Throw(ErrorCode::UNAVAILABLE,
+            "generation " + std::to_string(gen) + " is not pinned on this worker", o_.node_id);
+    }
+    snap = it->second;
+    // The first PageImage of a snapshot loads its free list; do it under the lock, so the
+    // concurrent readers below only read it.
+    Status st =
+        db->PageImage(*snap, static_cast<uint64_t>(first), reinterpret_cast<uint8_t*>(buf.data()));
+    if (!st.ok()) Throw(ErrorCode::INTERNAL, st.ToString(), o_.node_id);
   }
   std::vector<std::string> out;
-  std::string buf(db->page_size(), '\0');
+  out.reserve(static_cast<size_t>(count));
   for (int i = 0; i < count; ++i) {
-    Status st = db->PageImage(*it->second, static_cast<uint64_t>(first + i),
+    Status st = db->PageImage(*snap, static_cast<uint64_t>(first + i),
                               reinterpret_cast<uint8_t*>(buf.data()));
     if (!st.ok()) Throw(ErrorCode::INTERNAL, st.ToString(), o_.node_id);
     if (AllZero(reinterpret_cast<const uint8_t*>(buf.data()), buf.size())) {

@@ -119,8 +119,10 @@ class Protector {
   int64_t epoch_ = 0;
   std::vector<Holder> holders_;
   std::vector<std::string> slot_addresses_;
-  std::map<int64_t, std::unique_ptr<engine::ReadTxn>> pins_;  // gen -> pinned snapshot
-  std::vector<std::unique_ptr<TailBatcher>> batchers_;        // one per holder (grows only)
+  // gen -> pinned snapshot; shared so that a ReadImage in progress keeps its snapshot alive
+  // without holding mu_ (a release only drops the map's reference).
+  std::map<int64_t, std::shared_ptr<engine::ReadTxn>> pins_;
+  std::vector<std::unique_ptr<TailBatcher>> batchers_;  // one per holder (grows only)
 
   rpc::ClientPool<gen::ParityServiceClient> holder_pool_;
   rpc::ClientPool<gen::WorkerServiceClient> worker_pool_;
