@@ -87,9 +87,16 @@ struct PageDelta {
   2: binary bytes,         // new image XOR old image (a whole page)
 }
 
+// A run of pages in one piece: `present` has a byte per page (0: all zeros, not sent), and
+// `pages` holds the present pages back to back.
+struct PageRun {
+  1: binary present,
+  2: binary pages,
+}
+
 struct ParityPages {
   1: list<GenRecord> records,  // per slot, read with the pages in one snapshot
-  2: list<binary> pages,       // pages first..first+count-1 (empty binary: all zeros)
+  2: PageRun run,              // pages first..first+count-1
 }
 
 struct ClusterStatus {
@@ -184,7 +191,7 @@ service WorkerService extends ParityService {
   string Ping(1: string token) throws (1: TesseraError e),
   // Page images of the pinned protected snapshot `gen` (a survivor's part of a rebuild); an
   // empty binary for an all-zero page. UNAVAILABLE when that generation is not pinned here.
-  list<binary> ReadImage(1: string token, 2: i64 gen, 3: i64 first_pgno, 4: i32 count)
+  PageRun ReadImage(1: string token, 2: i64 gen, 3: i64 first_pgno, 4: i32 count)
       throws (1: TesseraError e),
   // Progress of a rebuild or replay on this worker, as JSON ("" when none).
   string Progress(1: string token) throws (1: TesseraError e),

@@ -49,8 +49,7 @@ class EchoHandler : public gen::WorkerServiceIf {
             const std::string&, int32_t) override {}
   void Ping(std::string& r, const std::string&) override { r = "pong"; }
   void Shutdown(const std::string&, bool) override {}
-  void ReadImage(std::vector<std::string>&, const std::string&, int64_t, int64_t,
-                 int32_t) override {}
+  void ReadImage(gen::PageRun&, const std::string&, int64_t, int64_t, int32_t) override {}
   void Progress(std::string&, const std::string&) override {}
   int64_t AppendTail(const std::string&, int32_t, int64_t, const std::vector<gen::TailEntry>&,
                      bool) override {

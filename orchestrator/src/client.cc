@@ -367,23 +367,22 @@ Result<ScrubReport> Client::Scrub(const std::function<void(uint64_t, uint64_t)>&
         }
         if (j == 0) gens = g;
         if (g != gens) st = Status::Unavailable("holders record different generations");
-        for (size_t i = 0; i < pp.pages.size() && i < count; ++i) {
-          if (pp.pages[i].size() == ps)
-            std::memcpy(parity[j].data() + i * ps, pp.pages[i].data(), ps);
+        if (st.ok() && !UnpackRun(pp.run, count, ps, parity[j].data())) {
+          st = Status::Corruption("parity holder " + p.holder_nodes[j] + " sent a malformed run");
         }
       }
       std::vector<std::vector<uint8_t>> data(static_cast<size_t>(k),
                                              std::vector<uint8_t>(count * ps, 0));
       for (int i = 0; i < k && st.ok(); ++i) {
         if (gens[static_cast<size_t>(i)] == 0) continue;
-        std::vector<std::string> imgs;
+        gen::PageRun imgs;
         st = call(workers, p.slot_addresses[i], "worker " + p.slot_nodes[i],
                   [&](gen::WorkerServiceClient& c) {
                     c.ReadImage(imgs, token, gens[static_cast<size_t>(i)],
                                 static_cast<int64_t>(first), static_cast<int32_t>(count));
                   });
-        for (size_t q = 0; st.ok() && q < imgs.size() && q < count; ++q) {
-          if (imgs[q].size() == ps) std::memcpy(data[i].data() + q * ps, imgs[q].data(), ps);
+        if (st.ok() && !UnpackRun(imgs, count, ps, data[i].data())) {
+          st = Status::Corruption("worker " + p.slot_nodes[i] + " sent a malformed run");
         }
       }
       // The generations must not have moved while the images were read.

@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -139,6 +140,18 @@ ClusterStatus FromGen(const gen::ClusterStatus& s) {
   out.expected_workers = s.expected_workers;
   out.manager_address = s.manager_address;
   return out;
+}
+
+bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out) {
+  if (run.present.size() != count) return false;
+  size_t at = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (!run.present[i]) continue;
+    if (run.pages.size() - at < page_size) return false;
+    std::memcpy(out + i * page_size, run.pages.data() + at, page_size);
+    at += page_size;
+  }
+  return at == run.pages.size();
 }
 
 void Throw(gen::ErrorCode::type code, const std::string& message, const std::string& node) {

@@ -22,4 +22,8 @@ ClusterStatus FromGen(const gen::ClusterStatus& s);
 // A Status for a TesseraError received from `node`.
 Status FromError(const gen::TesseraError& e);
 
+// Unpacks a PageRun of `count` pages of `page_size` bytes into `out` (count * page_size bytes,
+// absent pages left as they are: callers pass zeroed buffers). false when the run is malformed.
+bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out);
+
 }  // namespace tessera::orchestrator

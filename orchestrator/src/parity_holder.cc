@@ -524,12 +524,14 @@ gen::ParityPages ParityHolder::ReadParity(int64_t first_pgno, int count) {
     r.tail_last = TailLast(t, tail_, i);
     out.records.push_back(r);
   }
+  out.run.present.assign(static_cast<size_t>(count), '\0');
+  out.run.pages.reserve(static_cast<size_t>(count) * kProtectionPageSize);
   for (int i = 0; i < count; ++i) {
     MDB_val v;
-    if (t.Get(parity_, PageKey(static_cast<uint64_t>(first_pgno + i)), &v)) {
-      out.pages.push_back(Str(v));
-    } else {
-      out.pages.emplace_back();
+    if (t.Get(parity_, PageKey(static_cast<uint64_t>(first_pgno + i)), &v) &&
+        v.mv_size == kProtectionPageSize) {
+      out.run.present[static_cast<size_t>(i)] = 1;
+      out.run.pages.append(static_cast<const char*>(v.mv_data), v.mv_size);
     }
   }
   return out;

@@ -779,10 +779,9 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
           }
           gens = rg;
           auto& buf = shards[static_cast<size_t>(k) + static_cast<size_t>(j)];
-          for (size_t i = 0; i < pps[j].pages.size() && i < count; ++i) {
-            if (pps[j].pages[i].size() == ps) {
-              std::memcpy(buf.data() + i * ps, pps[j].pages[i].data(), ps);
-            }
+          if (!UnpackRun(pps[j].run, count, ps, buf.data())) {
+            return Status::Corruption("parity holder " + std::to_string(j) +
+                                      " sent a malformed page run");
           }
         }
         if (!gens) {
@@ -804,13 +803,11 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                 st = lease.status();
                 if (st.ok()) {
                   try {
-                    std::vector<std::string> imgs;
-                    (*lease)->ReadImage(imgs, o_.token, want, static_cast<int64_t>(first),
+                    gen::PageRun run;
+                    (*lease)->ReadImage(run, o_.token, want, static_cast<int64_t>(first),
                                         static_cast<int32_t>(count));
-                    auto& buf = shards[static_cast<size_t>(i)];
-                    for (size_t q = 0; q < imgs.size() && q < count; ++q) {
-                      if (imgs[q].size() == ps)
-                        std::memcpy(buf.data() + q * ps, imgs[q].data(), ps);
+                    if (!UnpackRun(run, count, ps, shards[static_cast<size_t>(i)].data())) {
+                      st = Status::Corruption("survivor sent a malformed page run");
                     }
                   } catch (const gen::TesseraError& e) {
                     st = FromError(e);
@@ -1186,8 +1183,7 @@ void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
   }
 }
 
-std::vector<std::string> Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first,
-                                              int count) {
+gen::PageRun Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first, int count) {
   if (count < 0 || count > 4096 || first < 0) {
     Throw(ErrorCode::INVALID_ARGUMENT, "ReadImage: bad page range", o_.node_id);
   }
@@ -1207,16 +1203,16 @@ std::vector<std::string> Protector::ReadImage(engine::Db* db, int64_t gen, int64
         db->PageImage(*snap, static_cast<uint64_t>(first), reinterpret_cast<uint8_t*>(buf.data()));
     if (!st.ok()) Throw(ErrorCode::INTERNAL, st.ToString(), o_.node_id);
   }
-  std::vector<std::string> out;
-  out.reserve(static_cast<size_t>(count));
+  gen::PageRun out;
+  out.present.assign(static_cast<size_t>(count), '\0');
+  out.pages.reserve(static_cast<size_t>(count) * buf.size());
   for (int i = 0; i < count; ++i) {
     Status st = db->PageImage(*snap, static_cast<uint64_t>(first + i),
                               reinterpret_cast<uint8_t*>(buf.data()));
     if (!st.ok()) Throw(ErrorCode::INTERNAL, st.ToString(), o_.node_id);
-    if (AllZero(reinterpret_cast<const uint8_t*>(buf.data()), buf.size())) {
-      out.emplace_back();
-    } else {
-      out.push_back(buf);
+    if (!AllZero(reinterpret_cast<const uint8_t*>(buf.data()), buf.size())) {
+      out.present[static_cast<size_t>(i)] = 1;
+      out.pages += buf;
     }
   }
   return out;

@@ -63,7 +63,7 @@ class Protector {
   // Runs advances every protect_every commits or protect_interval_ms until stop.
   void AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop);
 
-  std::vector<std::string> ReadImage(engine::Db* db, int64_t gen, int64_t first, int count);
+  gen::PageRun ReadImage(engine::Db* db, int64_t gen, int64_t first, int count);
   std::string Progress() const;
 
   // Drops the pins (before the Db closes).

@@ -252,7 +252,7 @@ class Handler : public gen::WorkerServiceIf {
     r = s_->node_id;
   }
 
-  void ReadImage(std::vector<std::string>& r, const std::string& token, int64_t gen, int64_t first,
+  void ReadImage(gen::PageRun& r, const std::string& token, int64_t gen, int64_t first,
                  int32_t count) override {
     Auth(token);
     r = s_->protector->ReadImage(s_->dbp.load(), gen, first, count);
