@@ -26,4 +26,8 @@ Status FromError(const gen::TesseraError& e);
 // absent pages left as they are: callers pass zeroed buffers). false when the run is malformed.
 bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out);
 
+// Replaces `path` with `content` atomically and durably (temp file, fsync, rename, fsync of the
+// directory).
+Status WriteFileDurably(const std::string& path, const std::string& content);
+
 }  // namespace tessera::orchestrator

@@ -27,20 +27,6 @@ namespace {
 
 using gen::ErrorCode;
 
-// Replaces `path` with `content` atomically (temp file, fsync, rename).
-Status WriteFileDurably(const std::string& path, const std::string& content) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, "create " + tmp);
-  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
-            ::fsync(fd) == 0;
-  int err = errno;
-  ::close(fd);
-  if (!ok) return ErrnoStatus(err, "write " + tmp);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + tmp);
-  return Status::Ok();
-}
-
 Result<std::string> LoadOrCreateNodeId(const std::string& dir) {
   std::string path = dir + "/node_id";
   std::ifstream in(path);

@@ -259,6 +259,27 @@ class Load {
   std::vector<std::thread> threads_;
 };
 
+// Waits until the parity holder at `address` records a generation above 0 for all `slots`: the
+// data workers have re-protected to it.
+bool WaitReprotected(const std::string& address, size_t slots) {
+  for (int i = 0; i < 200; ++i) {
+    auto conn = rpc::Connect(*rpc::Endpoint::Parse(address), {});
+    if (conn.ok()) {
+      gen::ParityServiceClient holder(conn->protocol);
+      gen::ParityPages pp;
+      try {
+        holder.ReadParity(pp, "", 0, 0);
+        bool all = pp.records.size() == slots;
+        for (const auto& r : pp.records) all = all && r.gen > 0;
+        if (all) return true;
+      } catch (const std::exception&) {
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
 void ExpectScrubClean(PCluster& c) {
   auto client = c.NewClient();
   auto rep = client->Scrub();
@@ -338,22 +359,7 @@ TEST(ProtectionTest, LostManagerParityIsReprotectedThenServesARebuild) {
   ASSERT_TRUE(c.NewClient()->Put("wake-up", "1").ok());
   for (int i = 0; i < 3; ++i)
     ASSERT_TRUE(c.NewClient()->Put("wake-" + std::to_string(i * 7919), "1").ok());
-  bool reprotected = false;
-  for (int i = 0; i < 200 && !reprotected; ++i) {
-    auto conn = rpc::Connect(*rpc::Endpoint::Parse(c.manager()), {});
-    if (conn.ok()) {
-      gen::ParityServiceClient holder(conn->protocol);
-      gen::ParityPages pp;
-      try {
-        holder.ReadParity(pp, "", 0, 0);
-        reprotected = pp.records.size() == 3;
-        for (const auto& r : pp.records) reprotected = reprotected && r.gen > 0;
-      } catch (const std::exception&) {
-      }
-    }
-    if (!reprotected) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  ASSERT_TRUE(reprotected) << c.Logs();
+  ASSERT_TRUE(WaitReprotected(c.manager(), 3)) << c.Logs();
   ExpectScrubClean(c);
   // And the new parity is good enough to rebuild a wiped worker.
   c.node(0).Kill(SIGKILL);
@@ -458,22 +464,7 @@ TEST(ProtectionTest, WipedParityWorkerIsReprotectedAndCarriesARebuild) {
   c.Wipe(2);
   c.StartNode(2);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
-  bool reprotected = false;
-  for (int i = 0; i < 200 && !reprotected; ++i) {
-    auto conn = rpc::Connect(*rpc::Endpoint::Parse(Addr(c.port(2))), {});
-    if (conn.ok()) {
-      gen::ParityServiceClient holder(conn->protocol);
-      gen::ParityPages pp;
-      try {
-        holder.ReadParity(pp, "", 0, 0);
-        reprotected = pp.records.size() == 2;
-        for (const auto& r : pp.records) reprotected = reprotected && r.gen > 0;
-      } catch (const std::exception&) {
-      }
-    }
-    if (!reprotected) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  ASSERT_TRUE(reprotected) << c.Logs();
+  ASSERT_TRUE(WaitReprotected(Addr(c.port(2)), 2)) << c.Logs();
   ExpectScrubClean(c);
   // Now the other parity worker is gone and a data worker is wiped: only the re-protected row
   // can rebuild it.
