@@ -83,6 +83,23 @@ std::string StatusJson(const ClusterStatus& s) {
   return j.dump(2);
 }
 
+namespace {
+// The generated and the plain Protection have the same fields.
+template <typename From, typename To>
+void CopyProtection(const From& p, To* out) {
+  out->scheme = p.scheme;
+  out->k = p.k;
+  out->m = p.m;
+  out->slot_nodes = p.slot_nodes;
+  out->slot_addresses = p.slot_addresses;
+  out->slot_epochs = p.slot_epochs;
+  out->holder_nodes = p.holder_nodes;
+  out->holder_addresses = p.holder_addresses;
+  out->frozen = p.frozen;
+  out->rebuilding = p.rebuilding;
+}
+}  // namespace
+
 ShardMap FromGen(const gen::ShardMap& m) {
   ShardMap out;
   out.version = m.version;
@@ -90,17 +107,8 @@ ShardMap FromGen(const gen::ShardMap& m) {
   out.formed = m.formed;
   out.state = m.state;
   for (const auto& s : m.shards) out.shards.push_back({s.shard, s.owner, s.address, s.epoch});
-  const auto& p = m.protection;
-  out.protection.scheme = p.scheme.empty() ? "none" : p.scheme;
-  out.protection.k = p.k;
-  out.protection.m = p.m;
-  out.protection.slot_nodes = p.slot_nodes;
-  out.protection.slot_addresses = p.slot_addresses;
-  out.protection.slot_epochs = p.slot_epochs;
-  out.protection.holder_nodes = p.holder_nodes;
-  out.protection.holder_addresses = p.holder_addresses;
-  out.protection.frozen = p.frozen;
-  out.protection.rebuilding = p.rebuilding;
+  CopyProtection(m.protection, &out.protection);
+  if (out.protection.scheme.empty()) out.protection.scheme = "none";
   return out;
 }
 
@@ -118,17 +126,7 @@ gen::ShardMap ToGen(const ShardMap& m) {
     g.epoch = s.epoch;
     out.shards.push_back(g);
   }
-  const auto& p = m.protection;
-  out.protection.scheme = p.scheme;
-  out.protection.k = p.k;
-  out.protection.m = p.m;
-  out.protection.slot_nodes = p.slot_nodes;
-  out.protection.slot_addresses = p.slot_addresses;
-  out.protection.slot_epochs = p.slot_epochs;
-  out.protection.holder_nodes = p.holder_nodes;
-  out.protection.holder_addresses = p.holder_addresses;
-  out.protection.frozen = p.frozen;
-  out.protection.rebuilding = p.rebuilding;
+  CopyProtection(m.protection, &out.protection);
   return out;
 }
 

@@ -96,6 +96,16 @@ bool AllZero(const uint8_t* p, size_t n) {
 
 std::string ShardTree(int shard) { return "s" + std::to_string(shard); }
 
+void AddOps(const std::vector<gen::Op>& ops, engine::WriteBatch* b) {
+  for (const auto& op : ops) {
+    if (op.put) {
+      b->Put(ShardTree(op.shard), op.key, op.value);
+    } else {
+      b->Delete(ShardTree(op.shard), op.key);
+    }
+  }
+}
+
 std::string EncodeOps(const std::vector<gen::Op>& ops) {
   std::string s;
   PutU32(&s, static_cast<uint32_t>(ops.size()));
@@ -426,13 +436,7 @@ void Protector::CommitInOrder(engine::Db* db, Pending* p) {
     bool sync = false;
     for (Pending* g : group) {
       if (g->abandon) continue;
-      for (const auto& op : *g->ops) {
-        if (op.put) {
-          b.Put(ShardTree(op.shard), op.key, op.value);
-        } else {
-          b.Delete(ShardTree(op.shard), op.key);
-        }
-      }
+      AddOps(*g->ops, &b);
       sync = sync || g->sync;
     }
     Status st;
@@ -457,13 +461,7 @@ void Protector::CommitInOrder(engine::Db* db, Pending* p) {
 Status Protector::ApplyTailEntry(engine::Db* db, const gen::TailEntry& e) {
   TESSERA_ASSIGN_OR_RETURN(auto ops, DecodeOps(e.batch));
   engine::WriteBatch b;
-  for (const auto& op : ops) {
-    if (op.put) {
-      b.Put(ShardTree(op.shard), op.key, op.value);
-    } else {
-      b.Delete(ShardTree(op.shard), op.key);
-    }
-  }
+  AddOps(ops, &b);
   b.Put(kSeqTree, kSeqKey, SeqBytes(e.seq));
   return db->Write(b, engine::WriteOptions{false});
 }
@@ -534,6 +532,25 @@ Status Protector::SavePins(const std::set<int64_t>& except) {
   return WriteFileDurably(o_.data_dir + "/protected", out);
 }
 
+// Replays the tail after `from_seq` and protects everything the engine holds, retrying until it
+// succeeds (a restarted or rebuilt worker serves nothing before that) or `stop`.
+Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq,
+                                    const std::atomic<bool>& stop) {
+  SetProgress(R"({"phase":"replaying tail"})");
+  for (;;) {
+    Status st = ReplayTails(db, from_seq);
+    if (st.ok()) st = Advance(db, true);
+    if (st.ok()) break;
+    if (stop.load()) return Status::Unavailable("stopped during recovery");
+    spdlog::warn("{}: protecting before serving: {}; retrying", o_.node_id, st.message());
+    SetProgress(
+        nlohmann::json({{"phase", "waiting for parity holders"}, {"error", st.message()}}).dump());
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  SetProgress("");
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
                                                        const std::atomic<bool>& stop) {
   const std::string path = o_.data_dir + "/data.tdb";
@@ -594,24 +611,13 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
     spdlog::warn("{}: moved {} aside to {}; rebuilding from parity", o_.node_id, path, aside);
     return Rebuild(stop);
   }
-  SetProgress(R"({"phase":"replaying tail"})");
   int64_t local = 0;
   {
     auto r = (*db)->BeginRead();
     if (!r.ok()) return r.status();
     local = SeqOf(**r);
   }
-  for (;;) {
-    Status st = ReplayTails(db->get(), local);
-    if (st.ok()) st = Advance(db->get(), true);
-    if (st.ok()) break;
-    if (stop.load()) return Status::Unavailable("stopped during recovery");
-    spdlog::warn("{}: protecting before serving: {}; retrying", o_.node_id, st.message());
-    SetProgress(
-        nlohmann::json({{"phase", "waiting for parity holders"}, {"error", st.message()}}).dump());
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  }
-  SetProgress("");
+  TESSERA_RETURN_IF_ERROR(CatchUpAndProtect(db->get(), local, stop));
   guard.armed = false;
   return std::move(db).value();
 }
@@ -700,14 +706,12 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       if (!recs[static_cast<size_t>(j)] || recs[static_cast<size_t>(j)]->gen != g)
         row_order.push_back(j);
     }
-    uint64_t pages_total = 0;
     if (g != 0) {
       engine::SnapshotDescriptor desc;
       desc.page_size = kProtectionPageSize;
       desc.txnid = static_cast<uint64_t>(g);
       desc.last_page = static_cast<uint64_t>(base->last_page);
       desc.meta_bytes = base->descriptor;
-      pages_total = desc.last_page;
       TESSERA_ASSIGN_OR_RETURN(auto codec, erasure::Codec::Create(scheme, k, m));
       const size_t ps = kProtectionPageSize;
       // One batch of stripes: every shard's pages [first, first + count), fetched from every
@@ -904,17 +908,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         holders_[j].gen = recs[j] ? recs[j]->gen : -1;
       }
     }
-    (void)pages_total;
-    SetProgress(R"({"phase":"replaying tail"})");
-    for (;;) {
-      Status st = ReplayTails(db->get(), covered);
-      if (st.ok()) st = Advance(db->get(), true);
-      if (st.ok()) break;
-      if (stop.load()) return Status::Unavailable("stopped during recovery");
-      spdlog::warn("{}: protecting the rebuilt data: {}; retrying", o_.node_id, st.message());
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-    SetProgress("");
+    TESSERA_RETURN_IF_ERROR(CatchUpAndProtect(db->get(), covered, stop));
     guard.armed = false;
     return std::move(db).value();
   }

@@ -94,6 +94,7 @@ class Protector {
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
   Status ReplayTails(engine::Db* db, int64_t from_seq);
+  Status CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std::atomic<bool>& stop);
   Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
   Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
                    int64_t* base);
@@ -146,5 +147,7 @@ std::string EncodeOps(const std::vector<gen::Op>& ops);
 Result<std::vector<gen::Op>> DecodeOps(const std::string& bytes);
 
 std::string ShardTree(int shard);
+// Adds the ops to `b`, each in its shard's tree.
+void AddOps(const std::vector<gen::Op>& ops, engine::WriteBatch* b);
 
 }  // namespace tessera::orchestrator

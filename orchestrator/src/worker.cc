@@ -174,7 +174,6 @@ class Handler : public gen::WorkerServiceIf {
   void Write(const std::string& token, const std::vector<gen::Op>& ops, bool sync) override {
     InFlight f(s_);
     Auth(token);
-    engine::WriteBatch b;
     for (const auto& op : ops) {
       s_->CheckShard(op.shard, op.epoch);
       if (op.key.empty() || op.key.size() > kMaxKeyBytes) {
@@ -186,16 +185,13 @@ class Handler : public gen::WorkerServiceIf {
         Throw(ErrorCode::INVALID_ARGUMENT,
               "value over " + std::to_string(kMaxValueBytes) + " bytes", s_->node_id);
       }
-      if (op.put) {
-        b.Put(ShardTree(op.shard), op.key, op.value);
-      } else {
-        b.Delete(ShardTree(op.shard), op.key);
-      }
     }
-    if (s_->protector->enabled()) {
+    if (s_->protector->enabled()) {  // it builds the engine batch itself, in seq order
       s_->protector->Write(s_->Db(), ops, sync || s_->opts.sync);
       return;
     }
+    engine::WriteBatch b;
+    AddOps(ops, &b);
     Status st = s_->Db()->Write(b, engine::WriteOptions{sync || s_->opts.sync});
     if (!st.ok()) Fail(st);
   }
