@@ -10,12 +10,16 @@ enum ErrorCode {
   UNAUTHENTICATED = 5,   // wrong or missing cluster token
   INTERNAL = 6,          // a bug or an I/O failure on the server
   GENERATION_MISMATCH = 7,  // a parity holder records another generation than the delta's base
+  NOT_LEADER = 8,        // this manager is not the Raft leader: `leader` names it when known
+  BUSY = 9,              // a lock is held by another session (a try, or the deadline passed)
+  NOT_FOUND = 10,        // no such session (expired or never opened)
 }
 
 exception TesseraError {
   1: ErrorCode code,
   2: string message,
   3: string node,        // the node that raised it
+  4: string leader,      // NOT_LEADER: the leader's address ("" while none is known)
 }
 
 struct NodeInfo {
@@ -104,6 +108,9 @@ struct ClusterStatus {
   2: ShardMap shard_map,
   3: i32 expected_workers,
   4: string manager_address,
+  5: list<string> managers,   // every manager's address (one when not replicated)
+  6: i64 raft_term,
+  7: i64 raft_commit,         // the leader's commit index
 }
 
 struct Op {
@@ -162,6 +169,51 @@ service ParityService {
       throws (1: TesseraError e),
 }
 
+// Raft between managers: one message as the pure state machine in raft/ produces it.
+struct RaftEntry {
+  1: i64 term,
+  2: i64 index,
+  3: byte type,           // 0 normal, 1 no-op
+  4: binary data,
+}
+
+struct RaftMessage {
+  1: byte type,
+  2: i64 from_id,
+  3: i64 to_id,
+  4: i64 term,
+  5: i64 log_term,
+  6: i64 index,
+  7: list<RaftEntry> entries,
+  8: i64 commit,
+  9: bool reject,
+  10: i64 reject_hint,
+  11: i64 snapshot_index,
+  12: i64 snapshot_term,
+  13: list<i64> snapshot_voters,
+  14: binary snapshot_data,
+  15: binary context,
+}
+
+struct LockInfo {
+  1: string name,
+  2: i64 holder_session,  // 0: free
+  3: string holder_owner, // the holder session's owner label
+  4: i64 token,           // fencing token of the current (or last) grant
+  5: i32 waiters,
+}
+
+struct SessionInfo {
+  1: i64 id,
+  2: string owner,
+  3: i64 ttl_ms,
+}
+
+struct LockList {
+  1: list<LockInfo> locks,
+  2: list<SessionInfo> sessions,
+}
+
 service ManagerService extends ParityService {
   // Idempotent: registering again with the same node id and incarnation changes nothing; a new
   // incarnation (a restart) keeps the node's shards and bumps their epochs.
@@ -179,6 +231,29 @@ service ManagerService extends ParityService {
   // Stops taking new work, drains, tells every worker to flush and exit (and delete its data
   // with cleanup), then the manager exits. Returns when the workers have acknowledged.
   void Shutdown(1: string token, 2: bool cleanup) throws (1: TesseraError e),
+
+  // Raft messages from manager `from_id`, in the order produced; answered at once (replies
+  // travel as messages the other way).
+  void RaftStep(1: string token, 2: i64 from_id, 3: list<RaftMessage> messages)
+      throws (1: TesseraError e),
+
+  // Lock service (leader only; NOT_LEADER elsewhere). A session lives while KeepAlive reaches
+  // the leader within `ttl_ms`; when it expires its locks are released and its waits dropped.
+  i64 OpenSession(1: string token, 2: i64 ttl_ms, 3: string owner) throws (1: TesseraError e),
+  void KeepAlive(1: string token, 2: i64 session) throws (1: TesseraError e),
+  void CloseSession(1: string token, 2: i64 session) throws (1: TesseraError e),
+  // Returns the fencing token of the grant: tokens of one lock strictly increase. Waits in FIFO
+  // order up to wait_ms (0: a try); BUSY when not granted by then. Acquiring a lock the session
+  // holds returns its token again.
+  i64 Acquire(1: string token, 2: string name, 3: i64 session, 4: i64 wait_ms)
+      throws (1: TesseraError e),
+  // Releases the lock if `session` holds it with `fencing_token`; otherwise does nothing.
+  void Release(1: string token, 2: string name, 3: i64 session, 4: i64 fencing_token)
+      throws (1: TesseraError e),
+  // True when `fencing_token` is the lock's current grant and it is still held.
+  bool CheckToken(1: string token, 2: string name, 3: i64 fencing_token)
+      throws (1: TesseraError e),
+  LockList ListLocks(1: string token) throws (1: TesseraError e),
 }
 
 service WorkerService extends ParityService {

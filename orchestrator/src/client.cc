@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "convert.h"
+#include "manager_link.h"
 #include "tessera/erasure/codec.h"
 #include "tessera/rpc/rpc.h"
 
@@ -18,31 +19,22 @@ using Clock = std::chrono::steady_clock;
 
 struct Client::Impl {
   ClientOptions opts;
-  rpc::Endpoint manager;
-  rpc::ClientPool<gen::ManagerServiceClient> managers;
+  std::unique_ptr<ManagerLink> link;
   rpc::ClientPool<gen::WorkerServiceClient> workers;
   std::mutex mu;
   std::shared_ptr<const ShardMap> map;
 
   explicit Impl(const ClientOptions& o)
-      : opts(o),
-        managers(rpc::Timeouts{std::chrono::milliseconds(1000), o.io_timeout}),
-        workers(rpc::Timeouts{std::chrono::milliseconds(1000), o.io_timeout}) {}
+      : opts(o), workers(rpc::Timeouts{std::chrono::milliseconds(1000), o.io_timeout}) {}
 
-  // One call to the manager; transport failures become Unavailable naming it.
+  // One call to the leading manager (found by the link); transport failures and a missing leader
+  // become Unavailable naming the managers.
   template <typename F>
   Status CallManager(F&& f) {
-    auto lease = managers.Get(manager);
-    if (!lease.ok())
-      return Status::Unavailable("manager " + manager.ToString() + ": " + lease.status().message());
     try {
-      f(*lease);
-      return Status::Ok();
+      return link->Call(f, opts.deadline);
     } catch (const gen::TesseraError& e) {
       return FromError(e);
-    } catch (const std::exception& e) {
-      lease->Broken();
-      return Status::Unavailable("manager " + manager.ToString() + ": " + e.what());
     }
   }
 
@@ -74,8 +66,7 @@ struct Client::Impl {
       if (m.ok()) {
         const ShardMap& sm = **m;
         if (!sm.formed) {
-          last =
-              Status::Unavailable("cluster is still forming (manager " + manager.ToString() + ")");
+          last = Status::Unavailable("cluster is still forming (manager " + link->Current() + ")");
         } else if (sm.state == "shutting_down") {
           return Status::Unavailable("cluster is shutting down");
         } else {
@@ -134,7 +125,9 @@ Client::~Client() = default;
 
 Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   auto impl = std::make_unique<Impl>(options);
-  TESSERA_ASSIGN_OR_RETURN(impl->manager, rpc::Endpoint::Parse(options.manager));
+  TESSERA_ASSIGN_OR_RETURN(auto managers, ManagerLink::ParseList(options.manager));
+  impl->link = std::make_unique<ManagerLink>(
+      std::move(managers), rpc::Timeouts{std::chrono::milliseconds(1000), options.io_timeout});
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -426,6 +419,114 @@ Result<ScrubReport> Client::Scrub(const std::function<void(uint64_t, uint64_t)>&
     if (progress) progress(first + count - 2, total);
   }
   return rep;
+}
+
+}  // namespace tessera::orchestrator
+
+namespace tessera::orchestrator {
+
+namespace {
+// A lock wait is served by the leader in one call of at most this long; longer waits repeat it.
+constexpr std::chrono::milliseconds kMaxWaitPerCall{30000};
+}  // namespace
+
+Result<std::unique_ptr<LockSession>> Client::OpenSession(std::chrono::milliseconds ttl,
+                                                         const std::string& owner) {
+  int64_t id = 0;
+  TESSERA_RETURN_IF_ERROR(impl_->CallManager(
+      [&](auto& lease) { id = lease->OpenSession(impl_->opts.token, ttl.count(), owner); }));
+  return std::unique_ptr<LockSession>(new LockSession(this, id, ttl));
+}
+
+Result<bool> Client::CheckToken(const std::string& name, int64_t token) {
+  bool current = false;
+  TESSERA_RETURN_IF_ERROR(impl_->CallManager(
+      [&](auto& lease) { current = lease->CheckToken(impl_->opts.token, name, token); }));
+  return current;
+}
+
+Result<LockList> Client::ListLocks() {
+  gen::LockList g;
+  TESSERA_RETURN_IF_ERROR(
+      impl_->CallManager([&](auto& lease) { lease->ListLocks(g, impl_->opts.token); }));
+  LockList out;
+  for (const auto& l : g.locks) {
+    out.locks.push_back({l.name, l.holder_session, l.holder_owner, l.token, l.waiters});
+  }
+  for (const auto& x : g.sessions) out.sessions.push_back({x.id, x.owner, x.ttl_ms});
+  return out;
+}
+
+LockSession::LockSession(Client* client, int64_t id, std::chrono::milliseconds ttl)
+    : client_(client), id_(id), ttl_(ttl) {
+  keeper_ = std::thread([this] { KeepAliveLoop(); });
+}
+
+LockSession::~LockSession() { (void)Close(); }
+
+void LockSession::KeepAliveLoop() {
+  auto* impl = client_->impl_.get();
+  const auto period = std::max(ttl_ / 3, std::chrono::milliseconds(20));
+  std::unique_lock<std::mutex> l(mu_);
+  while (!closed_) {
+    cv_.wait_for(l, period, [&] { return closed_; });
+    if (closed_) break;
+    l.unlock();
+    Status s;
+    try {
+      s = impl->link->Call([&](auto& lease) { lease->KeepAlive(impl->opts.token, id_); }, period);
+    } catch (const gen::TesseraError& e) {
+      s = FromError(e);
+    }
+    if (s.IsNotFound()) {
+      spdlog::warn("lock session {} expired: {}", id_, s.message());
+      alive_.store(false);
+    }
+    l.lock();
+    if (!alive_.load()) break;
+  }
+}
+
+Result<int64_t> LockSession::Acquire(const std::string& name, std::chrono::milliseconds wait) {
+  auto* impl = client_->impl_.get();
+  auto deadline = Clock::now() + wait;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto cap = std::clamp(impl->opts.io_timeout - std::chrono::milliseconds(2000),
+                                std::chrono::milliseconds(500), kMaxWaitPerCall);
+    auto chunk = std::clamp(left, std::chrono::milliseconds(0), cap);
+    int64_t token = 0;
+    Status s;
+    try {
+      // The leader holds the call while the session waits: the link's I/O timeout must not cut
+      // it short, so each wait is bounded well below it.
+      s = impl->link->Call(
+          [&](auto& lease) { token = lease->Acquire(impl->opts.token, name, id_, chunk.count()); },
+          std::max(impl->opts.deadline, chunk + std::chrono::milliseconds(5000)));
+    } catch (const gen::TesseraError& e) {
+      s = FromError(e);
+    }
+    if (s.ok()) return token;
+    if (!s.IsBusy() || Clock::now() >= deadline) return s;
+  }
+}
+
+Status LockSession::Release(const std::string& name, int64_t token) {
+  return client_->impl_->CallManager(
+      [&](auto& lease) { lease->Release(client_->impl_->opts.token, name, id_, token); });
+}
+
+Status LockSession::Close() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (closed_) return Status::Ok();
+    closed_ = true;
+  }
+  cv_.notify_all();
+  if (keeper_.joinable()) keeper_.join();
+  if (!alive_.load()) return Status::Ok();
+  return client_->impl_->CallManager(
+      [&](auto& lease) { lease->CloseSession(client_->impl_->opts.token, id_); });
 }
 
 }  // namespace tessera::orchestrator

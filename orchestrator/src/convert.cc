@@ -1,6 +1,7 @@
 #include "convert.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -32,6 +33,9 @@ Result<std::string> ReadTokenFile(const std::string& path) {
 std::string StatusJson(const ClusterStatus& s) {
   nlohmann::json j;
   j["manager"] = s.manager_address;
+  j["managers"] = s.managers;
+  j["raft_term"] = s.raft_term;
+  j["raft_commit"] = s.raft_commit;
   j["expected_workers"] = s.expected_workers;
   j["state"] = s.map.state;
   j["formed"] = s.map.formed;
@@ -141,6 +145,9 @@ ClusterStatus FromGen(const gen::ClusterStatus& s) {
   out.map = FromGen(s.shard_map);
   out.expected_workers = s.expected_workers;
   out.manager_address = s.manager_address;
+  out.managers = s.managers;
+  out.raft_term = s.raft_term;
+  out.raft_commit = s.raft_commit;
   return out;
 }
 
@@ -191,6 +198,11 @@ Status FromError(const gen::TesseraError& e) {
       return Status::InvalidArgument(msg);
     case gen::ErrorCode::UNAUTHENTICATED:
       return Status::InvalidArgument("unauthenticated: " + msg);
+    case gen::ErrorCode::BUSY:
+      return Status::Busy(msg);
+    case gen::ErrorCode::NOT_FOUND:
+      return Status::NotFound(msg);
+    case gen::ErrorCode::NOT_LEADER:
     case gen::ErrorCode::UNAVAILABLE:
     case gen::ErrorCode::NOT_OWNER:
     case gen::ErrorCode::STALE_EPOCH:
@@ -198,6 +210,24 @@ Status FromError(const gen::TesseraError& e) {
     default:
       return Status::Internal(msg);
   }
+}
+
+Result<DataDirLock> DataDirLock::Acquire(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IoError("cannot create data directory '" + dir + "': " + ec.message());
+  std::string path = dir + "/lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "open " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return Status::Busy("data directory '" + dir + "' is in use by another tessera process");
+  }
+  return DataDirLock(fd);
+}
+
+DataDirLock::~DataDirLock() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 }  // namespace tessera::orchestrator

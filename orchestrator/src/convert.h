@@ -30,4 +30,18 @@ bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t*
 // directory).
 Status WriteFileDurably(const std::string& path, const std::string& content);
 
+// Creates `dir` if needed and holds an exclusive lock on DIR/lock until destroyed: one process
+// per data directory (Busy when another holds it).
+class DataDirLock {
+ public:
+  static Result<DataDirLock> Acquire(const std::string& dir);
+  DataDirLock(DataDirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  DataDirLock& operator=(DataDirLock&&) = delete;
+  ~DataDirLock();
+
+ private:
+  explicit DataDirLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
 }  // namespace tessera::orchestrator

@@ -1,9 +1,11 @@
 #include "tessera/orchestrator/manager.h"
 
+#include <fcntl.h>
 #include <httplib.h>
-#include <lmdb.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -17,6 +19,7 @@
 
 #include "convert.h"
 #include "parity_holder.h"
+#include "replicator.h"
 #include "tessera/rpc/rpc.h"
 
 namespace tessera::orchestrator {
@@ -25,83 +28,94 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using gen::ErrorCode;
 
-constexpr const char* kStateKey = "state";
 constexpr const char* kManagerHolder = "manager";
+constexpr int64_t kMinSessionTtlMs = 200;
+constexpr int64_t kMaxSessionTtlMs = 3600 * 1000;
+constexpr int kCommandTimeoutMs = 3000;
 
-// Membership and shard map, persisted as one JSON record in LMDB.
-class ManagerState {
+// Membership, shard map, protection records and the lock service: the managers' replicated
+// state machine. Every change is a command in the Raft log (Apply); the JSON image is the Raft
+// snapshot. Apply is deterministic: the same commands give the same state on every manager.
+// Heartbeat times, liveness and session deadlines are the leader's own soft state.
+class ManagerState : public ReplicatedState {
  public:
-  Status Open(const ManagerOptions& o, const ProtectionSpec& spec) {
+  void Init(const ManagerOptions& o, const ProtectionSpec& spec) {
     opts_ = o;
     spec_ = spec;
-    std::error_code ec;
-    std::filesystem::create_directories(o.data_dir, ec);
-    if (ec)
-      return Status::IoError("cannot create data directory '" + o.data_dir + "': " + ec.message());
-    std::string path = o.data_dir + "/manager.mdb";
-    if (int rc = mdb_env_create(&env_); rc != 0) return Lmdb(rc, "env_create");
-    mdb_env_set_mapsize(env_, size_t{256} << 20);
-    if (int rc = mdb_env_open(env_, path.c_str(), MDB_NOSUBDIR, 0644); rc != 0) {
-      return Lmdb(rc, "open " + path);
-    }
-    MDB_txn* t;
-    if (int rc = mdb_txn_begin(env_, nullptr, 0, &t); rc != 0) return Lmdb(rc, "txn");
-    if (int rc = mdb_dbi_open(t, nullptr, 0, &dbi_); rc != 0) {
-      mdb_txn_abort(t);
-      return Lmdb(rc, "dbi");
-    }
-    MDB_val k{std::strlen(kStateKey), const_cast<char*>(kStateKey)}, v;
-    int rc = mdb_get(t, dbi_, &k, &v);
-    if (rc == 0) {
-      auto j = nlohmann::json::parse(std::string(static_cast<char*>(v.mv_data), v.mv_size), nullptr,
-                                     false);
-      if (j.is_discarded()) {
-        mdb_txn_abort(t);
-        return Status::Corruption("manager state in " + path + " is not valid JSON");
+    Reset();
+  }
+
+  std::string Apply(uint64_t index, const std::string& command, bool replay) override {
+    std::unique_lock<std::mutex> l(mu);
+    nlohmann::json reply;
+    try {
+      auto j = nlohmann::json::parse(command, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) {
+        Throw(ErrorCode::INTERNAL, "log entry " + std::to_string(index) + " is not a command",
+              "manager");
       }
+      reply = ApplyLocked(j, replay);
+    } catch (const gen::TesseraError& e) {
+      reply = {{"error", static_cast<int>(e.code)}, {"message", e.message}, {"node", e.node}};
+    } catch (const nlohmann::json::exception& e) {
+      reply = {{"error", static_cast<int>(ErrorCode::INTERNAL)},
+               {"message", "log entry " + std::to_string(index) + ": " + e.what()},
+               {"node", "manager"}};
+    }
+    l.unlock();
+    changed.notify_all();
+    return reply.dump();
+  }
+
+  std::string Snapshot() override {
+    std::lock_guard<std::mutex> l(mu);
+    return Image().dump();
+  }
+
+  Status Restore(const std::string& image) override {
+    auto j = nlohmann::json::parse(image, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return Status::Corruption("manager state snapshot is not valid JSON");
+    {
+      std::lock_guard<std::mutex> l(mu);
+      Reset();
       Load(j);
-      spdlog::info("manager: loaded cluster state (map version {}, {} nodes, {})", version_,
+      CheckScheme();
+      spdlog::info("manager: restored cluster state (map version {}, {} nodes, {})", version_,
                    nodes_.size(), formed_ ? "formed" : "forming");
-    } else if (rc != MDB_NOTFOUND) {
-      mdb_txn_abort(t);
-      return Lmdb(rc, "read state");
     }
-    mdb_txn_commit(t);
-    if (!stored_scheme_.empty() && stored_scheme_ != SpecText(spec)) {
-      return Status::InvalidArgument("manager data in " + o.data_dir +
-                                     " belongs to a cluster with " + "protection " +
-                                     stored_scheme_ + ", not " + SpecText(spec));
-    }
-    if (spec_.scheme != "none") {
-      slot_nodes_.resize(static_cast<size_t>(spec_.k));
-      slot_epochs_.resize(static_cast<size_t>(spec_.k), 0);
-      holder_nodes_.resize(static_cast<size_t>(spec_.m));
-      if (spec_.scheme == "xor") holder_nodes_[0] = kManagerHolder;
-    }
-    if (num_shards_ == 0) {
-      num_shards_ = o.num_shards;
-      shards_.assign(num_shards_, {});
-    } else if (num_shards_ != o.num_shards) {
-      spdlog::warn("manager: keeping the stored {} shards (--shards {} ignored)", num_shards_,
-                   o.num_shards);
-    }
-    // After a restart nodes count as up until their heartbeat timeout passes.
-    for (auto& [id, n] : nodes_) n.last_hb = Clock::now();
+    changed.notify_all();
     return Status::Ok();
   }
 
-  void Close() {
-    if (env_) mdb_env_close(env_);
-    env_ = nullptr;
+  void OnLeadership(bool leader) override {
+    std::lock_guard<std::mutex> l(mu);
+    leader_ = leader;
+    // A new leader knows nothing of heartbeats and keep-alives sent to the old one: everything
+    // counts as alive for one more timeout.
+    for (auto& [id, n] : nodes_) n.last_hb = Clock::now();
+    session_deadline_.clear();
+    changed.notify_all();  // lock waiters on a deposed leader give up at once
   }
 
   std::mutex mu;
-  std::string self_address;  // the manager's own address (its parity holder's)
+  std::condition_variable changed;  // notified after every applied command
+  std::string self_address;         // the manager's own address (its parity holder's)
+  uint64_t self_id = 0;             // Raft id when replicated, else 0
+  bool holder_ready = false;        // replicated xor: this manager's parity holder is open
 
-  gen::RegisterReply Register(const std::string& id, const std::string& address,
-                              int64_t incarnation, const std::string& role_in,
-                              const std::string& replace, bool has_data) {
-    std::lock_guard<std::mutex> l(mu);
+  bool initialized() const { return initialized_; }
+  std::string fatal() const { return fatal_; }
+  bool exit_requested() const { return exit_requested_; }
+  bool exit_cleanup() const { return exit_cleanup_; }
+  nlohmann::json InitCommand() const {
+    return {{"op", "init"}, {"protection", SpecText(spec_)}, {"shards", opts_.num_shards}};
+  }
+
+  // Register command (see ManagerService.Register); mu held.
+  nlohmann::json RegisterLocked(const std::string& id, const std::string& address,
+                                int64_t incarnation, const std::string& role_in,
+                                const std::string& replace, bool has_data) {
     if (shutting_down_) Throw(ErrorCode::UNAVAILABLE, "cluster is shutting down", "manager");
     if (id.empty() || id.size() > 128) {
       Throw(ErrorCode::INVALID_ARGUMENT, "node id must be 1 to 128 bytes", "manager");
@@ -144,8 +158,8 @@ class ManagerState {
       it->second.incarnation = incarnation;
       it->second.last_hb = Clock::now();
       it->second.up = true;
-      for (auto& sh : shards_) {
-        if (sh.owner == id) ++sh.epoch;
+      for (int sh = 0; sh < num_shards_; ++sh) {
+        if (shards_[sh].owner == id) BumpShard(sh, id);
       }
       int slot = SlotOf(id);
       if (slot >= 0) {
@@ -159,10 +173,8 @@ class ManagerState {
       ++version_;
       spdlog::info("manager: node {} re-registered at {} (incarnation {}), epochs bumped{}", id,
                    address, incarnation, rebuild ? "; its data was lost: it rebuilds" : "");
-      Persist();
     } else if (std::string victim = Victim(role, address, replace, has_data, id); !victim.empty()) {
       rebuild = TakeOver(victim, id, address, incarnation, role);
-      Persist();
     } else {
       if (role == "parity") {
         auto free_row = std::find(holder_nodes_.begin(), holder_nodes_.end(), std::string());
@@ -186,8 +198,12 @@ class ManagerState {
       spdlog::info("manager: {} {} registered at {} ({} of {} data workers)", role, id, address,
                    DataWorkers(), opts_.expected_workers);
       MaybeForm();
-      Persist();
     }
+    return {{"rebuild", rebuild}};
+  }
+
+  gen::RegisterReply RegisterReply(bool rebuild) {
+    std::lock_guard<std::mutex> l(mu);
     gen::RegisterReply r;
     r.shard_map = MapLocked();
     r.heartbeat_ms = opts_.heartbeat_ms;
@@ -195,8 +211,12 @@ class ManagerState {
     return r;
   }
 
-  gen::ShardMap Heartbeat(const std::string& id, int64_t incarnation, const std::string& progress) {
+  // A heartbeat, on the leader: soft state only. Returns the map, and in *rebuilt whether the
+  // node just finished a rebuild (the caller then proposes rebuild_done).
+  gen::ShardMap Heartbeat(const std::string& id, int64_t incarnation, const std::string& progress,
+                          bool* rebuilt) {
     std::lock_guard<std::mutex> l(mu);
+    CheckInitialized();
     if (retired_.count(id)) {
       Throw(ErrorCode::STALE_EPOCH, "node " + id + " was replaced by another node", "manager");
     }
@@ -216,13 +236,7 @@ class ManagerState {
     }
     it->second.progress = progress;
     int slot = SlotOf(id);
-    if (progress.empty() && slot >= 0 && rebuilding_.count(slot)) {
-      rebuilding_.erase(slot);
-      it->second.rebuild_pending = false;
-      ++version_;
-      spdlog::info("manager: node {} (slot {}) recovered and serves again", id, slot);
-      Persist();
-    }
+    *rebuilt = progress.empty() && slot >= 0 && rebuilding_.count(slot);
     return MapLocked();
   }
 
@@ -258,6 +272,7 @@ class ManagerState {
   // Marks nodes whose heartbeats stopped as down.
   void CheckHeartbeats() {
     std::lock_guard<std::mutex> l(mu);
+    if (!leader_) return;  // heartbeats go to the leader only
     auto now = Clock::now();
     for (auto& [id, n] : nodes_) {
       auto age = std::chrono::duration_cast<std::chrono::milliseconds>(now - n.last_hb).count();
@@ -268,19 +283,9 @@ class ManagerState {
     }
   }
 
-  // A completed shutdown that kept the data: the next start serves again.
-  void EndShutdown() {
+  // The workers to tell when shutting down (after shutdown_begin applied).
+  std::vector<std::pair<std::string, std::string>> ShutdownTargets() {
     std::lock_guard<std::mutex> l(mu);
-    shutting_down_ = false;
-    Persist();
-  }
-
-  // Enters shutdown; returns the workers to tell.
-  std::vector<std::pair<std::string, std::string>> BeginShutdown() {
-    std::lock_guard<std::mutex> l(mu);
-    shutting_down_ = true;
-    ++version_;
-    Persist();  // a manager restarted mid-shutdown stays shutting down
     // Data workers first (each protects what it holds on the way out), parity holders last.
     std::vector<std::pair<std::string, std::string>> out;
     for (const auto& [id, n] : nodes_) {
@@ -292,7 +297,280 @@ class ManagerState {
     return out;
   }
 
+  // ---- Lock service, leader side (soft state and reads; changes are commands) ----
+
+  // Records a keep-alive; false when the session does not exist (expired or never opened).
+  bool KeepAlive(int64_t session) {
+    std::lock_guard<std::mutex> l(mu);
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) return false;
+    session_deadline_[session] = Clock::now() + std::chrono::milliseconds(it->second.ttl_ms);
+    return true;
+  }
+
+  // Sessions whose keep-alives stopped for longer than their TTL.
+  std::vector<int64_t> ExpiredSessions() {
+    std::lock_guard<std::mutex> l(mu);
+    std::vector<int64_t> out;
+    auto now = Clock::now();
+    for (const auto& [id, sess] : sessions_) {
+      auto [it, fresh] =
+          session_deadline_.try_emplace(id, now + std::chrono::milliseconds(sess.ttl_ms));
+      if (!fresh && now > it->second) out.push_back(id);
+    }
+    return out;
+  }
+
+  // The token `session` holds `name` with, or 0.
+  int64_t HeldToken(const std::string& name, int64_t session) {
+    auto it = locks_.find(name);
+    return it != locks_.end() && it->second.holder == session ? it->second.token : 0;
+  }
+
+  bool CheckToken(const std::string& name, int64_t token) {
+    std::lock_guard<std::mutex> l(mu);
+    CheckInitialized();
+    auto it = locks_.find(name);
+    if (it == locks_.end() || token <= 0) return false;
+    const Lock& lk = it->second;
+    return lk.token == token && (lk.holder != 0 || !lk.node.empty());
+  }
+
+  gen::LockList ListLocks() {
+    std::lock_guard<std::mutex> l(mu);
+    CheckInitialized();
+    gen::LockList out;
+    for (const auto& [name, lk] : locks_) {
+      gen::LockInfo li;
+      li.name = name;
+      li.holder_session = lk.holder;
+      li.holder_owner = lk.node.empty() ? "" : "node " + lk.node;
+      if (lk.holder != 0) {
+        auto it = sessions_.find(lk.holder);
+        if (it != sessions_.end()) li.holder_owner = it->second.owner;
+      }
+      li.token = lk.token;
+      li.waiters = static_cast<int32_t>(lk.waiters.size());
+      out.locks.push_back(li);
+    }
+    for (const auto& [id, sess] : sessions_) {
+      gen::SessionInfo si;
+      si.id = id;
+      si.owner = sess.owner;
+      si.ttl_ms = sess.ttl_ms;
+      out.sessions.push_back(si);
+    }
+    return out;
+  }
+
  private:
+  struct Lock {
+    int64_t token = 0;            // of the current or last grant; only increases
+    int64_t holder = 0;           // session holding it, 0 when free
+    std::string node;             // shard locks: the owning node (its epoch is the token)
+    std::deque<int64_t> waiters;  // sessions in arrival order
+  };
+  struct Session {
+    int64_t ttl_ms = 0;
+    std::string owner;
+  };
+
+  void CheckInitialized() const {
+    if (!initialized_) Throw(ErrorCode::UNAVAILABLE, "the manager is starting", "manager");
+  }
+
+  void CheckScheme() {
+    if (!stored_scheme_.empty() && stored_scheme_ != SpecText(spec_)) {
+      fatal_ = "manager data in " + opts_.data_dir + " belongs to a cluster with protection " +
+               stored_scheme_ + ", not " + SpecText(spec_);
+    }
+  }
+
+  // A shard's owner changed or restarted: the next token of lock "shard/N" is its new epoch.
+  void BumpShard(int s, const std::string& owner) {
+    Lock& lk = locks_["shard/" + std::to_string(s)];
+    lk.node = owner;
+    shards_[s].owner = owner;
+    shards_[s].epoch = ++lk.token;
+  }
+
+  // Hands `name` to its first waiter whose session still lives.
+  void GrantNext(Lock& lk) {
+    lk.holder = 0;
+    while (!lk.waiters.empty()) {
+      int64_t s = lk.waiters.front();
+      lk.waiters.pop_front();
+      if (sessions_.count(s)) {
+        lk.holder = s;
+        ++lk.token;
+        return;
+      }
+    }
+  }
+
+  void DropSession(int64_t session) {
+    sessions_.erase(session);
+    session_deadline_.erase(session);
+    for (auto& [name, lk] : locks_) {
+      std::erase(lk.waiters, session);
+      if (lk.holder == session) GrantNext(lk);
+    }
+  }
+
+  static void CheckLockName(const std::string& name) {
+    if (name.empty() || name.size() > 256) {
+      Throw(ErrorCode::INVALID_ARGUMENT, "lock name must be 1 to 256 bytes", "manager");
+    }
+    if (name.rfind("shard/", 0) == 0) {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "lock names starting with shard/ are the shard epochs; choose another name", "manager");
+    }
+  }
+
+  Session& LiveSession(int64_t session) {
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) {
+      Throw(ErrorCode::NOT_FOUND,
+            "session " + std::to_string(session) + " does not exist (expired or closed)",
+            "manager");
+    }
+    return it->second;
+  }
+
+  // One command; mu held. Throws TesseraError for a refused command (it changes nothing).
+  nlohmann::json ApplyLocked(const nlohmann::json& j, bool replay) {
+    const std::string op = j.at("op").get<std::string>();
+    if (op == "init") {
+      if (!initialized_) {
+        initialized_ = true;
+        stored_scheme_ = j.at("protection").get<std::string>();
+        int shards = j.at("shards").get<int>();
+        if (shards != num_shards_) {
+          num_shards_ = shards;
+          shards_.assign(num_shards_, {});
+        }
+        CheckScheme();
+      }
+      return nlohmann::json::object();
+    }
+    if (!initialized_) {
+      Throw(ErrorCode::INTERNAL, "command '" + op + "' before the cluster was initialised",
+            "manager");
+    }
+    if (op == "register") {
+      return RegisterLocked(j.at("id"), j.at("address"), j.at("incarnation"), j.at("role"),
+                            j.at("replace"), j.at("has_data"));
+    }
+    if (op == "rebuild_done") {
+      const std::string id = j.at("id");
+      auto it = nodes_.find(id);
+      int slot = SlotOf(id);
+      if (it != nodes_.end() && it->second.incarnation == j.at("incarnation").get<int64_t>() &&
+          slot >= 0 && rebuilding_.count(slot)) {
+        rebuilding_.erase(slot);
+        it->second.rebuild_pending = false;
+        ++version_;
+        spdlog::info("manager: node {} (slot {}) recovered and serves again", id, slot);
+      }
+      return nlohmann::json::object();
+    }
+    if (op == "shutdown_begin") {
+      if (!shutting_down_) {
+        shutting_down_ = true;  // a manager restarted mid-shutdown stays shutting down
+        ++version_;
+      }
+      return nlohmann::json::object();
+    }
+    if (op == "shutdown_done") {
+      // The next start serves again (with cleanup there is no next start).
+      shutting_down_ = false;
+      if (!replay) {
+        exit_requested_ = true;
+        exit_cleanup_ = j.at("cleanup").get<bool>();
+      }
+      return nlohmann::json::object();
+    }
+    if (op == "session_open") {
+      Session sess;
+      sess.ttl_ms = j.at("ttl").get<int64_t>();
+      sess.owner = j.at("owner").get<std::string>();
+      int64_t id = next_session_++;
+      sessions_[id] = sess;
+      if (leader_) session_deadline_[id] = Clock::now() + std::chrono::milliseconds(sess.ttl_ms);
+      return {{"session", id}};
+    }
+    if (op == "session_close") {
+      int64_t id = j.at("session").get<int64_t>();
+      if (sessions_.count(id)) {
+        if (j.value("expired", false))
+          spdlog::info("manager: session {} ({}) expired; its locks are released", id,
+                       sessions_[id].owner);
+        DropSession(id);
+      }
+      return nlohmann::json::object();
+    }
+    if (op == "acquire" || op == "cancel" || op == "release") {
+      const std::string name = j.at("name");
+      CheckLockName(name);
+      const int64_t session = j.at("session").get<int64_t>();
+      if (op == "acquire") {
+        LiveSession(session);
+        Lock& lk = locks_[name];
+        if (lk.holder == session) return {{"token", lk.token}};
+        if (lk.holder == 0 && lk.waiters.empty()) {
+          lk.holder = session;
+          return {{"token", ++lk.token}};
+        }
+        if (!j.at("wait").get<bool>()) {
+          Throw(ErrorCode::BUSY,
+                "lock '" + name + "' is held by session " + std::to_string(lk.holder) + " (" +
+                    (sessions_.count(lk.holder) ? sessions_[lk.holder].owner : "") + ")",
+                "manager");
+        }
+        if (std::find(lk.waiters.begin(), lk.waiters.end(), session) == lk.waiters.end())
+          lk.waiters.push_back(session);
+        return {{"queued", true}};
+      }
+      auto it = locks_.find(name);
+      if (it == locks_.end()) return nlohmann::json::object();
+      Lock& lk = it->second;
+      if (op == "cancel") {
+        if (lk.holder == session) return {{"token", lk.token}};
+        std::erase(lk.waiters, session);
+        return nlohmann::json::object();
+      }
+      if (lk.holder == session && lk.token == j.at("token").get<int64_t>()) GrantNext(lk);
+      return nlohmann::json::object();
+    }
+    Throw(ErrorCode::INTERNAL, "unknown command '" + op + "'", "manager");
+  }
+
+  void Reset() {
+    stored_scheme_.clear();
+    slot_nodes_.clear();
+    slot_epochs_.clear();
+    holder_nodes_.clear();
+    rebuilding_.clear();
+    retired_.clear();
+    next_order_ = 0;
+    version_ = 0;
+    formed_ = false;
+    shutting_down_ = false;
+    initialized_ = false;
+    nodes_.clear();
+    locks_.clear();
+    sessions_.clear();
+    session_deadline_.clear();
+    next_session_ = 1;
+    if (spec_.scheme != "none") {
+      slot_nodes_.resize(static_cast<size_t>(spec_.k));
+      slot_epochs_.resize(static_cast<size_t>(spec_.k), 0);
+      holder_nodes_.resize(static_cast<size_t>(spec_.m));
+      if (spec_.scheme == "xor") holder_nodes_[0] = kManagerHolder;
+    }
+    num_shards_ = opts_.num_shards;
+    shards_.assign(num_shards_, {});
+  }
   struct Node {
     std::string address;
     int64_t incarnation = 0;
@@ -359,11 +637,8 @@ class ManagerState {
     n.up = true;
     n.progress.clear();
     bool rebuild = false;
-    for (auto& sh : shards_) {
-      if (sh.owner == old) {
-        sh.owner = id;
-        ++sh.epoch;
-      }
+    for (int sh = 0; sh < num_shards_; ++sh) {
+      if (shards_[sh].owner == old) BumpShard(sh, id);
     }
     for (auto& h : holder_nodes_) {
       if (h == old) h = id;
@@ -422,10 +697,7 @@ class ManagerState {
         slot_epochs_[i] = 1;
       }
     }
-    for (int s = 0; s < num_shards_; ++s) {
-      shards_[s].owner = order[s % order.size()].second;
-      shards_[s].epoch = 1;
-    }
+    for (int s = 0; s < num_shards_; ++s) BumpShard(s, order[s % order.size()].second);
     formed_ = true;
     spdlog::info("manager: cluster formed: {} shards over {} workers", num_shards_, order.size());
   }
@@ -446,7 +718,7 @@ class ManagerState {
       m.shards.push_back(si);
     }
     auto addr = [this](const std::string& id) -> std::string {
-      if (id == kManagerHolder) return self_address;
+      if (id == kManagerHolder) return self_id == 0 || holder_ready ? self_address : "";
       auto it = nodes_.find(id);
       return it == nodes_.end() ? "" : it->second.address;
     };
@@ -458,6 +730,11 @@ class ManagerState {
     m.protection.slot_epochs = slot_epochs_;
     m.protection.holder_nodes = holder_nodes_;
     for (const auto& id : holder_nodes_) m.protection.holder_addresses.push_back(addr(id));
+    for (auto& id : m.protection.holder_nodes) {
+      // Replicated managers: the leader's holder is a new holder to the workers (it starts
+      // empty each time it is opened), so its name carries the leader's id.
+      if (id == kManagerHolder && self_id != 0) id += "/" + std::to_string(self_id);
+    }
     m.protection.frozen = !rebuilding_.empty();
     m.protection.rebuilding.assign(rebuilding_.begin(), rebuilding_.end());
     return ToGen(m);
@@ -465,7 +742,7 @@ class ManagerState {
 
   void Load(const nlohmann::json& j) {
     version_ = j.value("version", int64_t{0});
-    num_shards_ = j.value("num_shards", 0);
+    num_shards_ = j.value("num_shards", opts_.num_shards);
     formed_ = j.value("formed", false);
     shutting_down_ = j.value("shutting_down", false);
     for (const auto& n : j.value("nodes", nlohmann::json::array())) {
@@ -491,11 +768,25 @@ class ManagerState {
       if (i >= 0 && i < num_shards_)
         shards_[i] = {s.value("owner", ""), s.value("epoch", int64_t{0})};
     }
+    initialized_ = j.value("initialized", false);
+    for (const auto& l : j.value("locks", nlohmann::json::array())) {
+      Lock lk;
+      lk.token = l.value("token", int64_t{0});
+      lk.holder = l.value("holder", int64_t{0});
+      lk.node = l.value("node", "");
+      for (int64_t w : l.value("waiters", std::vector<int64_t>())) lk.waiters.push_back(w);
+      locks_[l.value("name", "")] = lk;
+    }
+    for (const auto& x : j.value("sessions", nlohmann::json::array())) {
+      sessions_[x.value("id", int64_t{0})] = {x.value("ttl", int64_t{0}), x.value("owner", "")};
+    }
+    next_session_ = j.value("next_session", int64_t{1});
   }
 
-  // Writes the whole state in one LMDB transaction (flushed before returning).
-  void Persist() {
+  // The whole state as JSON: the Raft snapshot image.
+  nlohmann::json Image() const {
     nlohmann::json j;
+    j["initialized"] = initialized_;
     j["version"] = version_;
     j["num_shards"] = num_shards_;
     j["formed"] = formed_;
@@ -509,7 +800,7 @@ class ManagerState {
                             {"role", n.role},
                             {"rebuild_pending", n.rebuild_pending}});
     }
-    j["protection"] = SpecText(spec_);
+    j["protection"] = stored_scheme_;
     j["slot_nodes"] = slot_nodes_;
     j["slot_epochs"] = slot_epochs_;
     j["holder_nodes"] = holder_nodes_;
@@ -520,19 +811,21 @@ class ManagerState {
       j["shards"].push_back(
           {{"shard", s}, {"owner", shards_[s].owner}, {"epoch", shards_[s].epoch}});
     }
-    std::string body = j.dump();
-    MDB_txn* t;
-    int rc = mdb_txn_begin(env_, nullptr, 0, &t);
-    if (rc == 0) {
-      MDB_val k{std::strlen(kStateKey), const_cast<char*>(kStateKey)};
-      MDB_val v{body.size(), body.data()};
-      rc = mdb_put(t, dbi_, &k, &v, 0);
-      rc = rc == 0 ? mdb_txn_commit(t) : (mdb_txn_abort(t), rc);
+    j["locks"] = nlohmann::json::array();
+    for (const auto& [name, lk] : locks_) {
+      j["locks"].push_back(
+          {{"name", name},
+           {"token", lk.token},
+           {"holder", lk.holder},
+           {"node", lk.node},
+           {"waiters", std::vector<int64_t>(lk.waiters.begin(), lk.waiters.end())}});
     }
-    if (rc != 0) {
-      spdlog::error("manager: persisting cluster state failed: {}", mdb_strerror(rc));
-      Throw(ErrorCode::INTERNAL, std::string("persisting state: ") + mdb_strerror(rc), "manager");
+    j["sessions"] = nlohmann::json::array();
+    for (const auto& [id, sess] : sessions_) {
+      j["sessions"].push_back({{"id", id}, {"ttl", sess.ttl_ms}, {"owner", sess.owner}});
     }
+    j["next_session"] = next_session_;
+    return j;
   }
 
   ManagerOptions opts_;
@@ -544,32 +837,55 @@ class ManagerState {
   std::set<int> rebuilding_;
   std::set<std::string> retired_;  // node ids replaced by another node: fenced for good
   int next_order_ = 0;
-  MDB_env* env_ = nullptr;
-  MDB_dbi dbi_ = 0;
   int64_t version_ = 0;
   int num_shards_ = 0;
   bool formed_ = false;
   bool shutting_down_ = false;
+  bool initialized_ = false;  // the init command (protection, shards) is applied
   std::map<std::string, Node> nodes_;
   std::vector<Shard> shards_;
+  std::map<std::string, Lock> locks_;
+  std::map<int64_t, Session> sessions_;
+  int64_t next_session_ = 1;
+  // Soft state (not replicated).
+  bool leader_ = false;
+  std::map<int64_t, Clock::time_point> session_deadline_;  // leader: keep-alive deadlines
+  std::string fatal_;            // this manager cannot serve the replicated state (flags differ)
+  bool exit_requested_ = false;  // a shutdown completed while this process ran
+  bool exit_cleanup_ = false;
 };
 
 class Handler : public gen::ManagerServiceIf {
  public:
-  Handler(ManagerState* st, const ManagerOptions& o, std::atomic<bool>* done,
-          std::atomic<bool>* cleanup)
-      : st_(st), opts_(o), done_(done), cleanup_(cleanup) {}
+  Handler(ManagerState* st, const ManagerOptions& o) : st_(st), opts_(o) {}
+
+  std::atomic<Replicator*> repl{nullptr};
+  std::atomic<bool> done{false};
+  std::atomic<bool> cleanup{false};
 
   void Register(gen::RegisterReply& r, const std::string& token, const std::string& node_id,
                 const std::string& address, int64_t incarnation, const std::string& role,
                 const std::string& replace, bool has_data) override {
     Auth(token);
-    r = st_->Register(node_id, address, incarnation, role, replace, has_data);
+    auto reply = Command({{"op", "register"},
+                          {"id", node_id},
+                          {"address", address},
+                          {"incarnation", incarnation},
+                          {"role", role},
+                          {"replace", replace},
+                          {"has_data", has_data}});
+    r = st_->RegisterReply(reply.value("rebuild", false));
   }
   void Heartbeat(gen::ShardMap& r, const std::string& token, const std::string& node_id,
                  int64_t incarnation, const std::string& progress) override {
     Auth(token);
-    r = st_->Heartbeat(node_id, incarnation, progress);
+    CaughtUpLeader();
+    bool rebuilt = false;
+    r = st_->Heartbeat(node_id, incarnation, progress, &rebuilt);
+    if (rebuilt) {
+      Command({{"op", "rebuild_done"}, {"id", node_id}, {"incarnation", incarnation}});
+      r = st_->Map();
+    }
   }
 
   // ParityService: the manager's own parity holder (protection xor).
@@ -610,22 +926,46 @@ class Handler : public gen::ManagerServiceIf {
     Auth(token);
     r = Holder()->ReadParity(first_pgno, count);
   }
-  std::shared_ptr<ParityHolder> holder;
+
+  void SetHolder(std::shared_ptr<ParityHolder> h) {
+    std::lock_guard<std::mutex> l(holder_mu_);
+    holder_ = std::move(h);
+  }
+  bool HasHolder() {
+    std::lock_guard<std::mutex> l(holder_mu_);
+    return holder_ != nullptr;
+  }
+
   void GetShardMap(gen::ShardMap& r, const std::string& token) override {
     Auth(token);
+    CaughtUpLeader();
     r = st_->Map();
   }
   void Status(gen::ClusterStatus& r, const std::string& token) override {
     Auth(token);
-    r = st_->StatusReply();
+    CaughtUpLeader();
+    r = StatusReply();
   }
-  void Shutdown(const std::string& token, bool cleanup) override {
+
+  gen::ClusterStatus StatusReply() {
+    gen::ClusterStatus r = st_->StatusReply();
+    Replicator* rp = repl.load();
+    if (rp) {
+      for (const auto& p : rp->options().peers) r.managers.push_back(p.address);
+      r.raft_term = static_cast<int64_t>(rp->Term());
+      r.raft_commit = static_cast<int64_t>(rp->CommitIndex());
+    }
+    return r;
+  }
+
+  void Shutdown(const std::string& token, bool cleanup_data) override {
     Auth(token);
     std::lock_guard<std::mutex> once(shutdown_mu_);
-    if (done_->load()) return;
-    auto workers = st_->BeginShutdown();
+    if (done.load()) return;
+    Command({{"op", "shutdown_begin"}});
+    auto workers = st_->ShutdownTargets();
     spdlog::info("manager: shutdown requested{}; telling {} workers",
-                 cleanup ? " with cleanup" : "", workers.size());
+                 cleanup_data ? " with cleanup" : "", workers.size());
     rpc::ClientPool<gen::WorkerServiceClient> pool(
         rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(30000)});
     std::string failures;
@@ -637,7 +977,7 @@ class Handler : public gen::ManagerServiceIf {
         s = lease.status();
         if (s.ok()) {
           try {
-            (*lease)->Shutdown(opts_.token, cleanup);
+            (*lease)->Shutdown(opts_.token, cleanup_data);
           } catch (const gen::TesseraError& e) {
             s = FromError(e);
           } catch (const std::exception& e) {
@@ -652,12 +992,113 @@ class Handler : public gen::ManagerServiceIf {
         failures += " " + id + " (" + s.message() + ")";
       }
     }
-    cleanup_->store(cleanup);
-    done_->store(true);
+    // Every manager applies this and exits (deleting its data with cleanup).
+    Command({{"op", "shutdown_done"}, {"cleanup", cleanup_data}});
     if (!failures.empty()) {
       Throw(ErrorCode::UNAVAILABLE,
             "shutdown finished, but these workers did not answer:" + failures, "manager");
     }
+  }
+
+  void RaftStep(const std::string& token, int64_t from_id,
+                const std::vector<gen::RaftMessage>& messages) override {
+    Auth(token);
+    Replicator* rp = repl.load();
+    if (!rp) Throw(ErrorCode::UNAVAILABLE, "the manager is starting", Self());
+    std::vector<raft::Message> in;
+    in.reserve(messages.size());
+    for (const auto& g : messages) {
+      raft::Message m;
+      if (!RaftFromGen(g, &m) || m.from != static_cast<uint64_t>(from_id)) {
+        Throw(ErrorCode::INVALID_ARGUMENT,
+              "malformed raft message from manager " + std::to_string(from_id), Self());
+      }
+      in.push_back(std::move(m));
+    }
+    rp->Receive(std::move(in));
+  }
+
+  int64_t OpenSession(const std::string& token, int64_t ttl_ms, const std::string& owner) override {
+    Auth(token);
+    if (ttl_ms < kMinSessionTtlMs || ttl_ms > kMaxSessionTtlMs) {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "session TTL must be " + std::to_string(kMinSessionTtlMs) + " to " +
+                std::to_string(kMaxSessionTtlMs) + " ms, not " + std::to_string(ttl_ms),
+            Self());
+    }
+    if (owner.size() > 256) Throw(ErrorCode::INVALID_ARGUMENT, "owner over 256 bytes", Self());
+    auto reply = Command({{"op", "session_open"}, {"ttl", ttl_ms}, {"owner", owner}});
+    return reply.at("session").get<int64_t>();
+  }
+  void KeepAlive(const std::string& token, int64_t session) override {
+    Auth(token);
+    CaughtUpLeader();
+    if (!st_->KeepAlive(session)) {
+      Throw(ErrorCode::NOT_FOUND,
+            "session " + std::to_string(session) + " does not exist (expired or closed)", Self());
+    }
+  }
+  void CloseSession(const std::string& token, int64_t session) override {
+    Auth(token);
+    Command({{"op", "session_close"}, {"session", session}});
+  }
+  int64_t Acquire(const std::string& token, const std::string& name, int64_t session,
+                  int64_t wait_ms) override {
+    Auth(token);
+    auto deadline = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, wait_ms));
+    auto reply =
+        Command({{"op", "acquire"}, {"name", name}, {"session", session}, {"wait", wait_ms > 0}});
+    if (reply.contains("token")) return reply.at("token").get<int64_t>();
+    {
+      std::unique_lock<std::mutex> l(st_->mu);
+      int64_t t = 0;
+      Replicator* rp = repl.load();
+      st_->changed.wait_until(l, deadline, [&] {
+        t = st_->HeldToken(name, session);
+        return t != 0 || !rp->IsLeader();
+      });
+      if (t != 0) return t;
+    }
+    // Out of time (or leadership moved): leave the queue, unless the grant came first.
+    reply = Command({{"op", "cancel"}, {"name", name}, {"session", session}});
+    if (reply.contains("token")) return reply.at("token").get<int64_t>();
+    Throw(ErrorCode::BUSY,
+          "lock '" + name + "' was not granted within " + std::to_string(wait_ms) + " ms", Self());
+  }
+  void Release(const std::string& token, const std::string& name, int64_t session,
+               int64_t fencing_token) override {
+    Auth(token);
+    Command({{"op", "release"}, {"name", name}, {"session", session}, {"token", fencing_token}});
+  }
+  bool CheckToken(const std::string& token, const std::string& name,
+                  int64_t fencing_token) override {
+    Auth(token);
+    Replicator* rp = LeaderOrThrow();
+    // Linearizable: a token released or superseded before this call began is never current.
+    if (!rp->ReadBarrier(std::chrono::milliseconds(kCommandTimeoutMs)).ok()) NotLeader(rp);
+    return st_->CheckToken(name, fencing_token);
+  }
+  void ListLocks(gen::LockList& r, const std::string& token) override {
+    Auth(token);
+    CaughtUpLeader();
+    r = st_->ListLocks();
+  }
+
+  // Proposes `cmd` and returns the state machine's reply; a refused command is rethrown as its
+  // TesseraError, a lost leadership as NOT_LEADER (the caller retries on the leader).
+  nlohmann::json Command(const nlohmann::json& cmd) {
+    Replicator* rp = LeaderOrThrow();
+    auto r = rp->Propose(cmd.dump(), std::chrono::milliseconds(kCommandTimeoutMs));
+    if (!r.ok()) {
+      if (!rp->IsLeader()) NotLeader(rp);
+      Throw(ErrorCode::UNAVAILABLE, r.status().message(), Self());
+    }
+    auto reply = nlohmann::json::parse(*r);
+    if (reply.contains("error")) {
+      Throw(static_cast<ErrorCode::type>(reply.at("error").get<int>()), reply.value("message", ""),
+            reply.value("node", "manager"));
+    }
+    return reply;
   }
 
  private:
@@ -665,18 +1106,48 @@ class Handler : public gen::ManagerServiceIf {
     if (token != opts_.token)
       Throw(ErrorCode::UNAUTHENTICATED, "wrong or missing cluster token", "manager");
   }
-  ParityHolder* Holder() const {
-    if (!holder) {
-      Throw(ErrorCode::UNAVAILABLE, "the manager holds no parity (protection is not xor)",
-            "manager");
+  std::string Self() const { return "manager " + opts_.listen; }
+
+  [[noreturn]] void NotLeader(Replicator* rp) const {
+    gen::TesseraError e;
+    e.code = ErrorCode::NOT_LEADER;
+    e.leader = rp && !rp->IsLeader() ? rp->LeaderAddress() : "";
+    e.message = "manager " + opts_.listen + " is not the leader" +
+                (e.leader.empty() ? " (none is elected yet)" : "; the leader is " + e.leader);
+    e.node = Self();
+    throw e;
+  }
+  Replicator* LeaderOrThrow() const {
+    Replicator* rp = repl.load();
+    if (!rp || !rp->IsLeader()) NotLeader(rp);
+    return rp;
+  }
+  // The leader's state may lag its log right after an election: reads of it wait, once per
+  // term, until everything committed before is applied (a read barrier).
+  void CaughtUpLeader() {
+    Replicator* rp = LeaderOrThrow();
+    uint64_t term = rp->Term();
+    if (caught_up_term_.load() == term) return;
+    if (!rp->ReadBarrier(std::chrono::milliseconds(kCommandTimeoutMs)).ok()) NotLeader(rp);
+    caught_up_term_.store(term);
+  }
+  std::shared_ptr<ParityHolder> Holder() {
+    std::lock_guard<std::mutex> l(holder_mu_);
+    if (!holder_) {
+      Throw(ErrorCode::UNAVAILABLE,
+            opts_.peers.empty() || opts_.protection != "xor"
+                ? "the manager holds no parity (protection is not xor)"
+                : "this manager holds no parity now (only the leader does)",
+            Self());
     }
-    return holder.get();
+    return holder_;
   }
   ManagerState* st_;
   ManagerOptions opts_;
-  std::atomic<bool>* done_;
-  std::atomic<bool>* cleanup_;
   std::mutex shutdown_mu_;
+  std::mutex holder_mu_;
+  std::shared_ptr<ParityHolder> holder_;
+  std::atomic<uint64_t> caught_up_term_{0};
 };
 
 }  // namespace
@@ -707,6 +1178,40 @@ Result<ProtectionSpec> ParseProtection(const std::string& text, int workers) {
                                  "': expected none, xor or rs:K+M (e.g. rs:4+2)");
 }
 
+Result<std::vector<ReplicaPeer>> ParsePeers(const std::string& text, const std::string& listen) {
+  std::vector<ReplicaPeer> out;
+  if (text.empty()) {
+    out.push_back({1, listen});
+    return out;
+  }
+  bool self = false;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t comma = text.find(',', pos);
+    std::string a = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    auto ep = rpc::Endpoint::Parse(a);
+    if (!ep.ok() || ep->port == 0) {
+      return Status::InvalidArgument("--peers: '" + a + "' is not HOST:PORT with a nonzero port");
+    }
+    for (const auto& p : out) {
+      if (p.address == a) return Status::InvalidArgument("--peers lists " + a + " twice");
+    }
+    self = self || a == listen;
+    out.push_back({out.size() + 1, a});
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  if (!self) {
+    return Status::InvalidArgument("--peers must include this manager's --listen address " +
+                                   listen + " (every manager gets the same list)");
+  }
+  if (out.size() != 1 && out.size() != 3 && out.size() != 5) {
+    return Status::InvalidArgument("--peers needs 1, 3 or 5 managers, not " +
+                                   std::to_string(out.size()));
+  }
+  return out;
+}
+
 Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   if (options.num_shards < 1 || options.num_shards > kMaxShards) {
     return Status::InvalidArgument("--shards must be 1 to " + std::to_string(kMaxShards));
@@ -715,33 +1220,56 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint ep, rpc::Endpoint::Parse(options.listen));
   TESSERA_ASSIGN_OR_RETURN(ProtectionSpec spec,
                            ParseProtection(options.protection, options.expected_workers));
+  TESSERA_ASSIGN_OR_RETURN(auto peers, ParsePeers(options.peers, options.listen));
+  const bool replicated = peers.size() > 1;
   ManagerOptions opts = options;
   if (spec.scheme == "rs") opts.expected_workers = spec.k;
+
+  std::error_code ec;
+  TESSERA_ASSIGN_OR_RETURN(DataDirLock dir_lock, DataDirLock::Acquire(options.data_dir));
+
   ManagerState state;
-  TESSERA_RETURN_IF_ERROR(state.Open(opts, spec));
-  std::atomic<bool> done{false}, cleanup{false};
-  auto handler = std::make_shared<Handler>(&state, opts, &done, &cleanup);
-  if (spec.scheme == "xor") {
-    auto h = ParityHolder::Open(options.data_dir + "/parity", "xor", spec.k, 1, 0, "manager");
-    if (!h.ok()) {
-      state.Close();
-      return h.status();
-    }
-    handler->holder = std::move(h).value();
+  state.Init(opts, spec);
+  auto handler = std::make_shared<Handler>(&state, opts);
+  const std::string parity_dir = options.data_dir + "/parity";
+  if (spec.scheme == "xor" && !replicated) {
+    TESSERA_ASSIGN_OR_RETURN(auto h,
+                             ParityHolder::Open(parity_dir, "xor", spec.k, 1, 0, "manager"));
+    handler->SetHolder(std::move(h));
   }
   auto processor = std::make_shared<gen::ManagerServiceProcessor>(handler);
-  auto server = rpc::Server::Start(ep, processor);
-  if (!server.ok()) {
-    state.Close();
-    return server.status();
+  TESSERA_ASSIGN_OR_RETURN(auto server, rpc::Server::Start(ep, processor));
+  const std::string self_address = ep.host + ":" + std::to_string(server->port());
+  uint64_t self_id = 1;
+  if (replicated) {
+    for (const auto& p : peers) {
+      if (p.address == options.listen) self_id = p.id;
+    }
+  } else {
+    peers[0].address = self_address;
   }
   {
     std::lock_guard<std::mutex> l(state.mu);
-    state.self_address = ep.host + ":" + std::to_string((*server)->port());
+    state.self_address = self_address;
+    state.self_id = replicated ? self_id : 0;
   }
-  spdlog::info("manager: serving on {} (data {}, {} shards, expecting {} workers, protection {})",
-               options.listen, options.data_dir, options.num_shards, opts.expected_workers,
-               options.protection);
+  ReplicatorOptions ro;
+  ro.id = self_id;
+  ro.peers = peers;
+  ro.dir = options.data_dir + "/raft";
+  ro.token = options.token;
+  TESSERA_ASSIGN_OR_RETURN(auto repl, Replicator::Start(ro, &state));
+  {
+    std::lock_guard<std::mutex> l(state.mu);
+    if (!state.fatal().empty()) return Status::InvalidArgument(state.fatal());
+  }
+  handler->repl.store(repl.get());
+  spdlog::info(
+      "manager: serving on {} (data {}, {} shards, expecting {} workers, protection {}{})",
+      self_address, options.data_dir, options.num_shards, opts.expected_workers, options.protection,
+      replicated
+          ? ", raft member " + std::to_string(self_id) + " of " + std::to_string(peers.size())
+          : "");
 
   std::unique_ptr<httplib::Server> http;
   std::thread http_thread;
@@ -752,11 +1280,12 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     http->Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("ok\n", "text/plain");
     });
-    http->Get("/status", [&state, &options](const httplib::Request&, httplib::Response& res) {
-      ClusterStatus s = FromGen(state.StatusReply());
-      s.manager_address = options.listen;
-      res.set_content(StatusJson(s) + "\n", "application/json");
-    });
+    http->Get("/status",
+              [&handler, &self_address](const httplib::Request&, httplib::Response& res) {
+                ClusterStatus s = FromGen(handler->StatusReply());
+                s.manager_address = self_address;
+                res.set_content(StatusJson(s) + "\n", "application/json");
+              });
     if (!http->bind_to_port(hep->host.c_str(), hep->port)) {
       return Status::Unavailable("cannot listen for HTTP on " + options.http);
     }
@@ -764,33 +1293,81 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     spdlog::info("manager: HTTP status on http://{}/status", options.http);
   }
 
-  while (!done.load() && !stop->load()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  Status result;
+  bool exit_cleanup = false;
+  auto set_holder_ready = [&state](bool ready) {
+    std::lock_guard<std::mutex> l(state.mu);
+    state.holder_ready = ready;
+  };
+  while (!stop->load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
     state.CheckHeartbeats();
+    {
+      std::lock_guard<std::mutex> l(state.mu);
+      if (!state.fatal().empty()) {
+        result = Status::InvalidArgument(state.fatal());
+        break;
+      }
+      if (state.exit_requested()) {
+        exit_cleanup = state.exit_cleanup();
+        handler->done.store(true);
+        break;
+      }
+    }
+    if (repl->Failed()) {
+      result = Status::IoError("the manager's raft log failed; see the log above");
+      break;
+    }
+    const bool leader = repl->IsLeader();
+    try {
+      if (leader) {
+        bool init;
+        {
+          std::lock_guard<std::mutex> l(state.mu);
+          init = !state.initialized();
+        }
+        if (init) handler->Command(state.InitCommand());
+        if (spec.scheme == "xor" && replicated && !handler->HasHolder()) {
+          // The workers re-protect to this holder from generation 0: it must start empty (its
+          // parity from an earlier term no longer matches what they protect).
+          std::filesystem::remove_all(parity_dir, ec);
+          auto h = ParityHolder::Open(parity_dir, "xor", spec.k, 1, 0, "manager");
+          if (!h.ok()) {
+            result = h.status();
+            break;
+          }
+          handler->SetHolder(std::move(h).value());
+          set_holder_ready(true);
+          spdlog::info("manager: holding the xor parity while leader");
+        }
+        for (int64_t sess : state.ExpiredSessions()) {
+          handler->Command({{"op", "session_close"}, {"session", sess}, {"expired", true}});
+        }
+      } else if (replicated && handler->HasHolder()) {
+        set_holder_ready(false);
+        handler->SetHolder(nullptr);  // refuse tail appends: only the leader's holder counts
+      }
+    } catch (const gen::TesseraError& e) {
+      spdlog::debug("manager: {}", e.message);
+    }
   }
-  // Let the Shutdown reply reach the caller before the listener closes.
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Let the Shutdown reply reach the caller, and the commit of the shutdown reach the other
+  // managers (they exit when they apply it), before the listener closes.
+  std::this_thread::sleep_for(std::chrono::milliseconds(replicated ? 600 : 200));
   if (http) {
     http->stop();
     http_thread.join();
   }
-  (*server)->Stop();
-  handler->holder.reset();
-  if (done.load() && !cleanup.load()) {
-    try {
-      state.EndShutdown();
-    } catch (const std::exception& e) {
-      spdlog::error("manager: recording the end of shutdown failed: {}", e.what());
-    }
-  }
-  state.Close();
-  if (done.load() && cleanup.load()) {
-    std::error_code ec;
+  server->Stop();
+  handler->repl.store(nullptr);
+  repl->Stop();
+  handler->SetHolder(nullptr);
+  if (result.ok() && exit_cleanup) {
     std::filesystem::remove_all(options.data_dir, ec);
     if (ec) spdlog::warn("manager: removing {}: {}", options.data_dir, ec.message());
   }
-  spdlog::info("manager: exited cleanly");
-  return Status::Ok();
+  if (result.ok()) spdlog::info("manager: exited cleanly");
+  return result;
 }
 
 }  // namespace tessera::orchestrator

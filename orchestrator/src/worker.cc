@@ -17,6 +17,7 @@
 #include <sys/file.h>
 
 #include "convert.h"
+#include "manager_link.h"
 #include "parity_holder.h"
 #include "protector.h"
 #include "tessera/engine/db.h"
@@ -337,27 +338,10 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   }
   const bool parity_role = options.role == "parity";
   TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint ep, rpc::Endpoint::Parse(options.listen));
-  TESSERA_ASSIGN_OR_RETURN(rpc::Endpoint mep, rpc::Endpoint::Parse(options.manager));
+  TESSERA_ASSIGN_OR_RETURN(auto managers, ManagerLink::ParseList(options.manager));
   std::error_code ec;
   const bool had_dir = std::filesystem::exists(options.data_dir + "/node_id");
-  std::filesystem::create_directories(options.data_dir, ec);
-  if (ec) {
-    return Status::IoError("cannot create data directory '" + options.data_dir +
-                           "': " + ec.message());
-  }
-  // One process per data directory: the lock is held until exit.
-  std::string lock_path = options.data_dir + "/lock";
-  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd < 0) return ErrnoStatus(errno, "open " + lock_path);
-  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(lock_fd);
-    return Status::Busy("data directory '" + options.data_dir +
-                        "' is in use by another tessera process");
-  }
-  struct LockCloser {
-    int fd;
-    ~LockCloser() { ::close(fd); }
-  } lock_closer{lock_fd};
+  TESSERA_ASSIGN_OR_RETURN(DataDirLock dir_lock, DataDirLock::Acquire(options.data_dir));
   const bool has_data =
       had_dir && (parity_role || std::filesystem::exists(options.data_dir + "/data.tdb"));
   TESSERA_ASSIGN_OR_RETURN(s.node_id, LoadOrCreateNodeId(options.data_dir));
@@ -378,8 +362,8 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   spdlog::info("worker {}: serving on {} (data {}, incarnation {})", s.node_id, s.address,
                options.data_dir, s.incarnation);
 
-  rpc::ClientPool<gen::ManagerServiceClient> pool(
-      rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(5000)});
+  ManagerLink link(std::move(managers),
+                   rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(5000)});
   int heartbeat_ms = 300;
   std::atomic<bool> quit{false};  // recovery and advance threads stop
   std::thread recovery;
@@ -422,21 +406,25 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   // A worker whose drain ran out (its Shutdown failed) leaves once the stragglers are done.
   auto drained_after_failure = [&s] { return s.drain_failed.load() && s.in_flight.load() == 0; };
   while (!stop->load() && !s.exit_requested.load() && !drained_after_failure()) {
-    auto lease = pool.Get(mep);
-    Status st = lease.status();
-    if (st.ok()) {
+    Status st;
+    {
       try {
         if (!s.registered.load()) {
           gen::RegisterReply r;
-          (*lease)->Register(r, options.token, s.node_id, s.address, s.incarnation, options.role,
-                             options.replace, has_data);
+          st = link.Call(
+              [&](auto& lease) {
+                lease->Register(r, options.token, s.node_id, s.address, s.incarnation, options.role,
+                                options.replace, has_data);
+              },
+              std::chrono::milliseconds(2000));
+          if (!st.ok()) throw std::runtime_error(st.message());
           ShardMap map = FromGen(r.shard_map);
           s.protector->ApplyMap(map);  // first: a shard is never served before its protection
           s.ApplyMap(map);
           heartbeat_ms = std::max(50, r.heartbeat_ms);
           s.registered.store(true);
           spdlog::info("worker {}: registered with manager {} as {} (map version {}){}", s.node_id,
-                       options.manager, options.role, r.shard_map.version,
+                       link.Current(), options.role, r.shard_map.version,
                        r.rebuild ? "; its data was lost: rebuilding from parity" : "");
           if (parity_role) {
             Status hs = open_holder(map);
@@ -449,7 +437,12 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
           std::string progress = s.protector->Progress();
           if (!parity_role && !s.dbp.load() && progress.empty())
             progress = R"({"phase":"starting"})";
-          (*lease)->Heartbeat(m, options.token, s.node_id, s.incarnation, progress);
+          st = link.Call(
+              [&](auto& lease) {
+                lease->Heartbeat(m, options.token, s.node_id, s.incarnation, progress);
+              },
+              std::chrono::milliseconds(2000));
+          if (!st.ok()) throw std::runtime_error(st.message());
           ShardMap map = FromGen(m);
           s.protector->ApplyMap(map);
           s.ApplyMap(map);
@@ -484,7 +477,6 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
           break;
         }
       } catch (const std::exception& e) {
-        lease->Broken();
         st = Status::Unavailable(e.what());
       }
     }
@@ -501,7 +493,7 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
         break;
       }
       if (st.message() != last_error) {
-        spdlog::warn("worker {}: manager {}: {}", s.node_id, options.manager, st.message());
+        spdlog::warn("worker {}: manager {}: {}", s.node_id, link.Describe(), st.message());
         last_error = st.message();
       }
       std::this_thread::sleep_for(backoff);

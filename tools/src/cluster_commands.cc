@@ -1,8 +1,11 @@
 // Cluster commands: `tessera manager`, `tessera worker`, and the client commands put, get, del,
 // scan, load, status, shutdown.
 #include <signal.h>
-
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstring>
+#include <thread>
 
 #include <chrono>
 #include <cstdio>
@@ -46,7 +49,10 @@ struct ClientFlags {
   int deadline_ms = 10000;
 
   void Add(CLI::App* app) {
-    app->add_option("--manager", manager, "Manager address HOST:PORT")->capture_default_str();
+    app->add_option("--manager", manager,
+                    "Manager address HOST:PORT, or every manager's, comma-separated (the leader "
+                    "is found)")
+        ->capture_default_str();
     app->add_option("--token-file", token_file, "File holding the cluster token");
     app->add_option("--deadline-ms", deadline_ms, "Give up on a request after this long")
         ->capture_default_str()
@@ -113,6 +119,103 @@ int RunLoad(const ClientFlags& f, uint64_t count, size_t value_size, size_t batc
   return kExitOk;
 }
 
+struct LockArgs {
+  ClientFlags f;
+  std::string name;
+  std::vector<std::string> command;
+  bool list = false;
+  bool try_only = false;
+  int64_t wait_ms = 0;  // 0: no limit
+  int64_t ttl_ms = 10000;
+};
+
+int RunLockList(const LockArgs& a) {
+  auto c = a.f.Connect();
+  if (!c.ok()) return Fail("lock", c.status());
+  auto l = (*c)->ListLocks();
+  if (!l.ok()) return Fail("lock", l.status());
+  std::printf("%-32s %8s  %-40s %7s\n", "lock", "token", "holder", "waiters");
+  for (const auto& lk : l->locks) {
+    std::string holder = lk.holder_session != 0 ? "session " + std::to_string(lk.holder_session) +
+                                                      " (" + lk.holder_owner + ")"
+                         : lk.holder_owner.empty() ? "free"
+                                                   : lk.holder_owner;
+    std::printf("%-32s %8lld  %-40s %7d\n", Printable(lk.name).c_str(),
+                static_cast<long long>(lk.token), holder.c_str(), lk.waiters);
+  }
+  std::printf("%zu sessions\n", l->sessions.size());
+  for (const auto& s : l->sessions) {
+    std::printf("  session %lld: %s (TTL %lld ms)\n", static_cast<long long>(s.id), s.owner.c_str(),
+                static_cast<long long>(s.ttl_ms));
+  }
+  return kExitOk;
+}
+
+// Runs the command while holding the lock; the exit code is the command's.
+int RunLocked(const LockArgs& a) {
+  if (a.command.empty()) {
+    std::fprintf(stderr, "tessera lock: give the command to run: tessera lock %s -- COMMAND\n",
+                 a.name.c_str());
+    return kExitUsage;
+  }
+  auto c = a.f.Connect();
+  if (!c.ok()) return Fail("lock", c.status());
+  char host[256] = "?";
+  ::gethostname(host, sizeof host - 1);
+  std::string owner = std::string(host) + ":" + std::to_string(::getpid()) + " " + a.command[0];
+  auto session = (*c)->OpenSession(std::chrono::milliseconds(a.ttl_ms), owner);
+  if (!session.ok()) return Fail("lock", session.status());
+  auto wait = a.try_only      ? std::chrono::milliseconds(0)
+              : a.wait_ms > 0 ? std::chrono::milliseconds(a.wait_ms)
+                              : std::chrono::milliseconds(int64_t{1} << 50);
+  auto token = (*session)->Acquire(a.name, wait);
+  if (!token.ok()) return Fail("lock", token.status());
+  std::fprintf(stderr, "tessera lock: holding '%s' (fencing token %lld, session %lld)\n",
+               a.name.c_str(), static_cast<long long>(*token),
+               static_cast<long long>((*session)->id()));
+  pid_t child = ::fork();
+  if (child < 0) return Fail("lock", ErrnoStatus(errno, "fork"));
+  if (child == 0) {
+    ::setenv("TESSERA_LOCK_NAME", a.name.c_str(), 1);
+    ::setenv("TESSERA_LOCK_TOKEN", std::to_string(*token).c_str(), 1);
+    ::setenv("TESSERA_LOCK_SESSION", std::to_string((*session)->id()).c_str(), 1);
+    std::vector<char*> argv;
+    for (const auto& s : a.command) argv.push_back(const_cast<char*>(s.c_str()));
+    argv.push_back(nullptr);
+    ::execvp(argv[0], argv.data());
+    std::fprintf(stderr, "tessera lock: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  int status = 0;
+  bool lost = false, forwarded = false;
+  for (;;) {
+    pid_t r = ::waitpid(child, &status, WNOHANG);
+    if (r == child) break;
+    if (r < 0 && errno != EINTR) return Fail("lock", ErrnoStatus(errno, "waitpid"));
+    if (!lost && !(*session)->alive()) {
+      std::fprintf(stderr,
+                   "tessera lock: the session expired and '%s' may now be held by another; "
+                   "stopping the command\n",
+                   a.name.c_str());
+      ::kill(child, SIGTERM);
+      lost = true;
+    }
+    if (g_stop.load() && !forwarded) {
+      ::kill(child, SIGTERM);
+      forwarded = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (!lost) {
+    Status rs = (*session)->Release(a.name, *token);
+    if (!rs.ok()) std::fprintf(stderr, "tessera lock: release: %s\n", rs.ToString().c_str());
+  }
+  (void)(*session)->Close();
+  if (lost) return kExitFailure;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
 }  // namespace
 
 void RegisterClusterCommands(CLI::App& app, Context& ctx) {
@@ -122,8 +225,11 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
   auto* manager = app.add_subcommand("manager", "Run a manager (the cluster's control plane)");
   manager->add_option("--listen", mo->listen, "Address to serve on HOST:PORT")
       ->capture_default_str();
-  manager->add_option("--data", mo->data_dir, "Data directory (cluster state in LMDB)")
+  manager->add_option("--data", mo->data_dir, "Data directory (Raft log and snapshot in LMDB)")
       ->capture_default_str();
+  manager->add_option("--peers", mo->peers,
+                      "Every manager HOST:PORT,HOST:PORT,HOST:PORT (3 or 5, the same list on each, "
+                      "--listen among them): replicate the cluster state with Raft");
   manager->add_option("--http", mo->http, "Serve GET /health and GET /status on HOST:PORT");
   manager->add_option("--shards", mo->num_shards, "Number of shards")
       ->capture_default_str()
@@ -164,7 +270,10 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
   auto* worker = app.add_subcommand("worker", "Run a worker (stores and serves shards)");
   worker->add_option("--listen", wo->listen, "Address to serve on HOST:PORT")
       ->capture_default_str();
-  worker->add_option("--manager", wo->manager, "Manager address HOST:PORT")->capture_default_str();
+  worker
+      ->add_option("--manager", wo->manager,
+                   "Manager address HOST:PORT, or every manager's, comma-separated")
+      ->capture_default_str();
   worker->add_option("--data", wo->data_dir, "Data directory (node id and engine file)")
       ->capture_default_str();
   worker->add_option("--token-file", *wtoken, "File holding the cluster token");
@@ -342,6 +451,13 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
                   s->manager_address.c_str(), s->map.state.c_str(),
                   static_cast<long long>(s->map.version), s->map.num_shards, s->nodes.size(),
                   s->expected_workers);
+      if (s->managers.size() > 1) {
+        std::string list;
+        for (const auto& m : s->managers) list += (list.empty() ? "" : ", ") + m;
+        std::printf("managers: %s; leader %s (raft term %lld, commit index %lld)\n", list.c_str(),
+                    s->manager_address.c_str(), static_cast<long long>(s->raft_term),
+                    static_cast<long long>(s->raft_commit));
+      }
       std::printf("%-20s %-22s %-6s %-5s %7s %14s\n", "node", "address", "role", "up", "shards",
                   "heartbeat");
       for (const auto& n : s->nodes) {
@@ -389,6 +505,45 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
                   static_cast<unsigned long long>(rep->unverified));
       if (rep->mismatches > 0) return 1;
       return rep->unverified > 0 ? 3 : kExitOk;
+    };
+  });
+
+  // ---- lock ----
+  auto la = std::make_shared<LockArgs>();
+  auto* lockc = app.add_subcommand(
+      "lock",
+      "Run COMMAND while holding lock NAME (tessera lock NAME -- COMMAND ARGS...), or list the "
+      "locks with --list. The command sees TESSERA_LOCK_TOKEN, the lock's fencing token");
+  lockc->add_option("name", la->name, "Lock name");
+  lockc->add_option("command", la->command, "Command and its arguments (after --)");
+  lockc->add_flag("--list", la->list, "List the locks, their holders and the sessions");
+  lockc->add_flag("--try", la->try_only, "Fail at once (exit 1) when the lock is held");
+  lockc->add_option("--wait-ms", la->wait_ms, "Give up after waiting this long (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{86400000}));
+  lockc
+      ->add_option("--ttl-ms", la->ttl_ms,
+                   "Session TTL: the lock is released this long after this process stops "
+                   "keeping it alive")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{200}, int64_t{3600000}));
+  la->f.Add(lockc);
+  lockc->callback([&ctx, la] {
+    ctx.action = [la] {
+      if (la->list) {
+        if (!la->name.empty()) {
+          std::fprintf(stderr, "tessera lock: --list takes no lock name or command\n");
+          return kExitUsage;
+        }
+        return RunLockList(*la);
+      }
+      if (la->name.empty()) {
+        std::fprintf(stderr,
+                     "tessera lock: give a lock name (tessera lock NAME -- COMMAND) or "
+                     "--list\n");
+        return kExitUsage;
+      }
+      return RunLocked(*la);
     };
   });
 

@@ -6,11 +6,15 @@
 // Thread safety: a Client may be shared by threads; each call is independent.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -20,7 +24,7 @@
 namespace tessera::orchestrator {
 
 struct ClientOptions {
-  std::string manager = "127.0.0.1:8081";
+  std::string manager = "127.0.0.1:8081";  // or every manager: "HOST:PORT,HOST:PORT,..."
   std::string token;
   std::chrono::milliseconds deadline{10000};  // per call, across retries
   std::chrono::milliseconds io_timeout{10000};
@@ -45,6 +49,59 @@ struct ScrubReport {
   std::vector<std::string> problems;  // the first few mismatches and skips, by holder and page
 };
 
+struct LockInfo {
+  std::string name;
+  int64_t holder_session = 0;  // 0: free
+  std::string holder_owner;
+  int64_t token = 0;  // of the current (or last) grant
+  int waiters = 0;
+};
+
+struct SessionInfo {
+  int64_t id = 0;
+  std::string owner;
+  int64_t ttl_ms = 0;
+};
+
+struct LockList {
+  std::vector<LockInfo> locks;  // including "shard/N": each shard's epoch is its token
+  std::vector<SessionInfo> sessions;
+};
+
+class Client;
+
+// A lock-service session on the managers. A background thread keeps it alive (a keep-alive
+// every TTL/3); when keep-alives stop reaching the leader for a TTL the managers expire it and
+// release its locks, and alive() turns false at the next refused keep-alive.
+//
+// Thread safety: every method may be called from any thread.
+class LockSession {
+ public:
+  ~LockSession();  // Close()
+  int64_t id() const { return id_; }
+  bool alive() const { return alive_.load(); }
+  // Acquires `name` and returns its fencing token (tokens of one lock strictly increase, across
+  // leader changes too). Waits in FIFO order up to `wait`; 0 is a try. Busy when not granted.
+  Result<int64_t> Acquire(const std::string& name, std::chrono::milliseconds wait);
+  // Releases `name` if this session holds it with `token`; otherwise nothing happens.
+  Status Release(const std::string& name, int64_t token);
+  // Ends the session (its locks are released). Idempotent.
+  Status Close();
+
+ private:
+  friend class Client;
+  LockSession(Client* client, int64_t id, std::chrono::milliseconds ttl);
+  void KeepAliveLoop();
+  Client* client_;
+  int64_t id_;
+  std::chrono::milliseconds ttl_;
+  std::atomic<bool> alive_{true};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+  std::thread keeper_;
+};
+
 class Client {
  public:
   static Result<std::unique_ptr<Client>> Connect(const ClientOptions& options);
@@ -67,9 +124,18 @@ class Client {
   // called with (stripes done, stripes total).
   Result<ScrubReport> Scrub(const std::function<void(uint64_t, uint64_t)>& progress = {});
 
+  // Lock service (see LockSession). `owner` labels the session in ListLocks.
+  Result<std::unique_ptr<LockSession>> OpenSession(std::chrono::milliseconds ttl,
+                                                   const std::string& owner);
+  // Whether `token` is the current grant of `name` (a linearizable read): a server guarding a
+  // resource rejects a holder whose token is not.
+  Result<bool> CheckToken(const std::string& name, int64_t token);
+  Result<LockList> ListLocks();
+
   struct Impl;
 
  private:
+  friend class LockSession;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

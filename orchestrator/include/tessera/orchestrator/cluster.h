@@ -69,6 +69,9 @@ struct ClusterStatus {
   ShardMap map;
   int expected_workers = 0;
   std::string manager_address;
+  std::vector<std::string> managers;  // every manager's address
+  int64_t raft_term = 0;
+  int64_t raft_commit = 0;
 };
 
 // The shard of a key: a stable 64-bit hash (XXH3) modulo the shard count.

@@ -1,10 +1,13 @@
 // The manager: control plane of a Tessera cluster.
 //
 // It keeps membership (node id, address, incarnation, last heartbeat), the shard map (each shard
-// with an owner and an epoch) and the cluster state in LMDB under its data directory, so a
-// restarted manager knows its cluster. Workers register with a stable node id; the map forms
-// (round-robin) when the expected number of workers has registered. Missed heartbeats mark a node
-// down. Shutdown drains the workers (optionally deleting their data) and then the manager exits.
+// with an owner and an epoch), protection records and the lock service as a state machine
+// replicated with Raft over 1, 3 or 5 managers (--peers); the log and snapshots live in LMDB
+// under each manager's data directory, so a restarted manager knows its cluster. Only the
+// leader answers; the others reply NOT_LEADER naming it. Workers register with a stable node id;
+// the map forms (round-robin) when the expected number of workers has registered. Missed heartbeats
+// mark a node down. Shutdown drains the workers (optionally deleting their data) and then the
+// manager exits.
 //
 // Thread safety: RunManager blocks; `stop` may be set from a signal handler's thread.
 #pragma once
@@ -29,6 +32,9 @@ struct ManagerOptions {
   // "xor" (k = workers, one parity holder inside the manager), "rs:K+M" (K data workers and M
   // parity workers started with `tessera worker --role parity`) or "none".
   std::string protection = "xor";
+  // Every manager of a replicated control plane, "HOST:PORT,HOST:PORT,HOST:PORT" (3 or 5), the
+  // same list in the same order on each, `listen` among them. Empty: one manager alone.
+  std::string peers;
 };
 
 // Parses --protection: scheme ("none", "xor", "rs"), k and m (k from `workers` for xor).
