@@ -44,6 +44,9 @@ class Process {
   bool reaped_ = false;
 };
 
+// A loopback TCP port that was free a moment ago (the kernel picked it), for a child to listen on.
+int FreePort();
+
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents by the destructor.
 class TempDir {
  public:
