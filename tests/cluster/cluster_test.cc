@@ -52,20 +52,11 @@ class Cluster {
   }
 
   void StartManager() {
-    std::vector<std::string> argv = {TESSERA_BIN,
-                                     "manager",
-                                     "--listen",
-                                     manager(),
-                                     "--data",
-                                     dir_.File("manager"),
-                                     "--workers",
-                                     std::to_string(worker_ports_.size()),
-                                     "--shards",
-                                     "16",
-                                     "--heartbeat-ms",
-                                     "100",
-                                     "--heartbeat-timeout-ms",
-                                     "1000"};
+    std::vector<std::string> argv = {TESSERA_BIN, "manager",
+                                     "--listen",  manager(),
+                                     "--data",    dir_.File("manager"),
+                                     "--workers", std::to_string(worker_ports_.size())};
+    for (auto& f : testing::FastManagerFlags()) argv.push_back(f);
     for (auto& t : Token()) argv.push_back(t);
     manager_ = std::make_unique<Process>(argv, dir_.File("manager.log"));
   }
@@ -116,15 +107,7 @@ class Cluster {
     return false;
   }
 
-  std::string Logs() const {
-    std::string out;
-    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
-      if (e.path().extension() == ".log") {
-        out += "==== " + e.path().filename().string() + "\n" + testing::ReadFile(e.path());
-      }
-    }
-    return out;
-  }
+  std::string Logs() const { return testing::LogsIn(dir_.path()); }
 
   std::string manager() const { return Addr(manager_port_); }
   std::string WorkerDir(size_t i) const { return dir_.File("worker" + std::to_string(i)); }

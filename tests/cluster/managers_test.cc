@@ -55,22 +55,12 @@ class Managers {
   }
 
   void StartManager(int i) {
-    std::vector<std::string> argv{TESSERA_BIN,
-                                  "manager",
-                                  "--listen",
-                                  Address(i),
-                                  "--peers",
-                                  List(),
-                                  "--data",
-                                  dir_.File("manager" + std::to_string(i)),
-                                  "--workers",
-                                  std::to_string(std::max(workers_, 1)),
-                                  "--shards",
-                                  "16",
-                                  "--heartbeat-ms",
-                                  "100",
-                                  "--heartbeat-timeout-ms",
-                                  "1000"};
+    std::vector<std::string> argv{TESSERA_BIN, "manager",
+                                  "--listen",  Address(i),
+                                  "--peers",   List(),
+                                  "--data",    dir_.File("manager" + std::to_string(i)),
+                                  "--workers", std::to_string(std::max(workers_, 1))};
+    for (auto& f : testing::FastManagerFlags()) argv.push_back(f);
     if (workers_ == 0) {
       // Managers alone (the lock service): no workers to protect.
       argv.push_back("--protection");
@@ -116,17 +106,7 @@ class Managers {
     return -1;
   }
 
-  std::string Logs() const {
-    std::string out;
-    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
-      if (e.path().extension() == ".log") {
-        std::string text = testing::ReadFile(e.path());
-        if (text.size() > 6000) text = "..." + text.substr(text.size() - 6000);
-        out += "==== " + e.path().filename().string() + "\n" + text;
-      }
-    }
-    return out;
-  }
+  std::string Logs() const { return testing::LogsIn(dir_.path(), 6000); }
   const std::string& dir() const { return dir_.path(); }
 
  private:

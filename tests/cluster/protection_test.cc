@@ -50,12 +50,13 @@ class PCluster {
   }
 
   void StartManager() {
-    manager_ = std::make_unique<Process>(
-        std::vector<std::string>{TESSERA_BIN, "manager", "--listen", manager(), "--data",
-                                 dir_.File("manager"), "--workers", std::to_string(data_),
-                                 "--shards", "16", "--heartbeat-ms", "100",
-                                 "--heartbeat-timeout-ms", "1000", "--protection", protection_},
-        dir_.File("manager.log"));
+    std::vector<std::string> argv{TESSERA_BIN,    "manager",
+                                  "--listen",     manager(),
+                                  "--data",       dir_.File("manager"),
+                                  "--workers",    std::to_string(data_),
+                                  "--protection", protection_};
+    for (auto& f : testing::FastManagerFlags()) argv.push_back(f);
+    manager_ = std::make_unique<Process>(argv, dir_.File("manager.log"));
   }
 
   void StartNode(size_t i, const std::vector<std::string>& env = {},
@@ -133,17 +134,7 @@ class PCluster {
     return id;
   }
 
-  std::string Logs() const {
-    std::string out;
-    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
-      if (e.path().extension() == ".log") {
-        std::string text = testing::ReadFile(e.path());
-        if (text.size() > 6000) text = "..." + text.substr(text.size() - 6000);
-        out += "==== " + e.path().filename().string() + "\n" + text;
-      }
-    }
-    return out;
-  }
+  std::string Logs() const { return testing::LogsIn(dir_.path(), 6000); }
 
   // Text of every log of node i.
   std::string NodeLogs(size_t i) const {

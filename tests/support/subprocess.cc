@@ -186,4 +186,15 @@ int FreePort() {
   return ntohs(a.sin_port);
 }
 
+std::string LogsIn(const std::string& dir, size_t tail) {
+  std::string out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".log") continue;
+    std::string text = ReadFile(e.path());
+    if (tail != 0 && text.size() > tail) text = "..." + text.substr(text.size() - tail);
+    out += "==== " + e.path().filename().string() + "\n" + text;
+  }
+  return out;
+}
+
 }  // namespace tessera::testing

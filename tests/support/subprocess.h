@@ -63,4 +63,14 @@ class TempDir {
 
 std::string ReadFile(const std::string& path);
 
+// Every *.log file in `dir`, each under a "==== name" line; with `tail`, only the last `tail`
+// bytes of each (a failing test's message stays readable).
+std::string LogsIn(const std::string& dir, size_t tail = 0);
+
+// Manager flags the cluster tests share: 16 shards and fast heartbeats (a down node is noticed
+// within a second).
+inline std::vector<std::string> FastManagerFlags() {
+  return {"--shards", "16", "--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"};
+}
+
 }  // namespace tessera::testing
