@@ -1088,6 +1088,7 @@ class Handler : public gen::ManagerServiceIf {
   // TesseraError, a lost leadership as NOT_LEADER (the caller retries on the leader).
   nlohmann::json Command(const nlohmann::json& cmd) {
     Replicator* rp = LeaderOrThrow();
+    if (cmd.at("op") != "init") EnsureInitialized();
     auto r = rp->Propose(cmd.dump(), std::chrono::milliseconds(kCommandTimeoutMs));
     if (!r.ok()) {
       if (!rp->IsLeader()) NotLeader(rp);
@@ -1129,7 +1130,19 @@ class Handler : public gen::ManagerServiceIf {
     uint64_t term = rp->Term();
     if (caught_up_term_.load() == term) return;
     if (!rp->ReadBarrier(std::chrono::milliseconds(kCommandTimeoutMs)).ok()) NotLeader(rp);
+    EnsureInitialized();
     caught_up_term_.store(term);
+  }
+  // The first leader of a new cluster records its protection and shard count before anything
+  // else (the leader's loop does too; whoever comes first, the command is idempotent).
+  void EnsureInitialized() {
+    nlohmann::json init;
+    {
+      std::lock_guard<std::mutex> l(st_->mu);
+      if (st_->initialized()) return;
+      init = st_->InitCommand();
+    }
+    Command(init);
   }
   std::shared_ptr<ParityHolder> Holder() {
     std::lock_guard<std::mutex> l(holder_mu_);
