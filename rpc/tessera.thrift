@@ -234,7 +234,9 @@ service ManagerService extends ParityService {
 
   // Raft messages from manager `from_id`, in the order produced; answered at once (replies
   // travel as messages the other way).
-  void RaftStep(1: string token, 2: i64 from_id, 3: list<RaftMessage> messages)
+  // `peers`: the sender's --peers list; ids are positions in it, so a manager started with
+  // another list is refused (INVALID_ARGUMENT) rather than confused with another member.
+  void RaftStep(1: string token, 2: i64 from_id, 3: list<RaftMessage> messages, 4: string peers)
       throws (1: TesseraError e),
 
   // Lock service (leader only; NOT_LEADER elsewhere). A session lives while KeepAlive reaches
@@ -243,11 +245,13 @@ service ManagerService extends ParityService {
   void KeepAlive(1: string token, 2: i64 session) throws (1: TesseraError e),
   void CloseSession(1: string token, 2: i64 session) throws (1: TesseraError e),
   // Returns the fencing token of the grant: tokens of one lock strictly increase. Waits in FIFO
-  // order up to wait_ms (0: a try); BUSY when not granted by then. Acquiring a lock the session
-  // holds returns its token again.
-  i64 Acquire(1: string token, 2: string name, 3: i64 session, 4: i64 wait_ms)
-      throws (1: TesseraError e),
-  // Releases the lock if `session` holds it with `fencing_token`; otherwise does nothing.
+  // order up to wait_ms (0: a try; at most 60 s a call); BUSY when not granted by then, and the
+  // session leaves the queue unless keep_queued (the caller calls again to wait on, keeping
+  // its place). Acquiring a lock the session holds returns its token again.
+  i64 Acquire(1: string token, 2: string name, 3: i64 session, 4: i64 wait_ms,
+              5: bool keep_queued) throws (1: TesseraError e),
+  // Releases the lock if `session` holds it with `fencing_token` (0: whatever grant it holds)
+  // and leaves its wait queue; otherwise does nothing.
   void Release(1: string token, 2: string name, 3: i64 session, 4: i64 fencing_token)
       throws (1: TesseraError e),
   // True when `fencing_token` is the lock's current grant and it is still held.

@@ -458,8 +458,13 @@ Result<LockList> Client::ListLocks() {
 }
 
 LockSession::LockSession(Client* client, int64_t id, std::chrono::milliseconds ttl)
-    : client_(client), id_(id), ttl_(ttl) {
+    : client_(client), id_(id), ttl_(ttl), last_ok_ns_(Clock::now().time_since_epoch().count()) {
   keeper_ = std::thread([this] { KeepAliveLoop(); });
+}
+
+bool LockSession::alive() const {
+  auto since = Clock::now().time_since_epoch() - std::chrono::nanoseconds(last_ok_ns_.load());
+  return alive_.load() && since < ttl_ * 9 / 10;
 }
 
 LockSession::~LockSession() { (void)Close(); }
@@ -473,8 +478,10 @@ void LockSession::KeepAliveLoop() {
     if (closed_) break;
     l.unlock();
     Status s;
+    const int64_t sent = Clock::now().time_since_epoch().count();
     try {
       s = impl->link->Call([&](auto& lease) { lease->KeepAlive(impl->opts.token, id_); }, period);
+      if (s.ok()) last_ok_ns_.store(sent);
     } catch (const gen::TesseraError& e) {
       s = FromError(e);
     }
@@ -495,19 +502,28 @@ Result<int64_t> LockSession::Acquire(const std::string& name, std::chrono::milli
     const auto cap = std::clamp(impl->opts.io_timeout - std::chrono::milliseconds(2000),
                                 std::chrono::milliseconds(500), kMaxWaitPerCall);
     auto chunk = std::clamp(left, std::chrono::milliseconds(0), cap);
+    const bool last = chunk >= left;  // earlier calls keep the session's place in the queue
     int64_t token = 0;
     Status s;
     try {
       // The leader holds the call while the session waits: the link's I/O timeout must not cut
       // it short, so each wait is bounded well below it.
       s = impl->link->Call(
-          [&](auto& lease) { token = lease->Acquire(impl->opts.token, name, id_, chunk.count()); },
+          [&](auto& lease) {
+            token = lease->Acquire(impl->opts.token, name, id_, chunk.count(), !last);
+          },
           std::max(impl->opts.deadline, chunk + std::chrono::milliseconds(5000)));
     } catch (const gen::TesseraError& e) {
       s = FromError(e);
     }
     if (s.ok()) return token;
-    if (!s.IsBusy() || Clock::now() >= deadline) return s;
+    if (s.IsBusy() && !last) continue;
+    if (!s.IsBusy() && !s.IsNotFound()) {
+      // The outcome is unknown (no leader answered, or it changed): withdraw, so the lock is
+      // not granted later to a caller that gave up. Best effort: an expiring session does too.
+      (void)Release(name, 0);
+    }
+    return s;
   }
 }
 

@@ -32,6 +32,14 @@ constexpr const char* kManagerHolder = "manager";
 constexpr int64_t kMinSessionTtlMs = 200;
 constexpr int64_t kMaxSessionTtlMs = 3600 * 1000;
 constexpr int kCommandTimeoutMs = 3000;
+constexpr int64_t kMaxLockWaitMs = 60000;  // one Acquire call waits at most this long
+constexpr int64_t kShutdownFreshMs = 60000;
+
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // Membership, shard map, protection records and the lock service: the managers' replicated
 // state machine. Every change is a command in the Raft log (Apply); the JSON image is the Raft
@@ -102,14 +110,15 @@ class ManagerState : public ReplicatedState {
   std::condition_variable changed;  // notified after every applied command
   std::string self_address;         // the manager's own address (its parity holder's)
   uint64_t self_id = 0;             // Raft id when replicated, else 0
-  bool holder_ready = false;        // replicated xor: this manager's parity holder is open
+  uint64_t holder_term = 0;         // replicated xor: the term this manager's holder serves
 
   bool initialized() const { return initialized_; }
   std::string fatal() const { return fatal_; }
   bool exit_requested() const { return exit_requested_; }
   bool exit_cleanup() const { return exit_cleanup_; }
   nlohmann::json InitCommand() const {
-    return {{"op", "init"}, {"protection", SpecText(spec_)}, {"shards", opts_.num_shards}};
+    return {{"op", "init"}, {"protection", SpecText(spec_)},     {"k", spec_.k},
+            {"m", spec_.m}, {"workers", opts_.expected_workers}, {"shards", opts_.num_shards}};
   }
 
   // Register command (see ManagerService.Register); mu held.
@@ -196,7 +205,7 @@ class ManagerState : public ReplicatedState {
       nodes_[id] = n;
       ++version_;
       spdlog::info("manager: {} {} registered at {} ({} of {} data workers)", role, id, address,
-                   DataWorkers(), opts_.expected_workers);
+                   DataWorkers(), expected_workers_);
       MaybeForm();
     }
     return {{"rebuild", rebuild}};
@@ -264,7 +273,7 @@ class ManagerState : public ReplicatedState {
       s.nodes.push_back(g);
     }
     s.shard_map = MapLocked();
-    s.expected_workers = opts_.expected_workers;
+    s.expected_workers = expected_workers_;
     s.manager_address = opts_.listen;
     return s;
   }
@@ -319,6 +328,16 @@ class ManagerState : public ReplicatedState {
       if (!fresh && now > it->second) out.push_back(id);
     }
     return out;
+  }
+
+  bool SessionExists(int64_t session) const { return sessions_.count(session) != 0; }
+
+  // Whether the session is still past its deadline (a keep-alive may have arrived since
+  // ExpiredSessions listed it).
+  bool StillExpired(int64_t session) {
+    std::lock_guard<std::mutex> l(mu);
+    auto it = session_deadline_.find(session);
+    return sessions_.count(session) && it != session_deadline_.end() && Clock::now() > it->second;
   }
 
   // The token `session` holds `name` with, or 0.
@@ -379,10 +398,18 @@ class ManagerState : public ReplicatedState {
     if (!initialized_) Throw(ErrorCode::UNAVAILABLE, "the manager is starting", "manager");
   }
 
+  // Every manager must run the same cluster shape: Apply (forming, slots) depends on it.
   void CheckScheme() {
-    if (!stored_scheme_.empty() && stored_scheme_ != SpecText(spec_)) {
+    if (stored_scheme_.empty()) return;
+    if (stored_scheme_ != SpecText(spec_) || stored_k_ != spec_.k || stored_m_ != spec_.m) {
       fatal_ = "manager data in " + opts_.data_dir + " belongs to a cluster with protection " +
-               stored_scheme_ + ", not " + SpecText(spec_);
+               stored_scheme_ + " over " + std::to_string(stored_k_) + "+" +
+               std::to_string(stored_m_) + " nodes, not " + SpecText(spec_) + " over " +
+               std::to_string(spec_.k) + "+" + std::to_string(spec_.m);
+    } else if (expected_workers_ != opts_.expected_workers) {
+      fatal_ = "the cluster expects " + std::to_string(expected_workers_) +
+               " workers, not --workers " + std::to_string(opts_.expected_workers) +
+               " (every manager must be started with the same flags)";
     }
   }
 
@@ -444,6 +471,9 @@ class ManagerState : public ReplicatedState {
       if (!initialized_) {
         initialized_ = true;
         stored_scheme_ = j.at("protection").get<std::string>();
+        stored_k_ = j.at("k").get<int>();
+        stored_m_ = j.at("m").get<int>();
+        expected_workers_ = j.at("workers").get<int>();
         int shards = j.at("shards").get<int>();
         if (shards != num_shards_) {
           num_shards_ = shards;
@@ -484,7 +514,9 @@ class ManagerState : public ReplicatedState {
     if (op == "shutdown_done") {
       // The next start serves again (with cleanup there is no next start).
       shutting_down_ = false;
-      if (!replay) {
+      // Only a shutdown happening now stops this process: a manager that was down then and
+      // learns of it later (or replays it) serves on.
+      if (!replay && std::llabs(WallMs() - j.value("at_ms", int64_t{0})) < kShutdownFreshMs) {
         exit_requested_ = true;
         exit_cleanup_ = j.at("cleanup").get<bool>();
       }
@@ -539,7 +571,12 @@ class ManagerState : public ReplicatedState {
         std::erase(lk.waiters, session);
         return nlohmann::json::object();
       }
-      if (lk.holder == session && lk.token == j.at("token").get<int64_t>()) GrantNext(lk);
+      const int64_t token = j.at("token").get<int64_t>();
+      if (lk.holder == session && (token == lk.token || token == 0)) {
+        GrantNext(lk);
+      } else {
+        std::erase(lk.waiters, session);
+      }
       return nlohmann::json::object();
     }
     Throw(ErrorCode::INTERNAL, "unknown command '" + op + "'", "manager");
@@ -547,6 +584,8 @@ class ManagerState : public ReplicatedState {
 
   void Reset() {
     stored_scheme_.clear();
+    stored_k_ = stored_m_ = 0;
+    expected_workers_ = opts_.expected_workers;
     slot_nodes_.clear();
     slot_epochs_.clear();
     holder_nodes_.clear();
@@ -661,7 +700,7 @@ class ManagerState : public ReplicatedState {
   }
 
   void MaybeForm() {
-    if (formed_ || DataWorkers() < opts_.expected_workers) return;
+    if (formed_ || DataWorkers() < expected_workers_) return;
     for (const auto& h : holder_nodes_) {
       if (h.empty()) return;  // rs: wait for every parity worker
     }
@@ -718,7 +757,7 @@ class ManagerState : public ReplicatedState {
       m.shards.push_back(si);
     }
     auto addr = [this](const std::string& id) -> std::string {
-      if (id == kManagerHolder) return self_id == 0 || holder_ready ? self_address : "";
+      if (id == kManagerHolder) return self_id == 0 || holder_term != 0 ? self_address : "";
       auto it = nodes_.find(id);
       return it == nodes_.end() ? "" : it->second.address;
     };
@@ -731,9 +770,11 @@ class ManagerState : public ReplicatedState {
     m.protection.holder_nodes = holder_nodes_;
     for (const auto& id : holder_nodes_) m.protection.holder_addresses.push_back(addr(id));
     for (auto& id : m.protection.holder_nodes) {
-      // Replicated managers: the leader's holder is a new holder to the workers (it starts
-      // empty each time it is opened), so its name carries the leader's id.
-      if (id == kManagerHolder && self_id != 0) id += "/" + std::to_string(self_id);
+      // Replicated managers: the leader's holder is a new, empty holder in each term it leads,
+      // so its name carries the leader's id and term (workers re-protect to a new name).
+      if (id == kManagerHolder && self_id != 0) {
+        id += "/" + std::to_string(self_id) + "@" + std::to_string(holder_term);
+      }
     }
     m.protection.frozen = !rebuilding_.empty();
     m.protection.rebuilding.assign(rebuilding_.begin(), rebuilding_.end());
@@ -757,6 +798,9 @@ class ManagerState : public ReplicatedState {
       nodes_[n.value("id", "")] = node;
     }
     stored_scheme_ = j.value("protection", "");
+    stored_k_ = j.value("k", 0);
+    stored_m_ = j.value("m", 0);
+    expected_workers_ = j.value("workers", opts_.expected_workers);
     slot_nodes_ = j.value("slot_nodes", std::vector<std::string>());
     slot_epochs_ = j.value("slot_epochs", std::vector<int64_t>());
     holder_nodes_ = j.value("holder_nodes", std::vector<std::string>());
@@ -801,6 +845,9 @@ class ManagerState : public ReplicatedState {
                             {"rebuild_pending", n.rebuild_pending}});
     }
     j["protection"] = stored_scheme_;
+    j["k"] = stored_k_;
+    j["m"] = stored_m_;
+    j["workers"] = expected_workers_;
     j["slot_nodes"] = slot_nodes_;
     j["slot_epochs"] = slot_epochs_;
     j["holder_nodes"] = holder_nodes_;
@@ -830,7 +877,9 @@ class ManagerState : public ReplicatedState {
 
   ManagerOptions opts_;
   ProtectionSpec spec_;
-  std::string stored_scheme_;
+  std::string stored_scheme_;  // the cluster's shape, from the init command
+  int stored_k_ = 0, stored_m_ = 0;
+  int expected_workers_ = 0;
   std::vector<std::string> slot_nodes_;  // data slot -> node id
   std::vector<int64_t> slot_epochs_;
   std::vector<std::string> holder_nodes_;  // parity row -> node id ("manager": this process)
@@ -862,6 +911,7 @@ class Handler : public gen::ManagerServiceIf {
   std::atomic<Replicator*> repl{nullptr};
   std::atomic<bool> done{false};
   std::atomic<bool> cleanup{false};
+  std::atomic<bool> stopping{false};  // lock waits end at once
 
   void Register(gen::RegisterReply& r, const std::string& token, const std::string& node_id,
                 const std::string& address, int64_t incarnation, const std::string& role,
@@ -927,13 +977,21 @@ class Handler : public gen::ManagerServiceIf {
     r = Holder()->ReadParity(first_pgno, count);
   }
 
-  void SetHolder(std::shared_ptr<ParityHolder> h) {
+  // The manager's parity holder; replicated, the one of the term this manager leads (0: the
+  // holder of a single manager, valid whatever the term).
+  void SetHolder(std::shared_ptr<ParityHolder> h, uint64_t term) {
     std::lock_guard<std::mutex> l(holder_mu_);
     holder_ = std::move(h);
+    holder_term_ = term;
   }
-  bool HasHolder() {
+  std::shared_ptr<ParityHolder> TakeHolder() {
     std::lock_guard<std::mutex> l(holder_mu_);
-    return holder_ != nullptr;
+    holder_term_ = 0;
+    return std::move(holder_);
+  }
+  uint64_t HolderTerm() {
+    std::lock_guard<std::mutex> l(holder_mu_);
+    return holder_ ? holder_term_ : 0;
   }
 
   void GetShardMap(gen::ShardMap& r, const std::string& token) override {
@@ -993,7 +1051,7 @@ class Handler : public gen::ManagerServiceIf {
       }
     }
     // Every manager applies this and exits (deleting its data with cleanup).
-    Command({{"op", "shutdown_done"}, {"cleanup", cleanup_data}});
+    Command({{"op", "shutdown_done"}, {"cleanup", cleanup_data}, {"at_ms", WallMs()}});
     if (!failures.empty()) {
       Throw(ErrorCode::UNAVAILABLE,
             "shutdown finished, but these workers did not answer:" + failures, "manager");
@@ -1001,10 +1059,17 @@ class Handler : public gen::ManagerServiceIf {
   }
 
   void RaftStep(const std::string& token, int64_t from_id,
-                const std::vector<gen::RaftMessage>& messages) override {
+                const std::vector<gen::RaftMessage>& messages, const std::string& peers) override {
     Auth(token);
     Replicator* rp = repl.load();
     if (!rp) Throw(ErrorCode::UNAVAILABLE, "the manager is starting", Self());
+    if (peers != rp->PeerList()) {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "manager " + std::to_string(from_id) + " runs with --peers " + peers +
+                ", this one with " + rp->PeerList() +
+                " (every manager needs the same list in the same order)",
+            Self());
+    }
     std::vector<raft::Message> in;
     in.reserve(messages.size());
     for (const auto& g : messages) {
@@ -1043,21 +1108,34 @@ class Handler : public gen::ManagerServiceIf {
     Command({{"op", "session_close"}, {"session", session}});
   }
   int64_t Acquire(const std::string& token, const std::string& name, int64_t session,
-                  int64_t wait_ms) override {
+                  int64_t wait_ms, bool keep_queued) override {
     Auth(token);
-    auto deadline = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, wait_ms));
-    auto reply =
-        Command({{"op", "acquire"}, {"name", name}, {"session", session}, {"wait", wait_ms > 0}});
+    wait_ms = std::clamp<int64_t>(wait_ms, 0, kMaxLockWaitMs);
+    auto deadline = Clock::now() + std::chrono::milliseconds(wait_ms);
+    auto reply = Command({{"op", "acquire"},
+                          {"name", name},
+                          {"session", session},
+                          {"wait", wait_ms > 0 || keep_queued}});
     if (reply.contains("token")) return reply.at("token").get<int64_t>();
     {
       std::unique_lock<std::mutex> l(st_->mu);
       int64_t t = 0;
+      bool gone = false;
       Replicator* rp = repl.load();
       st_->changed.wait_until(l, deadline, [&] {
         t = st_->HeldToken(name, session);
-        return t != 0 || !rp->IsLeader();
+        gone = !st_->SessionExists(session);
+        return t != 0 || gone || !rp->IsLeader() || stopping.load();
       });
       if (t != 0) return t;
+      if (gone) {
+        Throw(ErrorCode::NOT_FOUND,
+              "session " + std::to_string(session) + " expired while waiting for '" + name + "'",
+              Self());
+      }
+    }
+    if (keep_queued && repl.load()->IsLeader() && !stopping.load()) {
+      Throw(ErrorCode::BUSY, "lock '" + name + "' not granted yet; still queued", Self());
     }
     // Out of time (or leadership moved): leave the queue, unless the grant came first.
     reply = Command({{"op", "cancel"}, {"name", name}, {"session", session}});
@@ -1075,7 +1153,7 @@ class Handler : public gen::ManagerServiceIf {
     Auth(token);
     Replicator* rp = LeaderOrThrow();
     // Linearizable: a token released or superseded before this call began is never current.
-    if (!rp->ReadBarrier(std::chrono::milliseconds(kCommandTimeoutMs)).ok()) NotLeader(rp);
+    Barrier(rp);
     return st_->CheckToken(name, fencing_token);
   }
   void ListLocks(gen::LockList& r, const std::string& token) override {
@@ -1129,9 +1207,15 @@ class Handler : public gen::ManagerServiceIf {
     Replicator* rp = LeaderOrThrow();
     uint64_t term = rp->Term();
     if (caught_up_term_.load() == term) return;
-    if (!rp->ReadBarrier(std::chrono::milliseconds(kCommandTimeoutMs)).ok()) NotLeader(rp);
+    Barrier(rp);
     EnsureInitialized();
     caught_up_term_.store(term);
+  }
+  void Barrier(Replicator* rp) {
+    tessera::Status s = rp->ReadBarrier(std::chrono::milliseconds(kCommandTimeoutMs));
+    if (s.ok()) return;
+    if (!rp->IsLeader()) NotLeader(rp);
+    Throw(ErrorCode::UNAVAILABLE, s.message(), Self());
   }
   // The first leader of a new cluster records its protection and shard count before anything
   // else (the leader's loop does too; whoever comes first, the command is idempotent).
@@ -1146,6 +1230,14 @@ class Handler : public gen::ManagerServiceIf {
   }
   std::shared_ptr<ParityHolder> Holder() {
     std::lock_guard<std::mutex> l(holder_mu_);
+    Replicator* rp = repl.load();
+    if (holder_ && holder_term_ != 0 && (!rp || !rp->IsLeader() || rp->Term() != holder_term_)) {
+      // A deposed leader's holder: a write stored here would not count at the real one.
+      Throw(ErrorCode::UNAVAILABLE,
+            "this manager's parity holder served term " + std::to_string(holder_term_) +
+                ", which has ended",
+            Self());
+    }
     if (!holder_) {
       Throw(ErrorCode::UNAVAILABLE,
             opts_.peers.empty() || opts_.protection != "xor"
@@ -1160,6 +1252,7 @@ class Handler : public gen::ManagerServiceIf {
   std::mutex shutdown_mu_;
   std::mutex holder_mu_;
   std::shared_ptr<ParityHolder> holder_;
+  uint64_t holder_term_ = 0;
   std::atomic<uint64_t> caught_up_term_{0};
 };
 
@@ -1240,6 +1333,12 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
 
   std::error_code ec;
   TESSERA_ASSIGN_OR_RETURN(DataDirLock dir_lock, DataDirLock::Acquire(options.data_dir));
+  if (std::filesystem::exists(options.data_dir + "/manager.mdb") &&
+      !std::filesystem::exists(options.data_dir + "/raft")) {
+    return Status::InvalidArgument(
+        "manager data in " + options.data_dir +
+        " was written by a version without Raft (manager.mdb); start from an empty directory");
+  }
 
   ManagerState state;
   state.Init(opts, spec);
@@ -1248,7 +1347,7 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   if (spec.scheme == "xor" && !replicated) {
     TESSERA_ASSIGN_OR_RETURN(auto h,
                              ParityHolder::Open(parity_dir, "xor", spec.k, 1, 0, "manager"));
-    handler->SetHolder(std::move(h));
+    handler->SetHolder(std::move(h), 0);
   }
   auto processor = std::make_shared<gen::ManagerServiceProcessor>(handler);
   TESSERA_ASSIGN_OR_RETURN(auto server, rpc::Server::Start(ep, processor));
@@ -1284,11 +1383,15 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
           ? ", raft member " + std::to_string(self_id) + " of " + std::to_string(peers.size())
           : "");
 
+  // From here on the servers run: errors stop them in order below rather than return.
+  Status result;
+  bool exit_cleanup = false;
   std::unique_ptr<httplib::Server> http;
   std::thread http_thread;
-  if (!options.http.empty()) {
-    auto hep = rpc::Endpoint::Parse(options.http);
-    if (!hep.ok()) return hep.status();
+  auto hep = options.http.empty() ? Result<rpc::Endpoint>(rpc::Endpoint{})
+                                  : rpc::Endpoint::Parse(options.http);
+  if (!hep.ok()) result = hep.status();
+  if (!options.http.empty() && hep.ok()) {
     http = std::make_unique<httplib::Server>();
     http->Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("ok\n", "text/plain");
@@ -1300,19 +1403,20 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
                 res.set_content(StatusJson(s) + "\n", "application/json");
               });
     if (!http->bind_to_port(hep->host.c_str(), hep->port)) {
-      return Status::Unavailable("cannot listen for HTTP on " + options.http);
+      result = Status::Unavailable("cannot listen for HTTP on " + options.http);
+      http.reset();
+    } else {
+      http_thread = std::thread([&http] { http->listen_after_bind(); });
+      spdlog::info("manager: HTTP status on http://{}/status", options.http);
     }
-    http_thread = std::thread([&http] { http->listen_after_bind(); });
-    spdlog::info("manager: HTTP status on http://{}/status", options.http);
   }
 
-  Status result;
-  bool exit_cleanup = false;
-  auto set_holder_ready = [&state](bool ready) {
+  auto set_holder_term = [&state](uint64_t term) {
     std::lock_guard<std::mutex> l(state.mu);
-    state.holder_ready = ready;
+    state.holder_term = term;
   };
-  while (!stop->load()) {
+  std::weak_ptr<ParityHolder> retired_holder;  // still referenced by calls in flight
+  while (result.ok() && !stop->load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     state.CheckHeartbeats();
     {
@@ -1340,25 +1444,32 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
           init = !state.initialized();
         }
         if (init) handler->Command(state.InitCommand());
-        if (spec.scheme == "xor" && replicated && !handler->HasHolder()) {
-          // The workers re-protect to this holder from generation 0: it must start empty (its
-          // parity from an earlier term no longer matches what they protect).
-          std::filesystem::remove_all(parity_dir, ec);
-          auto h = ParityHolder::Open(parity_dir, "xor", spec.k, 1, 0, "manager");
-          if (!h.ok()) {
-            result = h.status();
-            break;
+        const uint64_t term = repl->Term();
+        if (spec.scheme == "xor" && replicated && handler->HolderTerm() != term) {
+          // A new term: the workers re-protect to a new, empty holder (parity kept from an
+          // earlier term no longer matches what they protect). Its files go only once no call
+          // in flight uses the old one (LMDB opens an environment once per process).
+          set_holder_term(0);
+          if (auto old = handler->TakeHolder()) retired_holder = old;
+          if (retired_holder.expired()) {
+            std::filesystem::remove_all(parity_dir, ec);
+            auto h = ParityHolder::Open(parity_dir, "xor", spec.k, 1, 0, "manager");
+            if (!h.ok()) {
+              result = h.status();
+              break;
+            }
+            handler->SetHolder(std::move(h).value(), term);
+            set_holder_term(term);
+            spdlog::info("manager: holding the xor parity for term {}", term);
           }
-          handler->SetHolder(std::move(h).value());
-          set_holder_ready(true);
-          spdlog::info("manager: holding the xor parity while leader");
         }
         for (int64_t sess : state.ExpiredSessions()) {
+          if (!state.StillExpired(sess)) continue;
           handler->Command({{"op", "session_close"}, {"session", sess}, {"expired", true}});
         }
-      } else if (replicated && handler->HasHolder()) {
-        set_holder_ready(false);
-        handler->SetHolder(nullptr);  // refuse tail appends: only the leader's holder counts
+      } else if (replicated && handler->HolderTerm() != 0) {
+        set_holder_term(0);
+        retired_holder = handler->TakeHolder();  // only the leader's holder counts
       }
     } catch (const gen::TesseraError& e) {
       spdlog::debug("manager: {}", e.message);
@@ -1371,10 +1482,12 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     http->stop();
     http_thread.join();
   }
+  handler->stopping.store(true);
+  state.changed.notify_all();
   server->Stop();
   handler->repl.store(nullptr);
   repl->Stop();
-  handler->SetHolder(nullptr);
+  handler->TakeHolder();
   if (result.ok() && exit_cleanup) {
     std::filesystem::remove_all(options.data_dir, ec);
     if (ec) spdlog::warn("manager: removing {}: {}", options.data_dir, ec.message());

@@ -92,8 +92,8 @@ bool RaftFromGen(const gen::RaftMessage& g, raft::Message* m) {
 // needed. A peer that cannot be reached loses the messages (Raft retries by itself).
 class Replicator::Sender {
  public:
-  Sender(ReplicaPeer peer, uint64_t self, std::string token)
-      : peer_(std::move(peer)), self_(self), token_(std::move(token)) {
+  Sender(ReplicaPeer peer, uint64_t self, std::string token, std::string peers)
+      : peer_(std::move(peer)), self_(self), token_(std::move(token)), peers_(std::move(peers)) {
     thread_ = std::thread([this] { Run(); });
   }
   ~Sender() {
@@ -150,7 +150,15 @@ class Replicator::Sender {
       out.reserve(batch.size());
       for (const auto& m : batch) out.push_back(ToGen(m));
       try {
-        client->RaftStep(token_, static_cast<int64_t>(self_), out);
+        client->RaftStep(token_, static_cast<int64_t>(self_), out, peers_);
+      } catch (const gen::TesseraError& e) {
+        // Refused by name (another peer list, a wrong token): say so once, keep the connection.
+        if (e.message != last_error) {
+          spdlog::error("manager: raft peer {} at {} refuses our messages: {}", peer_.id,
+                        peer_.address, e.message);
+          last_error = e.message;
+        }
+        retry_at = Clock::now() + std::chrono::milliseconds(50);
       } catch (const std::exception& e) {
         spdlog::debug("manager: raft peer {} at {}: {}", peer_.id, peer_.address, e.what());
         client.reset();
@@ -162,6 +170,7 @@ class Replicator::Sender {
   ReplicaPeer peer_;
   uint64_t self_;
   std::string token_;
+  std::string peers_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<raft::Message> queue_;
@@ -193,11 +202,12 @@ Result<std::unique_ptr<Replicator>> Replicator::Start(const ReplicatorOptions& o
     r->applied_.store(snap.meta.index);
   }
   r->replay_until_ = init.hard_state.commit;
+  r->saved_ = init.hard_state;
   r->term_.store(init.hard_state.term);
   TESSERA_ASSIGN_OR_RETURN(r->node_, raft::RawNode::Create(c, r->storage_.get()));
   for (const auto& p : options.peers) {
     if (p.id != options.id)
-      r->senders_[p.id] = std::make_unique<Sender>(p, options.id, options.token);
+      r->senders_[p.id] = std::make_unique<Sender>(p, options.id, options.token, r->PeerList());
   }
   if (options.peers.size() == 1) {
     // Alone: nobody to wait for.
@@ -224,6 +234,12 @@ void Replicator::Stop() {
   proposals_.clear();
   for (auto& [ctx, r] : read_requests_) r->done.set_value(Status::Unavailable("manager stopping"));
   read_requests_.clear();
+}
+
+std::string Replicator::PeerList() const {
+  std::string s;
+  for (const auto& p : options_.peers) s += (s.empty() ? "" : ",") + p.address;
+  return s;
 }
 
 std::string Replicator::LeaderAddress() const {
@@ -346,8 +362,14 @@ void Replicator::Run() {
     while (s.ok() && node_->HasReady()) s = HandleReady();
     if (!s.ok() && !s.IsUnavailable() && !s.IsBusy()) {
       spdlog::critical("manager: raft stopped: {}", s.ToString());
-      failed_.store(true);
-      FailWaiters("the manager's raft log failed: " + s.message());
+      const std::string why = "the manager's raft log failed: " + s.message();
+      FailWaiters(why);
+      std::lock_guard<std::mutex> l(mu_);
+      failed_.store(true);  // under mu_: no proposal queues after this and waits forever
+      for (auto& p : proposals_) p.waiter->done.set_value(Status::Unavailable(why));
+      proposals_.clear();
+      for (auto& [ctx, r] : read_requests_) r->done.set_value(Status::Unavailable(why));
+      read_requests_.clear();
       return;
     }
   }
@@ -355,12 +377,37 @@ void Replicator::Run() {
 
 Status Replicator::HandleReady() {
   raft::Ready rd = node_->GetReady();
-  TESSERA_RETURN_IF_ERROR(storage_->Save(rd.hard_state ? &*rd.hard_state : nullptr, rd.entries,
-                                         rd.snapshot.empty() ? nullptr : &rd.snapshot));
-  if (rd.hard_state) term_.store(rd.hard_state->term);
-  for (auto& m : rd.messages) {
+  auto send = [this](raft::Message& m) {
     auto it = senders_.find(m.to);
     if (it != senders_.end()) it->second->Send(std::move(m));
+  };
+  // A leader's appends and heartbeats promise nothing about its own disk (its term and vote
+  // were flushed when it campaigned), so they leave before its flush: the followers' flushes
+  // run in parallel with the leader's (Raft thesis 10.2.1). Commitment still waits for the
+  // quorum's acknowledgements, and nothing is applied before this Ready is saved.
+  std::vector<bool> sent(rd.messages.size(), false);
+  if (node_->role() == raft::Role::kLeader) {
+    for (size_t i = 0; i < rd.messages.size(); ++i) {
+      auto type = rd.messages[i].type;
+      if (type == raft::MessageType::kAppend || type == raft::MessageType::kHeartbeat) {
+        send(rd.messages[i]);
+        sent[i] = true;
+      }
+    }
+  }
+  if (rd.hard_state && rd.entries.empty() && rd.snapshot.empty() &&
+      rd.hard_state->term == saved_.term && rd.hard_state->vote == saved_.vote) {
+    TESSERA_RETURN_IF_ERROR(storage_->SaveCommitIndex(*rd.hard_state));
+  } else {
+    TESSERA_RETURN_IF_ERROR(storage_->Save(rd.hard_state ? &*rd.hard_state : nullptr, rd.entries,
+                                           rd.snapshot.empty() ? nullptr : &rd.snapshot));
+  }
+  if (rd.hard_state) {
+    saved_ = *rd.hard_state;
+    term_.store(rd.hard_state->term);
+  }
+  for (size_t i = 0; i < rd.messages.size(); ++i) {
+    if (!sent[i]) send(rd.messages[i]);
   }
   if (rd.soft_state) {
     bool was_leader = IsLeader();

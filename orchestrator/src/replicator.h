@@ -100,6 +100,8 @@ class Replicator {
   uint64_t AppliedIndex() const { return applied_.load(); }
   bool Failed() const { return failed_.load(); }
   const ReplicatorOptions& options() const { return options_; }
+  // The member list as --peers gives it ("A,B,C"): sent with every RaftStep and checked.
+  std::string PeerList() const;
 
  private:
   struct Waiter {
@@ -128,6 +130,7 @@ class Replicator {
   std::unique_ptr<raft::RawNode> node_;
   uint64_t replay_until_ = 0;  // commit index found on disk at start
   uint64_t snapshot_index_ = 0;
+  raft::HardState saved_;  // the last hard state written
 
   std::mutex mu_;  // guards the queues below
   std::condition_variable cv_;

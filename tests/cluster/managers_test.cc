@@ -217,10 +217,19 @@ TEST(ManagersTest, FollowersNameTheLeaderAndNothingCommitsWithoutAQuorum) {
     bad.type = 99;
     bad.from_id = 1;
     bad.to_id = 2;
-    raw.RaftStep("", 1, {bad});
+    raw.RaftStep("", 1, {bad}, m.List());
     FAIL() << "a malformed raft message was accepted";
   } catch (const gen::TesseraError& e) {
     EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT) << e.message;
+  }
+
+  // A manager started with another --peers list is refused by name, not taken for a member.
+  try {
+    raw.RaftStep("", 1, {}, m.Address(0) + "," + m.Address(2) + "," + m.Address(1));
+    FAIL() << "a raft message from a manager with another peer list was accepted";
+  } catch (const gen::TesseraError& e) {
+    EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT) << e.message;
+    EXPECT_NE(e.message.find("same list"), std::string::npos) << e.message;
   }
 
   auto c = m.NewClient(1500);

@@ -167,7 +167,8 @@ int RunLocked(const LockArgs& a) {
   if (!session.ok()) return Fail("lock", session.status());
   auto wait = a.try_only      ? std::chrono::milliseconds(0)
               : a.wait_ms > 0 ? std::chrono::milliseconds(a.wait_ms)
-                              : std::chrono::milliseconds(int64_t{1} << 50);
+                              : std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::hours(24 * 365 * 10));  // "no limit"
   auto token = (*session)->Acquire(a.name, wait);
   if (!token.ok()) return Fail("lock", token.status());
   std::fprintf(stderr, "tessera lock: holding '%s' (fencing token %lld, session %lld)\n",

@@ -72,16 +72,19 @@ class Client;
 
 // A lock-service session on the managers. A background thread keeps it alive (a keep-alive
 // every TTL/3); when keep-alives stop reaching the leader for a TTL the managers expire it and
-// release its locks, and alive() turns false at the next refused keep-alive.
+// release its locks. alive() turns false as soon as that may have happened: when the managers
+// refuse a keep-alive, or when none has succeeded for 9/10 of the TTL (counted from when it was
+// sent), so a holder cut off from the managers stops before another can be granted its locks.
 //
 // Thread safety: every method may be called from any thread.
 class LockSession {
  public:
   ~LockSession();  // Close()
   int64_t id() const { return id_; }
-  bool alive() const { return alive_.load(); }
+  bool alive() const;
   // Acquires `name` and returns its fencing token (tokens of one lock strictly increase, across
   // leader changes too). Waits in FIFO order up to `wait`; 0 is a try. Busy when not granted.
+  // Whatever the error, the session is afterwards neither waiting for nor holding `name`.
   Result<int64_t> Acquire(const std::string& name, std::chrono::milliseconds wait);
   // Releases `name` if this session holds it with `token`; otherwise nothing happens.
   Status Release(const std::string& name, int64_t token);
@@ -96,6 +99,7 @@ class LockSession {
   int64_t id_;
   std::chrono::milliseconds ttl_;
   std::atomic<bool> alive_{true};
+  std::atomic<int64_t> last_ok_ns_;  // steady-clock send time of the last accepted keep-alive
   std::mutex mu_;
   std::condition_variable cv_;
   bool closed_ = false;
