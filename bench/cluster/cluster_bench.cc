@@ -26,6 +26,7 @@
 #include <thrift/transport/TNonblockingServerSocket.h>
 
 #include "WorkerService.h"
+#include "bench_process.h"
 #include "tessera/orchestrator/client.h"
 #include "tessera/rpc/rpc.h"
 
@@ -66,59 +67,10 @@ class EchoHandler : public gen::WorkerServiceIf {
   void ReadParity(gen::ParityPages&, const std::string&, int64_t, int32_t) override {}
 };
 
-struct Result {
-  double ops_per_sec;
-  double p50_us, p99_us;
-};
+using Result = tessera::bench::Rate;
+using tessera::bench::Measure;
 
-// Runs `op(thread, i)` `total` times over `threads` threads; records each latency.
-Result Measure(int threads, uint64_t total, const std::function<void(int, uint64_t)>& op) {
-  std::vector<std::vector<double>> lat(threads);
-  std::atomic<uint64_t> next{0};
-  auto t0 = Clock::now();
-  std::vector<std::thread> ts;
-  for (int t = 0; t < threads; ++t) {
-    ts.emplace_back([&, t] {
-      lat[t].reserve(total / threads + 1);
-      for (uint64_t i; (i = next++) < total;) {
-        auto a = Clock::now();
-        op(t, i);
-        lat[t].push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count());
-      }
-    });
-  }
-  for (auto& t : ts) t.join();
-  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::vector<double> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  std::sort(all.begin(), all.end());
-  return {total / secs, all[all.size() / 2], all[std::min(all.size() - 1, all.size() * 99 / 100)]};
-}
-
-struct Proc {
-  pid_t pid = -1;
-  void Start(const std::vector<std::string>& argv, const std::string& log) {
-    pid = fork();
-    if (pid == 0) {
-      FILE* f = std::fopen(log.c_str(), "w");
-      if (f) {
-        dup2(fileno(f), 1);
-        dup2(fileno(f), 2);
-      }
-      std::vector<char*> a;
-      for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-      a.push_back(nullptr);
-      execv(TESSERA_BIN, a.data());
-      _exit(127);
-    }
-  }
-  ~Proc() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
+using tessera::bench::Proc;
 
 }  // namespace
 

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_process.h"
 #include "tessera/erasure/codec.h"
 #include "tessera/orchestrator/client.h"
 
@@ -35,32 +36,7 @@ using tessera::orchestrator::Client;
   std::exit(1);
 }
 
-struct Proc {
-  pid_t pid = -1;
-  void Start(const std::vector<std::string>& argv, const std::string& log) {
-    pid = fork();
-    if (pid == 0) {
-      FILE* f = std::fopen(log.c_str(), "a");
-      if (f) {
-        dup2(fileno(f), 1);
-        dup2(fileno(f), 2);
-      }
-      std::vector<char*> a;
-      for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-      a.push_back(nullptr);
-      execv(TESSERA_BIN, a.data());
-      _exit(127);
-    }
-  }
-  void Kill() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-  }
-  ~Proc() { Kill(); }
-};
+using tessera::bench::Proc;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);

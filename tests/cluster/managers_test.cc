@@ -405,6 +405,19 @@ TEST(ManagersTest, ExpiredSessionFreesItsLockAndAStaleTokenIsRejected) {
   EXPECT_TRUE(closed.status().IsNotFound()) << closed.status().ToString();
 }
 
+TEST(ManagersTest, DemoWithThreeManagersPassesEveryStep) {
+  TempDir d;
+  std::vector<std::string> argv = {TESSERA_BIN, "demo", "--managers", "3", "--keys", "5000",
+                                   "--dir", d.File("demo")};
+  for (int i = 0; i < 5; ++i) argv.push_back(std::to_string(FreePort()));
+  // The extra managers listen on the two ports after the last worker's: free ones, most likely.
+  auto r = testing::RunCommand(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("[ok] SIGKILL the leader manager during writes"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("demo passed"), std::string::npos) << r.out;
+}
+
 TEST(ManagersTest, BadPeerListsAreRefusedWithAClearMessage) {
   TempDir d;
   int a = FreePort(), b = FreePort(), c = FreePort();

@@ -88,36 +88,53 @@ class Demo {
  public:
   std::vector<int> ports;
   uint64_t keys = 100000;
+  int managers = 1;
   std::string dir;
   std::vector<Step> steps;
 
   int Run() {
     std::string host = "127.0.0.1";
-    std::string manager = host + ":" + std::to_string(ports[1]);
-    std::printf("Tessera demo: manager %s, HTTP status %s:%d, %zu workers, %llu keys\n",
-                manager.c_str(), host.c_str(), ports[0], ports.size() - 2,
-                static_cast<unsigned long long>(keys));
+    // Managers: the MANAGER port, and with --managers 3 the two ports after the last worker's.
+    std::vector<std::string> maddrs = {host + ":" + std::to_string(ports[1])};
+    for (int i = 1; i < managers; ++i)
+      maddrs.push_back(host + ":" + std::to_string(ports.back() + i));
+    std::string manager;
+    for (const auto& a : maddrs) manager += (manager.empty() ? "" : ",") + a;
+    std::printf("Tessera demo: %s %s, HTTP status %s:%d, %zu workers, %llu keys\n",
+                managers > 1 ? "managers (Raft)" : "manager", manager.c_str(), host.c_str(),
+                ports[0], ports.size() - 2, static_cast<unsigned long long>(keys));
     std::printf("data and logs under %s\n\n", dir.c_str());
     std::filesystem::create_directories(dir);
 
-    Child mgr;
-    mgr.argv = {"tessera",
-                "manager",
-                "--listen",
-                manager,
-                "--data",
-                dir + "/manager",
-                "--http",
-                host + ":" + std::to_string(ports[0]),
-                "--workers",
-                std::to_string(ports.size() - 2),
-                "--heartbeat-ms",
-                "200",
-                "--heartbeat-timeout-ms",
-                "1500",
-                "--protection",
-                ports.size() - 2 >= 2 ? "xor" : "none"};
-    mgr.log = dir + "/manager.log";
+    std::vector<std::unique_ptr<Child>> mgrs;
+    for (int i = 0; i < managers; ++i) {
+      auto m = std::make_unique<Child>();
+      std::string name = managers > 1 ? "manager-" + std::to_string(i + 1) : "manager";
+      m->argv = {"tessera",
+                 "manager",
+                 "--listen",
+                 maddrs[static_cast<size_t>(i)],
+                 "--data",
+                 dir + "/" + name,
+                 "--workers",
+                 std::to_string(ports.size() - 2),
+                 "--heartbeat-ms",
+                 "200",
+                 "--heartbeat-timeout-ms",
+                 "1500",
+                 "--protection",
+                 ports.size() - 2 >= 2 ? "xor" : "none"};
+      if (i == 0) {
+        m->argv.push_back("--http");
+        m->argv.push_back(host + ":" + std::to_string(ports[0]));
+      }
+      if (managers > 1) {
+        m->argv.push_back("--peers");
+        m->argv.push_back(manager);
+      }
+      m->log = dir + "/" + name + ".log";
+      mgrs.push_back(std::move(m));
+    }
     std::vector<std::unique_ptr<Child>> workers;
     for (size_t i = 2; i < ports.size(); ++i) {
       auto w = std::make_unique<Child>();
@@ -127,14 +144,17 @@ class Demo {
       workers.push_back(std::move(w));
     }
 
-    bool ok = Do("start manager and workers", [&](std::string* d) {
-      if (!mgr.Start()) return false;
-      for (auto& w : workers) {
-        if (!w->Start()) return false;
-      }
-      *d = std::to_string(workers.size() + 1) + " processes";
-      return true;
-    });
+    bool ok = Do(managers > 1 ? "start 3 managers and the workers" : "start manager and workers",
+                 [&](std::string* d) {
+                   for (auto& m : mgrs) {
+                     if (!m->Start()) return false;
+                   }
+                   for (auto& w : workers) {
+                     if (!w->Start()) return false;
+                   }
+                   *d = std::to_string(workers.size() + mgrs.size()) + " processes";
+                   return true;
+                 });
     orchestrator::ClientOptions co;
     co.manager = manager;
     co.deadline = std::chrono::milliseconds(15000);
@@ -152,6 +172,10 @@ class Demo {
     ok = ok && Do("load " + std::to_string(keys) + " keys",
                   [&](std::string* d) { return Load(*client, d); });
     ok = ok && Do("read back every key", [&](std::string* d) { return CheckAll(*client, d); });
+    if (managers > 1) {
+      ok = ok && Do("SIGKILL the leader manager during writes",
+                    [&](std::string* d) { return KillLeader(*client, mgrs, maddrs, d); });
+    }
     int64_t version_before_kill = 0;
     ok = ok && Do("SIGKILL worker 1", [&](std::string* d) {
            auto m = client->GetShardMap(true);
@@ -207,9 +231,14 @@ class Demo {
              *d = s.ToString();
              return false;
            }
-           bool exited = mgr.WaitExit(std::chrono::seconds(10));
+           bool exited = true;
+           for (auto& m : mgrs) exited = m->WaitExit(std::chrono::seconds(10)) && exited;
            for (auto& w : workers) exited = w->WaitExit(std::chrono::seconds(10)) && exited;
            bool data_gone = !std::filesystem::exists(dir + "/manager");
+           for (int i = 1; i <= managers && managers > 1; ++i) {
+             data_gone =
+                 data_gone && !std::filesystem::exists(dir + "/manager-" + std::to_string(i));
+           }
            for (size_t i = 1; i <= workers.size(); ++i) {
              data_gone =
                  data_gone && !std::filesystem::exists(dir + "/worker-" + std::to_string(i));
@@ -235,6 +264,70 @@ class Demo {
   }
 
  private:
+  // Writers put keys while the leader is SIGKILLed; every acknowledged key must be there after
+  // a new leader is elected; the killed manager restarts and rejoins as a follower.
+  bool KillLeader(orchestrator::Client& c, std::vector<std::unique_ptr<Child>>& mgrs,
+                  const std::vector<std::string>& maddrs, std::string* d) {
+    auto st = c.GetStatus();
+    if (!st.ok()) {
+      *d = st.status().ToString();
+      return false;
+    }
+    size_t leader = maddrs.size();
+    for (size_t i = 0; i < maddrs.size(); ++i) {
+      if (maddrs[i] == st->manager_address) leader = i;
+    }
+    if (leader == maddrs.size()) {
+      *d = "no leader among the managers";
+      return false;
+    }
+    std::mutex mu;
+    std::vector<std::pair<std::string, std::string>> acked;
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> killed_ns{0}, first_after_ns{0};
+    std::vector<std::thread> writers;
+    for (int t = 0; t < 4; ++t) {
+      writers.emplace_back([&, t] {
+        for (uint64_t i = 0; !stop.load(); ++i) {
+          std::string k = "failover-" + std::to_string(t) + "-" + std::to_string(i);
+          int64_t started = Clock::now().time_since_epoch().count();
+          if (!c.Put(k, Value(i), false).ok()) continue;
+          int64_t killed = killed_ns.load(), expected = 0;
+          if (killed != 0 && started > killed)
+            first_after_ns.compare_exchange_strong(expected,
+                                                   Clock::now().time_since_epoch().count());
+          std::lock_guard<std::mutex> l(mu);
+          acked.emplace_back(k, Value(i));
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    killed_ns.store(Clock::now().time_since_epoch().count());
+    mgrs[leader]->Kill(SIGKILL);
+    bool dead = mgrs[leader]->WaitExit(std::chrono::seconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    stop.store(true);
+    for (auto& w : writers) w.join();
+    auto now = c.GetStatus();
+    std::string next = now.ok() ? now->manager_address : now.status().ToString();
+    size_t missing = 0;
+    for (const auto& [k, v] : acked) {
+      auto got = c.Get(k);
+      missing += got.ok() && *got && **got == v ? 0 : 1;
+    }
+    bool restarted = mgrs[leader]->Start();
+    char b[256];
+    std::snprintf(b, sizeof b,
+                  "leader %s killed, new leader %s; writes again after %.0f ms; %zu acknowledged "
+                  "writes, %zu missing",
+                  maddrs[leader].c_str(), next.c_str(),
+                  first_after_ns.load() ? (first_after_ns.load() - killed_ns.load()) / 1e6 : -1.0,
+                  acked.size(), missing);
+    *d = b;
+    return dead && now.ok() && next != maddrs[leader] && first_after_ns.load() != 0 &&
+           missing == 0 && restarted;
+  }
+
   template <typename F>
   bool Do(const std::string& name, F&& f) {
     std::printf("- %s ...\n", name.c_str());
@@ -391,6 +484,7 @@ void RegisterDemoCommand(CLI::App& app, Context& ctx) {
   auto ports = std::make_shared<std::vector<int>>();
   auto keys = std::make_shared<uint64_t>(100000);
   auto dir = std::make_shared<std::string>();
+  auto managers = std::make_shared<int>(1);
   auto* demo = app.add_subcommand(
       "demo",
       "Run a local cluster end to end: start a manager and workers (xor parity), load and check "
@@ -400,10 +494,16 @@ void RegisterDemoCommand(CLI::App& app, Context& ctx) {
                    "STATUS MANAGER WORKER... ports (default 8080 8081 8082 8083 8084)")
       ->check(CLI::Range(1, 65535));
   demo->add_option("--keys", *keys, "Keys to load and check")->capture_default_str();
+  demo->add_option("--managers", *managers,
+                   "1, or 3 managers replicated with Raft (the other two on the ports after the "
+                   "last worker's); with 3 the leader is SIGKILLed during writes")
+      ->capture_default_str()
+      ->check(CLI::IsMember({1, 3}));
   demo->add_option("--dir", *dir, "Directory for data and logs (default: a new temporary one)");
-  demo->callback([&ctx, ports, keys, dir] {
-    ctx.action = [ports, keys, dir] {
+  demo->callback([&ctx, ports, keys, dir, managers] {
+    ctx.action = [ports, keys, dir, managers] {
       Demo d;
+      d.managers = *managers;
       d.ports = ports->empty() ? std::vector<int>{8080, 8081, 8082, 8083, 8084} : *ports;
       if (d.ports.size() < 3) {
         std::fprintf(stderr, "tessera demo: give STATUS MANAGER and at least one WORKER port\n");
