@@ -407,8 +407,8 @@ TEST(ManagersTest, ExpiredSessionFreesItsLockAndAStaleTokenIsRejected) {
 
 TEST(ManagersTest, DemoWithThreeManagersPassesEveryStep) {
   TempDir d;
-  std::vector<std::string> argv = {TESSERA_BIN, "demo", "--managers", "3", "--keys", "5000",
-                                   "--dir", d.File("demo")};
+  std::vector<std::string> argv = {TESSERA_BIN, "demo", "--managers", "3",
+                                   "--keys",    "5000", "--dir",      d.File("demo")};
   for (int i = 0; i < 5; ++i) argv.push_back(std::to_string(FreePort()));
   // The extra managers listen on the two ports after the last worker's: free ones, most likely.
   auto r = testing::RunCommand(argv);
