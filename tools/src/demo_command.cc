@@ -286,6 +286,7 @@ class Demo {
     std::atomic<bool> stop{false};
     std::atomic<int64_t> killed_ns{0}, first_after_ns{0};
     std::vector<std::thread> writers;
+    writers.reserve(4);
     for (int t = 0; t < 4; ++t) {
       writers.emplace_back([&, t] {
         for (uint64_t i = 0; !stop.load(); ++i) {
