@@ -203,6 +203,7 @@ Result<std::unique_ptr<Replicator>> Replicator::Start(const ReplicatorOptions& o
   }
   r->replay_until_ = init.hard_state.commit;
   r->saved_ = init.hard_state;
+  TESSERA_ASSIGN_OR_RETURN(r->persisted_index_, r->storage_->LastIndex());
   r->term_.store(init.hard_state.term);
   TESSERA_ASSIGN_OR_RETURN(r->node_, raft::RawNode::Create(c, r->storage_.get()));
   for (const auto& p : options.peers) {
@@ -296,6 +297,23 @@ void Replicator::FailWaiters(const std::string& why) {
   waiters_.clear();
   for (auto& [ctx, r] : reads_) r->done.set_value(Status::Unavailable(why));
   reads_.clear();
+}
+
+void Replicator::ApplyEntry(const raft::Entry& e) {
+  std::string reply;
+  if (e.type == raft::EntryType::kNormal) {
+    reply = state_->Apply(e.index, e.data, e.index <= replay_until_);
+  }
+  applied_.store(e.index);
+  auto it = waiters_.find(e.index);
+  if (it != waiters_.end()) {
+    if (it->second->term == e.term) {
+      it->second->done.set_value(std::move(reply));
+    } else {
+      it->second->done.set_value(Status::Unavailable("overwritten by another leader"));
+    }
+    waiters_.erase(it);
+  }
 }
 
 void Replicator::ServeReads() {
@@ -395,13 +413,26 @@ Status Replicator::HandleReady() {
       }
     }
   }
-  if (rd.hard_state && rd.entries.empty() && rd.snapshot.empty() &&
-      rd.hard_state->term == saved_.term && rd.hard_state->vote == saved_.vote) {
-    TESSERA_RETURN_IF_ERROR(storage_->SaveCommitIndex(*rd.hard_state));
-  } else {
+  // Committed entries already on this disk (saved by an earlier Ready) are applied before this
+  // Ready's flush: the flush of new entries must not delay the answers for old ones.
+  size_t applied_early = 0;
+  if (rd.snapshot.empty()) {
+    while (applied_early < rd.committed_entries.size() &&
+           rd.committed_entries[applied_early].index <= persisted_index_) {
+      ApplyEntry(rd.committed_entries[applied_early++]);
+    }
+  }
+  // A Ready that only moves the commit index writes nothing: Raft needs term, vote and log on
+  // disk, not the commit index (a restarted member learns it again; the one on disk is only
+  // ever behind). It is written with the next hard state that must be durable.
+  const bool commit_only = rd.hard_state && rd.entries.empty() && rd.snapshot.empty() &&
+                           rd.hard_state->term == saved_.term && rd.hard_state->vote == saved_.vote;
+  if (!commit_only && (rd.hard_state || !rd.entries.empty() || !rd.snapshot.empty())) {
     TESSERA_RETURN_IF_ERROR(storage_->Save(rd.hard_state ? &*rd.hard_state : nullptr, rd.entries,
                                            rd.snapshot.empty() ? nullptr : &rd.snapshot));
   }
+  if (!rd.snapshot.empty()) persisted_index_ = rd.snapshot.meta.index;
+  if (!rd.entries.empty()) persisted_index_ = rd.entries.back().index;
   if (rd.hard_state) {
     saved_ = *rd.hard_state;
     term_.store(rd.hard_state->term);
@@ -430,20 +461,8 @@ Status Replicator::HandleReady() {
       waiters_.erase(waiters_.begin());
     }
   }
-  for (const auto& e : rd.committed_entries) {
-    std::string reply;
-    if (e.type == raft::EntryType::kNormal)
-      reply = state_->Apply(e.index, e.data, e.index <= replay_until_);
-    applied_.store(e.index);
-    auto it = waiters_.find(e.index);
-    if (it != waiters_.end()) {
-      if (it->second->term == e.term) {
-        it->second->done.set_value(std::move(reply));
-      } else {
-        it->second->done.set_value(Status::Unavailable("overwritten by another leader"));
-      }
-      waiters_.erase(it);
-    }
+  for (size_t i = applied_early; i < rd.committed_entries.size(); ++i) {
+    ApplyEntry(rd.committed_entries[i]);
   }
   if (!rd.committed_entries.empty()) commit_.store(rd.committed_entries.back().index);
   commit_.store(std::max(commit_.load(), node_->commit_index()));

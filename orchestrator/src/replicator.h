@@ -4,7 +4,8 @@
 //
 // Invariants:
 //  - Every entry is applied to the StateMachine exactly once per process, in index order, on the
-//    driver thread, and only after the Ready that carried it was saved (raft.h's Ready order).
+//    driver thread, and only once it is on this disk: after the Ready that carried it was saved
+//    (raft.h's Ready order), or before the save of a later Ready for entries saved earlier.
 //  - Messages leave only after the Ready that produced them was saved: a vote or an append
 //    acknowledgement always promises durable state.
 //  - A failed Save stops the driver for good (Failed() turns true): the manager then exits
@@ -123,6 +124,7 @@ class Replicator {
   Status HandleReady();
   void FailWaiters(const std::string& why);
   void ServeReads();
+  void ApplyEntry(const raft::Entry& e);
 
   ReplicatorOptions options_;
   ReplicatedState* state_;
@@ -130,7 +132,8 @@ class Replicator {
   std::unique_ptr<raft::RawNode> node_;
   uint64_t replay_until_ = 0;  // commit index found on disk at start
   uint64_t snapshot_index_ = 0;
-  raft::HardState saved_;  // the last hard state written
+  raft::HardState saved_;         // the last hard state written
+  uint64_t persisted_index_ = 0;  // the last log index on disk
 
   std::mutex mu_;  // guards the queues below
   std::condition_variable cv_;

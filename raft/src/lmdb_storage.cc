@@ -390,17 +390,6 @@ Result<Snapshot> LmdbStorage::GetSnapshot() {
   return ReadSnapshot(txn.get(), meta_dbi_);
 }
 
-Status LmdbStorage::SaveCommitIndex(const HardState& hard_state) {
-  if (int rc = mdb_env_set_flags(env_, MDB_NOSYNC, 1); rc != 0) {
-    return MdbStatus(rc, "setting MDB_NOSYNC");
-  }
-  Status s = Save(&hard_state, {}, nullptr);
-  if (int rc = mdb_env_set_flags(env_, MDB_NOSYNC, 0); rc != 0 && s.ok()) {
-    s = MdbStatus(rc, "clearing MDB_NOSYNC");
-  }
-  return s;
-}
-
 Status LmdbStorage::Save(const HardState* hard_state, const std::vector<Entry>& entries,
                          const Snapshot* snapshot) {
   Txn txn;

@@ -157,12 +157,6 @@ class LmdbStorage final : public Storage {
   Status CreateSnapshot(const Snapshot& snapshot) override;
   Status Compact(uint64_t index) override;
 
-  // Records a hard state whose term and vote are already durable (only the commit index moved)
-  // without waiting for the disk. Raft does not need the commit index to survive a crash (a
-  // restarted node learns it again), so this saves a flush per committed batch; the next
-  // durable Save flushes it too.
-  Status SaveCommitIndex(const HardState& hard_state);
-
  private:
   LmdbStorage(MDB_env* env, unsigned meta_dbi, unsigned log_dbi, std::string dir);
 
