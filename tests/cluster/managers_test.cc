@@ -171,7 +171,7 @@ TEST(ManagersTest, LeaderKilledDuringWorkloadLosesNoAcknowledgedWrite) {
   size_t checked = 0;
   for (const auto& [k, v] : acked) {
     auto got = c->Get(k);
-    ASSERT_TRUE(got.ok()) << k << ": " << got.status().ToString();
+    ASSERT_TRUE(got.ok()) << k << ": " << got.status().ToString() << "\n" << m.Logs();
     ASSERT_TRUE(got->has_value()) << "acknowledged key " << k << " lost\n" << m.Logs();
     ASSERT_EQ(**got, v) << k;
     ++checked;

@@ -140,7 +140,11 @@ bool Process::Running() {
 }
 
 void Process::Kill(int sig) {
-  if (!reaped_) kill(pid_, sig);
+  if (reaped_) return;
+  kill(pid_, sig);
+  // A SIGKILLed child still holds its files (the data-directory lock) until the kernel has torn
+  // it down; reaping it here lets a test restart it on the same directory at once.
+  if (sig == SIGKILL) Wait(std::chrono::seconds(10));
 }
 
 int Process::Wait(std::chrono::milliseconds timeout) {

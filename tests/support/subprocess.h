@@ -34,6 +34,7 @@ class Process {
 
   pid_t pid() const { return pid_; }
   bool Running();
+  // Sends `sig`; for SIGKILL, also waits until the child is gone (and reaped).
   void Kill(int sig);
   // Waits for exit up to `timeout`; returns the exit code (or -signal), or -1000 on timeout.
   int Wait(std::chrono::milliseconds timeout);
