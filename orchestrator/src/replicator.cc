@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <random>
 
 #include "convert.h"
@@ -184,7 +185,13 @@ Replicator::Replicator(const ReplicatorOptions& options, ReplicatedState* state)
 Result<std::unique_ptr<Replicator>> Replicator::Start(const ReplicatorOptions& options,
                                                       ReplicatedState* state) {
   std::unique_ptr<Replicator> r(new Replicator(options, state));
-  TESSERA_ASSIGN_OR_RETURN(r->storage_, raft::LmdbStorage::Open(options.dir));
+  // The log is an append-only file (one flush per Ready). A directory written by an earlier
+  // version holds an LMDB log instead; it is kept and read as it is.
+  if (std::filesystem::exists(options.dir + "/data.mdb")) {
+    TESSERA_ASSIGN_OR_RETURN(r->storage_, raft::LmdbStorage::Open(options.dir));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(r->storage_, raft::WalStorage::Open(options.dir));
+  }
   TESSERA_ASSIGN_OR_RETURN(raft::InitialState init, r->storage_->LoadInitialState());
   TESSERA_ASSIGN_OR_RETURN(raft::Snapshot snap, r->storage_->GetSnapshot());
   raft::Config c;

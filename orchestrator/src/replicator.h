@@ -1,6 +1,6 @@
 // Replicator: the driver of one raft::RawNode inside a manager. It owns the Ready loop (persist in
-// LMDB, send over Thrift, apply to the manager's state machine), ticks the clock, and turns
-// proposals and linearizable reads into futures that complete once applied here.
+// the raft log file, send over Thrift, apply to the manager's state machine), ticks the clock, and
+// turns proposals and linearizable reads into futures that complete once applied here.
 //
 // Invariants:
 //  - Every entry is applied to the StateMachine exactly once per process, in index order, on the
@@ -65,7 +65,7 @@ struct ReplicaPeer {
 struct ReplicatorOptions {
   uint64_t id = 0;
   std::vector<ReplicaPeer> peers;  // every member, this one included
-  std::string dir;                 // LMDB log, hard state and snapshot
+  std::string dir;                 // raft log, hard state and snapshot (WalStorage)
   std::string token;               // cluster token for RaftStep
   int tick_ms = 20;
   int election_tick = 10;  // 200-400 ms election timeout with 20 ms ticks
@@ -128,7 +128,7 @@ class Replicator {
 
   ReplicatorOptions options_;
   ReplicatedState* state_;
-  std::unique_ptr<raft::LmdbStorage> storage_;
+  std::unique_ptr<raft::Storage> storage_;
   std::unique_ptr<raft::RawNode> node_;
   uint64_t replay_until_ = 0;  // commit index found on disk at start
   uint64_t snapshot_index_ = 0;

@@ -44,9 +44,7 @@ Result<std::vector<Entry>> MemoryStorage::Entries(uint64_t lo, uint64_t hi, uint
 
 Result<Snapshot> MemoryStorage::GetSnapshot() { return snapshot_; }
 
-Status MemoryStorage::Save(const HardState* hard_state, const std::vector<Entry>& entries,
-                           const Snapshot* snapshot) {
-  // Validate everything first so that a rejected Save changes nothing, like a failed LMDB txn.
+Status MemoryStorage::CheckSave(const std::vector<Entry>& entries, const Snapshot* snapshot) const {
   if (snapshot != nullptr && !snapshot->empty() && snapshot->meta.index <= snapshot_.meta.index) {
     return Status::InvalidArgument("raft storage: snapshot at " +
                                    std::to_string(snapshot->meta.index) + " is not newer than " +
@@ -66,7 +64,15 @@ Status MemoryStorage::Save(const HardState* hard_state, const std::vector<Entry>
                                      " leaves a gap after " + std::to_string(last));
     }
   }
+  return Status::Ok();
+}
 
+Status MemoryStorage::Save(const HardState* hard_state, const std::vector<Entry>& entries,
+                           const Snapshot* snapshot) {
+  // Validate everything first so that a rejected Save changes nothing, like a failed LMDB txn.
+  if (Status s = CheckSave(entries, snapshot); !s.ok()) return s;
+  const uint64_t offset =
+      snapshot != nullptr && !snapshot->empty() ? snapshot->meta.index : entries_[0].index;
   if (snapshot != nullptr && !snapshot->empty()) {
     snapshot_ = *snapshot;
     entries_.assign(1, Entry{snapshot->meta.term, snapshot->meta.index, EntryType::kNormal, {}});

@@ -50,12 +50,12 @@ std::vector<AppliedEntry> DecodeLog(const std::string& data) {
 
 Cluster::Cluster(size_t n, uint64_t seed, ClusterOptions options)
     : options_(options), rng_(seed), nodes_(n) {
-  if (options_.lmdb) tmp_ = std::make_unique<tessera::testing::TempDir>();
+  if (options_.lmdb || options_.wal) tmp_ = std::make_unique<tessera::testing::TempDir>();
   for (size_t i = 0; i < n; ++i) voters_.push_back(i + 1);
   for (size_t i = 0; i < n; ++i) {
     NodeState& s = nodes_[i];
     s.id = i + 1;
-    if (options_.lmdb) {
+    if (options_.lmdb || options_.wal) {
       s.dir = tmp_->path() + "/node" + std::to_string(s.id);
     } else {
       s.storage = std::make_unique<MemoryStorage>();
@@ -74,7 +74,11 @@ Cluster::~Cluster() {
 std::vector<uint64_t> Cluster::ids() const { return voters_; }
 
 void Cluster::StartNode(NodeState& n) {
-  if (options_.lmdb) {
+  if (options_.wal) {
+    auto s = WalStorage::Open(n.dir);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    n.storage = std::move(*s);
+  } else if (options_.lmdb) {
     auto s = LmdbStorage::Open(n.dir);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     n.storage = std::move(*s);
@@ -121,7 +125,7 @@ void Cluster::Connect(uint64_t id) { nodes_.at(id - 1).connected = true; }
 void Cluster::Crash(uint64_t id) {
   NodeState& n = nodes_.at(id - 1);
   n.node.reset();
-  if (options_.lmdb) n.storage.reset();
+  if (options_.lmdb || options_.wal) n.storage.reset();
   n.log.clear();
   n.applied = 0;
   n.reads.clear();

@@ -39,6 +39,7 @@ uint64_t TestSeed();
 
 struct ClusterOptions {
   bool lmdb = false;  // LmdbStorage in a temp dir per node, else MemoryStorage
+  bool wal = false;   // WalStorage in a temp dir per node
   bool pre_vote = true;
   bool check_quorum = true;
   int election_tick = 10;

@@ -271,10 +271,11 @@ TEST(RaftAgreement, Figure8ScriptedOlderTermEntryNotCommittedByCounting) {
 
 // ---------------------------------------------------------------- persistence (2C)
 
-TEST(RaftPersistence, CrashesWithLmdbStorage) {
+void CrashesWithDurableStorage(bool wal) {
   TESSERA_RAFT_SEEDED_TEST(seed);
   ClusterOptions o;
-  o.lmdb = true;
+  o.lmdb = !wal;
+  o.wal = wal;
   Cluster c(3, seed, o);
   c.One("11", 3, true);
   for (uint64_t id : c.ids()) c.Crash(id);
@@ -314,6 +315,9 @@ TEST(RaftPersistence, CrashesWithLmdbStorage) {
   const uint64_t last = c.One("1000", 3, true);
   for (uint64_t id : c.ids()) EXPECT_GE(c.applied(id), last);
 }
+
+TEST(RaftPersistence, CrashesWithLmdbStorage) { CrashesWithDurableStorage(false); }
+TEST(RaftPersistence, CrashesWithWalStorage) { CrashesWithDurableStorage(true); }
 
 void Figure8(bool unreliable) {
   TESSERA_RAFT_SEEDED_TEST(seed);

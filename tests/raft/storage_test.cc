@@ -1,5 +1,5 @@
-// Storage semantics shared by MemoryStorage and LmdbStorage, and LmdbStorage's durability and
-// corruption handling.
+// Storage semantics shared by MemoryStorage, LmdbStorage and WalStorage, and LmdbStorage's
+// durability and corruption handling (WalStorage's: wal_storage_test.cc).
 #include <gtest/gtest.h>
 #include <lmdb.h>
 
@@ -25,11 +25,17 @@ std::vector<Entry> Ents(uint64_t from, uint64_t to, uint64_t term) {
   return out;
 }
 
-class StorageTest : public ::testing::TestWithParam<bool> {
+enum class Impl { kMemory, kLmdb, kWal };
+
+class StorageTest : public ::testing::TestWithParam<Impl> {
  protected:
   void SetUp() override {
-    if (GetParam()) {
+    if (GetParam() == Impl::kLmdb) {
       auto s = LmdbStorage::Open(dir_.path() + "/raft");
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      storage_ = std::move(*s);
+    } else if (GetParam() == Impl::kWal) {
+      auto s = WalStorage::Open(dir_.path() + "/raft");
       ASSERT_TRUE(s.ok()) << s.status().ToString();
       storage_ = std::move(*s);
     } else {
@@ -126,17 +132,21 @@ TEST_P(StorageTest, ApplySnapshotReplacesLog) {
   EXPECT_TRUE(storage_->ApplySnapshot(Snapshot{{15, 3, {1, 2, 3}}, ""}).IsInvalidArgument());
 }
 
-INSTANTIATE_TEST_SUITE_P(Impl, StorageTest, ::testing::Values(false, true),
-                         [](const ::testing::TestParamInfo<bool>& p) {
-                           return p.param ? "Lmdb" : "Memory";
+INSTANTIATE_TEST_SUITE_P(Impl, StorageTest,
+                         ::testing::Values(Impl::kMemory, Impl::kLmdb, Impl::kWal),
+                         [](const ::testing::TestParamInfo<Impl>& p) {
+                           return p.param == Impl::kLmdb  ? "Lmdb"
+                                  : p.param == Impl::kWal ? "Wal"
+                                                          : "Memory";
                          });
 
-TEST(LmdbStorageTest, ReopenKeepsEverything) {
+template <class S>
+void ReopenKeepsEverything() {
   TempDir dir;
   const std::string path = dir.path() + "/raft";
   Snapshot snap{{3, 1, {1, 2, 3}}, "image"};
   {
-    auto s = LmdbStorage::Open(path);
+    auto s = S::Open(path);
     ASSERT_TRUE(s.ok());
     ASSERT_TRUE((*s)->Append(Ents(1, 8, 1)).ok());
     ASSERT_TRUE((*s)->Append(Ents(7, 9, 2)).ok());
@@ -144,9 +154,10 @@ TEST(LmdbStorageTest, ReopenKeepsEverything) {
     ASSERT_TRUE((*s)->CreateSnapshot(snap).ok());
     ASSERT_TRUE((*s)->Compact(3).ok());
   }
-  auto s = LmdbStorage::Open(path);
+  auto s = S::Open(path);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ((*s)->LoadInitialState()->hard_state, (HardState{2, 1, 6}));
+  EXPECT_EQ((*s)->LoadInitialState()->voters, (std::vector<uint64_t>{1, 2, 3}));
   EXPECT_EQ(*(*s)->FirstIndex(), 4u);
   EXPECT_EQ(*(*s)->LastIndex(), 9u);
   EXPECT_EQ(*(*s)->Term(3), 1u);
@@ -155,6 +166,9 @@ TEST(LmdbStorageTest, ReopenKeepsEverything) {
   EXPECT_EQ(*(*s)->GetSnapshot(), snap);
   EXPECT_EQ((*s)->Entries(7, 10, 1 << 20)->front(), Ents(7, 7, 2)[0]);
 }
+
+TEST(LmdbStorageTest, ReopenKeepsEverything) { ReopenKeepsEverything<LmdbStorage>(); }
+TEST(WalStorageTest, ReopenKeepsEverything) { ReopenKeepsEverything<WalStorage>(); }
 
 // Rewrites one value in the closed environment, as damage on disk would.
 void Damage(const std::string& path, const char* db, const std::string& key,

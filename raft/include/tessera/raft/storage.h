@@ -117,6 +117,9 @@ class MemoryStorage final : public Storage {
   Status CreateSnapshot(const Snapshot& snapshot) override;
   Status Compact(uint64_t index) override;
 
+  // The checks Save makes before it changes anything: a Save that passes them cannot fail.
+  Status CheckSave(const std::vector<Entry>& entries, const Snapshot* snapshot) const;
+
  private:
   HardState hard_state_;
   Snapshot snapshot_;
@@ -164,6 +167,76 @@ class LmdbStorage final : public Storage {
   unsigned meta_dbi_;
   unsigned log_dbi_;
   std::string dir_;
+};
+
+struct WalStorageOptions {
+  // The log file grows in zero-filled steps of this size, so that a flush of appended records
+  // rewrites blocks the file already owns and needs no file-system journal commit.
+  uint64_t preallocate_bytes = uint64_t{4} << 20;
+};
+
+// Persisted in a directory the caller gives (created if missing) as an append-only log file
+// ("wal") and a snapshot file ("snapshot"); the log and hard state are also kept in memory.
+// Every mutating call is durable when it returns: a Save is one write and one fdatasync, which
+// is what makes a Raft commit cheap (LmdbStorage needs two flushes per transaction).
+//
+// Invariants:
+//  - "wal" is a sequence of 8-byte-aligned records, each with a 32-byte header (magic, type,
+//    batch number, length, XXH3 of header and payload), followed by zeros to the end of the
+//    file. A batch is the records of one Save and ends with a commit record; replay applies a
+//    batch only when its commit record is intact, so a Save is atomic across a crash.
+//  - Batch numbers strictly increase through the file, and across rewrites of it. The file
+//    begins with a base batch (compaction point, hard state and every live entry), which
+//    Compact and the first Open write to "wal.tmp" and rename over "wal".
+//  - "snapshot" is replaced by rename of a flushed "snapshot.tmp"; it is written before any log
+//    record that depends on it. Its index is at least the log's compaction point.
+//  - Damage: a bad record followed only by zeros or by records of the batch it belongs to is a
+//    write torn by a crash (that batch was never acknowledged) and is dropped; a bad record
+//    followed by an intact record of a later batch is kCorruption naming the offset, since a
+//    later batch is written only after the earlier one was flushed. A bad snapshot file is
+//    kCorruption.
+//  - After a failed write or flush every later mutating call fails with the same status: what
+//    reached the disk is unknown, so the driver must stop (see raft.h).
+class WalStorage final : public Storage {
+ public:
+  static Result<std::unique_ptr<WalStorage>> Open(const std::string& dir,
+                                                  const WalStorageOptions& options = {});
+  ~WalStorage() override;
+  WalStorage(const WalStorage&) = delete;
+  WalStorage& operator=(const WalStorage&) = delete;
+
+  Result<InitialState> LoadInitialState() override;
+  Result<std::vector<Entry>> Entries(uint64_t lo, uint64_t hi, uint64_t max_bytes) override;
+  Result<uint64_t> Term(uint64_t index) override;
+  Result<uint64_t> FirstIndex() override;
+  Result<uint64_t> LastIndex() override;
+  Result<Snapshot> GetSnapshot() override;
+  Status Save(const HardState* hard_state, const std::vector<Entry>& entries,
+              const Snapshot* snapshot) override;
+  Status CreateSnapshot(const Snapshot& snapshot) override;
+  Status Compact(uint64_t index) override;
+
+  // Bytes of "wal" in use (up to the end of the last batch); for tests and status.
+  uint64_t log_bytes() const { return write_off_; }
+
+ private:
+  WalStorage(std::string dir, const WalStorageOptions& options);
+  Status Load();
+  Status Replay(const std::string& buf);
+  Status Rewrite();
+  Status AppendBatch(std::string records);
+  Status WriteSnapshotFile(const Snapshot& snapshot);
+  Status Fail(Status s);
+
+  std::string dir_;
+  WalStorageOptions options_;
+  int fd_ = -1;
+  uint64_t write_off_ = 0;  // end of the last batch
+  uint64_t alloc_end_ = 0;  // file size; [write_off_, alloc_end_) is zeros
+  uint64_t next_batch_ = 1;
+  Status failed_;
+  MemoryStorage mem_;  // the log and hard state; its snapshot holds the meta only
+  Snapshot snapshot_;  // the latest snapshot, with its data
 };
 
 }  // namespace tessera::raft
