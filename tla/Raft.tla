@@ -1,60 +1,58 @@
 -------------------------------- MODULE Raft --------------------------------
 (***************************************************************************)
 (* Raft consensus (Ongaro & Ousterhout, "In Search of an Understandable    *)
-(* Consensus Algorithm", extended version), written for Tessera's Raft     *)
-(* library raft/src/raft.cc.  Where the library differs from the paper in *)
-(* a way that could matter for safety, the model follows the library; the  *)
-(* comment on each action names the code it stands for.                    *)
+(* Consensus Algorithm", extended version), for Tessera's Raft library     *)
+(* raft/src/raft.cc.  Where the library departs from the paper in a way    *)
+(* that could matter for safety, the model follows the library; each      *)
+(* action's comment names the code it stands for.                          *)
 (*                                                                         *)
 (* What is modelled:                                                       *)
-(*  - Per server, durable: currentTerm, votedFor, log and commitIndex      *)
-(*    (HardState {term, vote, commit} and the log are saved in one LMDB    *)
-(*    transaction before any message that depends on them is sent, so a    *)
-(*    restart keeps all four).  Volatile: role, the votes a candidate      *)
-(*    collected, a leader's matchIndex.                                    *)
-(*  - The network: a message, once sent, can be delivered any number of   *)
-(*    times, in any order, or never.  Requests of candidates and leaders   *)
-(*    are broadcast (no destination): any other server may receive them,  *)
-(*    which covers every choice of recipients.  Messages that no server    *)
-(*    can ever act on again are dropped (Alive).                           *)
-(*  - Elections (Timeout, HandleRequestVote, HandleVote) with the          *)
-(*    up-to-date rule; a new leader appends a no-op of its term.           *)
-(*  - AppendEntries (HandleAppend): the check on the entry before the new  *)
-(*    ones, truncation of a conflicting suffix only (a delayed, shorter    *)
-(*    message does not cut entries a later one appended), the library's    *)
+(*  - Per server, durable: currentTerm, votedFor, log and commitIndex.     *)
+(*    The library's HardState is {term, vote, commit}; the driver saves it *)
+(*    and the new entries in one LMDB transaction before it sends the      *)
+(*    messages that depend on them, so a crash keeps all four.  Volatile:  *)
+(*    role, a candidate's votes, a leader's matchIndex.                    *)
+(*  - Elections: a timeout (Timeout), RequestVote with the up-to-date rule *)
+(*    and one durable vote per term (HandleRequestVote), counting votes    *)
+(*    and becoming leader with a no-op of the new term (HandleVote).       *)
+(*  - Replication: the leader's proposal (ClientRequest); AppendEntries    *)
+(*    with the check on the entry before the new ones, a merge that        *)
+(*    truncates only from the first conflicting entry (so a late, shorter  *)
+(*    AppendEntries does not cut what a newer one appended), the library's *)
 (*    shortcut "prevIndex below my commit index: acknowledge my commit     *)
-(*    index", and commitIndex := max(commitIndex, min(leaderCommit, last   *)
-(*    new index)).                                                         *)
-(*  - Commitment at the leader (HandleAppendOk): the highest index a       *)
-(*    quorum holds, only if that entry is of the leader's term (Figure 8;  *)
-(*    RaftLog::MaybeCommit).                                               *)
-(*  - Heartbeats (HandleHeartbeat): they carry min(matchIndex[follower],   *)
-(*    commitIndex) and the follower commits that with no log check         *)
-(*    (StepFollower's kHeartbeat case).                                    *)
-(*  - Restart: the volatile state is lost, the durable state stays.  The   *)
-(*    same step stands for a leader stepping down (check-quorum) and a     *)
-(*    candidate that lost.  In this model a restart only ever turns a      *)
-(*    server into a follower, so restarts need no bound.                   *)
+(*    index", and commitIndex := max(commitIndex, min(leader's commit,     *)
+(*    last new index)) (AppendBelowCommit, AppendReject, AppendAccept);    *)
+(*    the leader's matchIndex and its commit rule: the highest index a     *)
+(*    quorum holds, and only if that entry is of the leader's term         *)
+(*    (HandleAppendOk, the rule of the paper's Figure 8).                  *)
+(*  - Heartbeats carrying min(matchIndex[follower], commitIndex), which    *)
+(*    the follower commits without any log check (HandleHeartbeat).        *)
+(*  - Crashes and restarts, and a leader stepping down (check-quorum): see *)
+(*    Timeout.  They are not bounded: they only ever make a server a       *)
+(*    follower of its own term.                                            *)
+(*  - The network loses, duplicates, delays and reorders messages (see     *)
+(*    "The network" below for how the model keeps that small).  Requests  *)
+(*    of candidates and leaders are broadcast: any other server may        *)
+(*    receive them, which covers every choice of recipients.               *)
 (*                                                                         *)
-(* Abstracted (see tla/README.md):                                         *)
-(*  - nextIndex and the reject/hint search.  An AppendEntries carries the  *)
-(*    leader's whole log (and commit index) at the time it is sent, and    *)
-(*    the receiver handles any (prevIndex, entries prevIndex+1..e) of it:  *)
-(*    one message stands for everything the library could send from that   *)
-(*    leader state, whatever its nextIndex and max_bytes.  A leader         *)
-(*    broadcasts one each time its log or commit index changes (as         *)
-(*    BroadcastAppend does); an unchanged state's re-send is a duplicate.   *)
-(*    Rejections then carry nothing the model needs and are not sent.      *)
-(*  - Messages that carry only a term (vote rejections, the answer to a    *)
-(*    stale leader): the term is also in the broadcast RequestVote of that *)
-(*    term, which every server can receive.                                *)
-(*  - Pre-vote, check-quorum leases, "vote only if no leader is known",    *)
-(*    leadership transfer: these only restrict when a server campaigns or  *)
-(*    votes (a pre-vote round changes no durable state, and TimeoutNow     *)
-(*    campaigns without one anyway), so this model allows a superset of    *)
-(*    the library's behaviours.                                            *)
-(*  - Snapshots and compaction, ReadIndex, membership changes, election    *)
-(*    timers (any server may time out at any time), the application.       *)
+(* Abstracted (see also tla/README.md):                                    *)
+(*  - nextIndex, probing and the reject hint.  An AppendEntries carries    *)
+(*    the leader's whole log and commit index, and the receiver takes any  *)
+(*    prevIndex p and any last entry e >= p of it: every message the       *)
+(*    library can send from that leader state, whatever its nextIndex and  *)
+(*    max_bytes.  A leader sends one whenever its log or commit index      *)
+(*    changes (as BroadcastAppend does); a re-send of the same state is a  *)
+(*    duplicate.  So rejections carry nothing the model needs; none is     *)
+(*    sent, and neither are the other messages that carry only a term      *)
+(*    (vote rejections, the answer to a stale leader): every term a server *)
+(*    can reach is in the broadcast RequestVote of that term.              *)
+(*  - Pre-vote, check-quorum leases ("InLease"), "vote only if no leader   *)
+(*    is known", leadership transfer: they only restrict when a server     *)
+(*    campaigns or votes (a pre-vote changes no durable state, and         *)
+(*    TimeoutNow campaigns without one), so the model has more behaviours  *)
+(*    than the library, not fewer.                                         *)
+(*  - Snapshots and compaction, ReadIndex, membership changes, timers (any *)
+(*    server may time out at any time), the application of entries.       *)
 (***************************************************************************)
 EXTENDS Naturals, Sequences, FiniteSets, TLC
 
@@ -64,7 +62,12 @@ CONSTANTS
     Nil,        \* "no vote"
     Noop,       \* the value of a new leader's no-op entry
     MaxTerm,    \* no server campaigns beyond this term
-    MaxLogLen   \* no log grows beyond this (state constraint)
+    MaxLogLen,  \* no log grows beyond this (state constraint)
+    CurrentTermRule, \* TRUE: a leader counts replicas only for an entry of
+                     \* its term (the library); FALSE: of any term (a
+                     \* mutation, tla/findings/Raft_count_old_terms.cfg)
+    LoseCommit       \* TRUE: a restart may come back with an older commit
+                     \* index (Restart; orchestrator/src/replicator.cc)
 
 VARIABLES
     currentTerm,   \* durable (HardState.term)
@@ -233,6 +236,7 @@ Timeout(i) ==
 \* date.  The vote is durable before the grant is sent.  A request of a
 \* lower term is ignored (its rejection only carries a term).
 HandleRequestVote(i, m) ==
+    /\ m.type = "RequestVote" /\ m.src # i
     /\ m.term >= currentTerm[i]
     /\ LET newer == m.term > currentTerm[i]
            vote  == IF newer THEN Nil ELSE votedFor[i]
@@ -254,6 +258,7 @@ HandleRequestVote(i, m) ==
 \* leader in the same step (BecomeLeader: matchIndex reset, a no-op of its
 \* term appended) and broadcasts AppendEntries.
 HandleVote(i, m) ==
+    /\ m.type = "Vote" /\ m.dst = i
     /\ role[i] = "Candidate"
     /\ m.term = currentTerm[i]
     /\ m.src \notin votesGranted[i]
@@ -298,6 +303,7 @@ Merge(l, prev, ents) ==
 \* the same term makes a candidate a follower.  (A lower term is ignored:
 \* its answer only carries a term.  A leader ignores its own term's.)
 FromLeader(i, m) ==
+    /\ m.src # i
     /\ m.term >= currentTerm[i]
     /\ ~(m.term = currentTerm[i] /\ role[i] = "Leader")
     /\ currentTerm' = [currentTerm EXCEPT ![i] = m.term]
@@ -316,6 +322,7 @@ NewTermOrRole(i, m) == m.term > currentTerm[i] \/ role[i] # "Follower"
 
 \* p below the commit index: acknowledge the commit index (nothing else).
 AppendBelowCommit(i, m) ==
+    /\ m.type = "Append"
     /\ commitIndex[i] > 0
     /\ FromLeader(i, m)
     /\ UNCHANGED <<log, commitIndex, committed>>
@@ -325,6 +332,7 @@ AppendBelowCommit(i, m) ==
 \* The log does not have the leader's entry at p (RaftLog::MatchTerm fails):
 \* reject.  The rejection is not modelled, so only the term/role change is.
 AppendReject(i, m) ==
+    /\ m.type = "Append"
     /\ NewTermOrRole(i, m)
     /\ \E q \in commitIndex[i]..Len(m.log) :
           ~(q <= Len(log[i]) /\ TermAt(log[i], q) = TermAt(m.log, q))
@@ -342,12 +350,14 @@ AppendAccept(i, m, e) ==
         P == {q \in ci..e : Match(q)}
         p == CHOOSE q \in P : \A q2 \in P : q >= q2
         newLog == Merge(log[i], p, SubSeq(m.log, p + 1, e))
-    IN /\ ci <= e /\ e <= Len(m.log)
+        newCI == Max(ci, Min(m.commit, e))
+    IN /\ m.type = "Append"
+       /\ ci <= e /\ e <= Len(m.log)
        /\ P # {}
        /\ FromLeader(i, m)
        /\ log' = [log EXCEPT ![i] = newLog]
-       /\ commitIndex' = [commitIndex EXCEPT ![i] = Max(ci, Min(m.commit, e))]
-       /\ committed' = committed \cup NewlyCommitted(newLog, ci, Max(ci, Min(m.commit, e)), m.term)
+       /\ commitIndex' = [commitIndex EXCEPT ![i] = newCI]
+       /\ committed' = committed \cup NewlyCommitted(newLog, ci, newCI, m.term)
        /\ Send({[type |-> "AppendOk", term |-> m.term, src |-> i, dst |-> m.src, match |-> e]})
 
 \* The highest index a quorum holds, the leader i counting for its whole log
@@ -358,18 +368,19 @@ QuorumMatch(i, match) ==
     IN CHOOSE n \in ok : \A n2 \in ok : n >= n2
 
 \* StepLeader's kAppendResponse -> HandleAppendSuccess: matchIndex only
-\* grows (Progress::MaybeUpdate); MaybeCommit commits the quorum's index only
-\* if that entry is of the leader's term (RaftLog::MaybeCommit), and then
-\* broadcasts AppendEntries with the new commit index.  Heartbeat values
-\* may rise.
+\* grows (Progress::MaybeUpdate); Raft::MaybeCommit commits the quorum's
+\* index only if that entry is of the leader's term (RaftLog::MaybeCommit;
+\* not with CurrentTermRule = FALSE), and then broadcasts AppendEntries with
+\* the new commit index.  The heartbeats' values may rise.
 HandleAppendOk(i, m) ==
+    /\ m.type = "AppendOk" /\ m.dst = i
     /\ role[i] = "Leader"
     /\ m.term = currentTerm[i]
     /\ matchIndex[i][m.src] < m.match
     /\ LET match == [matchIndex[i] EXCEPT ![m.src] = m.match]
            n     == QuorumMatch(i, match)
-           newCI == IF n > commitIndex[i] /\ TermAt(log[i], n) = currentTerm[i]
-                      THEN n ELSE commitIndex[i]
+           ok    == TermAt(log[i], n) = currentTerm[i] \/ ~CurrentTermRule
+           newCI == IF n > commitIndex[i] /\ ok THEN n ELSE commitIndex[i]
        IN /\ matchIndex' = [matchIndex EXCEPT ![i] = match]
           /\ commitIndex' = [commitIndex EXCEPT ![i] = newCI]
           /\ committed' = committed \cup
@@ -383,7 +394,8 @@ HandleAppendOk(i, m) ==
 \* see CommitIndexSound.)
 HandleHeartbeat(i, m) ==
     LET c == Max(commitIndex[i], m.commit)
-    IN /\ NewTermOrRole(i, m) \/ c > commitIndex[i]
+    IN /\ m.type = "Heartbeat" /\ m.dst = i
+       /\ NewTermOrRole(i, m) \/ c > commitIndex[i]
        /\ FromLeader(i, m)
        /\ commitIndex' = [commitIndex EXCEPT ![i] = c]
        /\ committed' = committed \cup NewlyCommitted(log[i], commitIndex[i], c, m.term)
@@ -391,22 +403,47 @@ HandleHeartbeat(i, m) ==
        /\ Send({})
 
 -----------------------------------------------------------------------------
+(* Crashes *)
 
-\* Receiving a message (every message in msgs is alive).
-Receive(m) ==
-    \/ m.type = "RequestVote" /\ \E i \in Server \ {m.src} : HandleRequestVote(i, m)
-    \/ m.type = "Vote" /\ HandleVote(m.dst, m)
-    \/ m.type = "Append" /\ \E i \in Server \ {m.src} :
-          \/ AppendBelowCommit(i, m)
-          \/ AppendReject(i, m)
-          \/ \E e \in 0..Len(m.log) : AppendAccept(i, m, e)
-    \/ m.type = "AppendOk" /\ HandleAppendOk(m.dst, m)
-    \/ m.type = "Heartbeat" /\ HandleHeartbeat(m.dst, m)
+\* A crash and restart that loses commit-index progress: RawNode::Create
+\* (Init -> BecomeFollower(term, 0)) over the same storage, whose HardState
+\* commit may be older than the commit index the server had reached,
+\* because orchestrator/src/replicator.cc does not write a Ready that only
+\* moves the commit index.  (A restart that keeps the commit index is part
+\* of Timeout.)
+Restart(i, c) ==
+    /\ LoseCommit
+    /\ c < commitIndex[i]
+    /\ role' = [role EXCEPT ![i] = "Follower"]
+    /\ votesGranted' = [votesGranted EXCEPT ![i] = {}]
+    /\ matchIndex' = [matchIndex EXCEPT ![i] = NoMatch]
+    /\ commitIndex' = [commitIndex EXCEPT ![i] = c]
+    /\ UNCHANGED <<currentTerm, votedFor, log, committed>>
+    /\ Send({})
+
+-----------------------------------------------------------------------------
+
+\* Receiving some message of msgs (every one is alive).  Each handler checks
+\* the message's type and its receiver.
+ReceiveRequestVote(i) == \E m \in msgs : HandleRequestVote(i, m)
+ReceiveVote(i) == \E m \in msgs : HandleVote(i, m)
+ReceiveAppendBelowCommit(i) == \E m \in msgs : AppendBelowCommit(i, m)
+ReceiveAppendReject(i) == \E m \in msgs : AppendReject(i, m)
+ReceiveAppendAccept(i) == \E m \in msgs, e \in 0..MaxLogLen : AppendAccept(i, m, e)
+ReceiveAppendOk(i) == \E m \in msgs : HandleAppendOk(i, m)
+ReceiveHeartbeat(i) == \E m \in msgs : HandleHeartbeat(i, m)
 
 Next ==
     \/ \E i \in Server : Timeout(i)
+    \/ \E i \in Server, c \in 0..MaxLogLen : Restart(i, c)
     \/ \E i \in Server, v \in Value : ClientRequest(i, v)
-    \/ \E m \in msgs : Receive(m)
+    \/ \E i \in Server : ReceiveRequestVote(i)
+    \/ \E i \in Server : ReceiveVote(i)
+    \/ \E i \in Server : ReceiveAppendBelowCommit(i)
+    \/ \E i \in Server : ReceiveAppendReject(i)
+    \/ \E i \in Server : ReceiveAppendAccept(i)
+    \/ \E i \in Server : ReceiveAppendOk(i)
+    \/ \E i \in Server : ReceiveHeartbeat(i)
 
 Spec == Init /\ [][Next]_vars
 
