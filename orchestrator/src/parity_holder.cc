@@ -197,7 +197,9 @@ Result<std::unique_ptr<ParityHolder>> ParityHolder::Open(const std::string& dir,
   mdb_env_set_mapsize(h->env_, size_t{64} << 30);
   // Tails are written without fsync unless the write asked for it: they must survive the loss
   // of the *worker*, and a holder process that crashes keeps what it wrote in the page cache.
-  if (int rc = mdb_env_open(h->env_, path.c_str(), MDB_NOSUBDIR | MDB_NOSYNC, 0644); rc != 0) {
+  // Through a writable map, such a commit is memory writes only (no pwrite per page), which
+  // halves the cost a protected put adds; explicit syncs (sync writes, generations) msync.
+  if (int rc = mdb_env_open(h->env_, path.c_str(), MDB_NOSUBDIR | MDB_NOSYNC | MDB_WRITEMAP, 0644); rc != 0) {
     return lmdb(rc, "open");
   }
   MDB_txn* t;
