@@ -329,6 +329,15 @@ Status CollectNewer(const ReadTxn::Impl& t, uint64_t p, uint64_t txnid, uint64_t
   return Status::Ok();
 }
 
+bool IsZeroPage(const uint8_t* p, size_t n) {
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    if (w != 0) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Result<std::vector<uint64_t>> Db::ChangedPages(const ReadTxn& older, const ReadTxn& newer) const {
@@ -377,8 +386,9 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   if (fd < 0) return ErrnoStatus(errno, "create " + path);
   const uint32_t ps = m.page_size;
   std::vector<uint8_t> buf(ps);
-  auto write_run = [&](uint64_t p, uint64_t n) -> Status {
-    const uint8_t* d = buf.data();
+  // Writes pages p..p+n-1 from buf, starting at buf's page `at`.
+  auto write_run = [&](uint64_t p, uint64_t n, uint64_t at) -> Status {
+    const uint8_t* d = buf.data() + at * ps;
     size_t left = static_cast<size_t>(ps) * n;
     off_t off = static_cast<off_t>(p * ps);
     while (left > 0) {
@@ -396,17 +406,48 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   Status s;
   std::memset(buf.data(), 0, ps);
   std::memcpy(buf.data(), &m, sizeof m);
-  s = write_run(0, 1);
+  s = write_run(0, 1, 0);
   std::memset(buf.data(), 0, ps);
-  if (s.ok()) s = write_run(1, 1);
-  // Pages are written in runs of up to 256 (one pwrite each), not one call per page.
+  if (s.ok()) s = write_run(1, 1, 0);
+  // The whole file is reserved first, so a full disk is an error now rather than a fault when a
+  // page is first written through the map later; all-zero pages (free in the snapshot) then
+  // need no write at all. Without fallocate (some filesystems) they are written as zeros.
+  const uint64_t size = m.last_page * ps;
+  bool holes = false;
+  if (s.ok() && size > 0) {
+    if (::fallocate(fd, 0, 0, static_cast<off_t>(size)) == 0) {
+      holes = true;
+    } else if (errno != EOPNOTSUPP) {
+      s = ErrnoStatus(errno, "reserve " + std::to_string(size) + " bytes for " + path);
+    }
+  }
+  // Pages are written in runs of up to 256 (one pwrite each), not one call per page, and the
+  // kernel is asked to start writing back every few MiB, so the final flush finds little left.
   constexpr uint64_t kRun = 256;
+  constexpr uint64_t kWriteBack = uint64_t{8} << 20;
+  uint64_t written_from = 0;
   buf.resize(static_cast<size_t>(ps) * kRun);
   for (uint64_t p = kMetaPages; s.ok() && p < m.last_page;) {
     const uint64_t n = std::min(kRun, m.last_page - p);
     for (uint64_t i = 0; s.ok() && i < n; ++i) s = image(p + i, buf.data() + i * ps);
-    if (s.ok()) s = write_run(p, n);
+    if (s.ok() && !holes) s = write_run(p, n, 0);
+    for (uint64_t i = 0; s.ok() && holes && i < n;) {
+      if (IsZeroPage(buf.data() + i * ps, ps)) {
+        ++i;
+        continue;
+      }
+      uint64_t j = i + 1;
+      while (j < n && !IsZeroPage(buf.data() + j * ps, ps)) ++j;
+      s = write_run(p + i, j - i, i);
+      i = j;
+    }
     p += n;
+    if (p * ps - written_from >= kWriteBack) {
+      // Only a hint: the fdatasync below is what makes the file durable.
+      (void)::sync_file_range(fd, static_cast<off_t>(written_from),
+                              static_cast<off_t>(p * ps - written_from), SYNC_FILE_RANGE_WRITE);
+      written_from = p * ps;
+    }
   }
   if (s.ok() && ::fdatasync(fd) != 0) s = ErrnoStatus(errno, "fdatasync " + path);
   ::close(fd);

@@ -171,16 +171,27 @@ Status WriteFileDurably(const std::string& path, const std::string& content) {
   return Status::Ok();
 }
 
-bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out) {
+bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
+              std::vector<const uint8_t*>* out) {
+  out->assign(count, nullptr);
   if (run.present.size() != count) return false;
   size_t at = 0;
   for (size_t i = 0; i < count; ++i) {
     if (!run.present[i]) continue;
     if (run.pages.size() - at < page_size) return false;
-    std::memcpy(out + i * page_size, run.pages.data() + at, page_size);
+    (*out)[i] = reinterpret_cast<const uint8_t*>(run.pages.data() + at);
     at += page_size;
   }
   return at == run.pages.size();
+}
+
+bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out) {
+  std::vector<const uint8_t*> pages;
+  if (!RunPages(run, count, page_size, &pages)) return false;
+  for (size_t i = 0; i < count; ++i) {
+    if (pages[i] != nullptr) std::memcpy(out + i * page_size, pages[i], page_size);
+  }
+  return true;
 }
 
 void Throw(gen::ErrorCode::type code, const std::string& message, const std::string& node) {

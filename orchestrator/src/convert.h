@@ -2,6 +2,9 @@
 // Internal to orchestrator/.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "ManagerService.h"
 #include "WorkerService.h"
 #include "tessera/orchestrator/cluster.h"
@@ -25,6 +28,11 @@ Status FromError(const gen::TesseraError& e);
 // Unpacks a PageRun of `count` pages of `page_size` bytes into `out` (count * page_size bytes,
 // absent pages left as they are: callers pass zeroed buffers). false when the run is malformed.
 bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out);
+
+// The pages of a PageRun where they lie in it, without copying: entry i points at page i, or is
+// null for an absent (all-zero) page. false when the run is malformed.
+bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
+              std::vector<const uint8_t*>* out);
 
 // Replaces `path` with `content` atomically and durably (temp file, fsync, rename, fsync of the
 // directory).

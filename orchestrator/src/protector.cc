@@ -720,11 +720,26 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       std::vector<std::optional<std::vector<int64_t>>> first_gens(static_cast<size_t>(m));
       auto t0 = Clock::now();
       uint64_t rebuilt = 0;
-      auto fetch = [&, slot_addrs](uint64_t first, uint64_t count) -> Result<std::vector<uint8_t>> {
-        const size_t len = count * ps;
-        std::vector<std::vector<uint8_t>> shards(static_cast<size_t>(k + m),
-                                                 std::vector<uint8_t>(len, 0));
-        std::vector<gen::ParityPages> pps(static_cast<size_t>(m));
+      // One batch as the sources answered it, decoded page by page as it is written.
+      struct Fetched {
+        uint64_t count = 0;
+        std::vector<gen::ParityPages> pps;
+        std::vector<gen::PageRun> runs;
+        // Page i of shard s, where it lies in the answers (null: an all-zero page).
+        std::vector<std::vector<const uint8_t*>> pages;
+        std::vector<int> erased;
+      };
+      auto fetch = [&, slot_addrs](uint64_t first,
+                                   uint64_t count) -> Result<std::shared_ptr<Fetched>> {
+        auto fetched = std::make_shared<Fetched>();
+        fetched->count = count;
+        fetched->pps.resize(static_cast<size_t>(m));
+        fetched->runs.resize(static_cast<size_t>(k));
+        fetched->pages.resize(static_cast<size_t>(k + m));
+        auto& pages = fetched->pages;
+        auto& pps = fetched->pps;
+        auto& runs = fetched->runs;
+        auto& erased = fetched->erased;
         std::vector<Status> hst(static_cast<size_t>(m), Status::Unavailable("not asked"));
         std::vector<std::future<void>> hf;
         hf.reserve(static_cast<size_t>(m));
@@ -741,7 +756,6 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
           }));
         }
         for (auto& f : hf) f.get();
-        std::vector<int> erased;
         // Parity rows that record this slot at g and agree with each other on every slot.
         std::optional<std::vector<int64_t>> gens;
         for (int j = 0; j < m; ++j) {
@@ -762,8 +776,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
             continue;
           }
           gens = rg;
-          auto& buf = shards[static_cast<size_t>(k) + static_cast<size_t>(j)];
-          if (!UnpackRun(pps[j].run, count, ps, buf.data())) {
+          if (!RunPages(pps[j].run, count, ps, &pages[static_cast<size_t>(k + j)])) {
             return Status::Corruption("parity holder " + std::to_string(j) +
                                       " sent a malformed page run");
           }
@@ -787,10 +800,10 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                 st = lease.status();
                 if (st.ok()) {
                   try {
-                    gen::PageRun run;
+                    gen::PageRun& run = runs[static_cast<size_t>(i)];
                     (*lease)->ReadImage(run, o_.token, want, static_cast<int64_t>(first),
                                         static_cast<int32_t>(count));
-                    if (!UnpackRun(run, count, ps, shards[static_cast<size_t>(i)].data())) {
+                    if (!RunPages(run, count, ps, &pages[static_cast<size_t>(i)])) {
                       st = Status::Corruption("survivor sent a malformed page run");
                     }
                   } catch (const gen::TesseraError& e) {
@@ -818,21 +831,47 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                                      std::to_string(k + m) +
                                      " shards are reachable; waiting for more survivors");
         }
-        std::vector<uint8_t*> ptrs;
-        ptrs.reserve(shards.size());
-        for (auto& sh : shards) ptrs.push_back(sh.data());
-        TESSERA_RETURN_IF_ERROR(codec->Decode(ptrs, erased, len));
-        return std::move(shards[static_cast<size_t>(slot)]);
+        return fetched;
       };
       const std::string tmp = path + ".rebuild";
       std::filesystem::remove(tmp, ec);
       // Double buffering: the next batch is fetched while this one is written.
       uint64_t batch_first = 0, batch_count = 0;
-      std::vector<uint8_t> batch;
+      std::shared_ptr<Fetched> batch;
+      // Each page is decoded straight from the answers into the engine's buffer. Sources that
+      // are absent (gen 0) or all-zero pages read from `zero`; other erased shards (parity rows
+      // not asked for) are decoded into `scratch` and dropped; a stripe whose every source page
+      // is zero is zero with no arithmetic.
+      const std::vector<uint8_t> zero(ps, 0);
+      std::vector<uint8_t> scratch(ps * static_cast<size_t>(m));
+      std::vector<uint8_t*> ptrs(static_cast<size_t>(k + m));
+      std::vector<bool> is_erased;
+      auto decode = [&](uint64_t i, uint8_t* out) -> Status {
+        bool any = false;
+        size_t extra = 0;
+        for (int sh = 0; sh < k + m; ++sh) {
+          const auto s = static_cast<size_t>(sh);
+          if (sh == slot) {
+            ptrs[s] = out;
+          } else if (is_erased[s]) {
+            ptrs[s] = scratch.data() + ps * extra++;
+          } else {
+            const uint8_t* src = batch->pages[s].empty() ? nullptr : batch->pages[s][i];
+            any = any || src != nullptr;
+            // Decode writes only the erased shards; the sources are read.
+            ptrs[s] = const_cast<uint8_t*>(src != nullptr ? src : zero.data());
+          }
+        }
+        if (!any) {
+          std::memset(out, 0, ps);
+          return Status::Ok();
+        }
+        return codec->Decode(ptrs, batch->erased, ps);
+      };
       // A few batches in flight: the sources answer in parallel while earlier ones are decoded
       // and written.
       constexpr size_t kInFlight = 3;
-      std::deque<std::future<Result<std::vector<uint8_t>>>> next;
+      std::deque<std::future<Result<std::shared_ptr<Fetched>>>> next;
       uint64_t next_first = 2;
       auto launch = [&]() {
         while (next.size() < kInFlight && next_first < desc.last_page) {
@@ -851,7 +890,9 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
           if (!r.ok()) return r.status();
           batch = std::move(r).value();
           batch_first = p;
-          batch_count = batch.size() / ps;
+          batch_count = batch->count;
+          is_erased.assign(static_cast<size_t>(k + m), false);
+          for (int e : batch->erased) is_erased[static_cast<size_t>(e)] = true;
           launch();
           rebuilt += batch_count;
           double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -864,8 +905,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                                       {"seconds_left", std::round(left * 10) / 10}})
                           .dump());
         }
-        std::memcpy(buf, batch.data() + (p - batch_first) * ps, ps);
-        return Status::Ok();
+        return decode(p - batch_first, buf);
       });
       for (auto& f : next) f.wait();  // never leave a fetch running past its buffers
       if (!st.ok()) {
@@ -1179,16 +1219,20 @@ gen::PageRun Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first, in
   }
   gen::PageRun out;
   out.present.assign(static_cast<size_t>(count), '\0');
-  out.pages.reserve(static_cast<size_t>(count) * buf.size());
+  // Each image is written straight into the answer; an all-zero one is taken back out.
+  const size_t ps = buf.size();
+  out.pages.resize(static_cast<size_t>(count) * ps);
+  size_t used = 0;
   for (int i = 0; i < count; ++i) {
-    Status st = db->PageImage(*snap, static_cast<uint64_t>(first + i),
-                              reinterpret_cast<uint8_t*>(buf.data()));
+    auto* at = reinterpret_cast<uint8_t*>(out.pages.data() + used);
+    Status st = db->PageImage(*snap, static_cast<uint64_t>(first + i), at);
     if (!st.ok()) Throw(ErrorCode::INTERNAL, st.ToString(), o_.node_id);
-    if (!AllZero(reinterpret_cast<const uint8_t*>(buf.data()), buf.size())) {
+    if (!AllZero(at, ps)) {
       out.present[static_cast<size_t>(i)] = 1;
-      out.pages += buf;
+      used += ps;
     }
   }
+  out.pages.resize(used);
   return out;
 }
 
