@@ -1,5 +1,5 @@
 // Shared by the cluster benchmarks: a `tessera` child process (its output appended to a log,
-// SIGKILLed when the object goes), and a latency-recording loop over threads.
+// SIGKILLed when the object goes), reading its log, and a latency-recording loop over threads.
 #pragma once
 
 #include <signal.h>
@@ -10,7 +10,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,6 +45,13 @@ struct Proc {
   }
   ~Proc() { Kill(); }
 };
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 struct Rate {
   double ops_per_sec = 0;

@@ -37,13 +37,7 @@ using tessera::orchestrator::Client;
 }
 
 using tessera::bench::Proc;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using tessera::bench::ReadFile;
 
 // Raw ISA-L decode of one erased data shard, 1 MiB shards: MB of the rebuilt shard per second.
 double RawDecodeMBs(const std::string& scheme, int k, int m) {

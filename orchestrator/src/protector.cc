@@ -959,7 +959,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
 // Phase 1 of an advance at holder j: stage the deltas from what it records and prepare the new
 // generation (nothing changes in its parity yet). Sets *base to the generation it starts from.
 Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
-                            int64_t* base_out) {
+                            int64_t* base_out, AdvanceCost* cost) {
   const int slot = slot_.load();
   int64_t epoch, base;
   {
@@ -1002,6 +1002,7 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
   } else {
     TESSERA_ASSIGN_OR_RETURN(pages, db->ChangedPages(*old, snap));
   }
+  if (cost) cost->changed += pages.size();
   const size_t ps = db->page_size();
   std::vector<uint8_t> a(ps), b(ps);
   std::vector<gen::PageDelta> chunk;
@@ -1029,6 +1030,7 @@ Status Protector::ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& sna
     if (chunk.size() >= static_cast<size_t>(kDeltaChunk)) TESSERA_RETURN_IF_ERROR(flush());
   }
   TESSERA_RETURN_IF_ERROR(flush());
+  if (cost) cost->deltas += sent;
   if (sent == 0) {
     // Nothing changed in the image: stage an empty set, so the holder knows this attempt's
     // (from, to) and applies nothing left over from another.
@@ -1107,8 +1109,10 @@ Status Protector::Advance(engine::Db* db, bool force) {
   // commits leaves holders at different generations, but each lagging one holds the prepared
   // generation, so a rebuild can complete it (CommitPrepared) and decode from agreeing rows.
   std::vector<int64_t> bases(m, -1);
+  const auto t0 = Clock::now();
+  AdvanceCost cost;
   for (size_t j = 0; j < m; ++j) {
-    Status st = ProtectTo(db, j, *pinned, covered, &bases[j]);
+    Status st = ProtectTo(db, j, *pinned, covered, &bases[j], &cost);
     if (!st.ok() && first_error.ok()) first_error = st;
   }
   for (size_t j = 0; j < m && first_error.ok(); ++j) {
@@ -1120,6 +1124,14 @@ Status Protector::Advance(engine::Db* db, bool force) {
       spdlog::warn("{}: failpoint crash_in_advance in advance {}", o_.node_id, advances_);
       ::raise(SIGKILL);
     }
+  }
+  if (first_error.ok()) {
+    // The cost follows the pages changed since the holders' generation, not the data size.
+    spdlog::info(
+        "{}: protected generation {}: {} changed pages, {} deltas ({:.1f} MB) to {} "
+        "holders in {:.1f} ms",
+        o_.node_id, g, cost.changed, cost.deltas, cost.deltas * db->page_size() / 1e6, m,
+        std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
   // Release the snapshots no holder records any more (all known), keeping the newest. The list
   // on disk shrinks first: a crash in between must not leave a listed snapshot unpinned.

@@ -96,8 +96,13 @@ class Protector {
   Status ReplayTails(engine::Db* db, int64_t from_seq);
   Status CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std::atomic<bool>& stop);
   Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
+  // What one advance cost: pages the engine reported changed, and deltas sent (non-zero).
+  struct AdvanceCost {
+    size_t changed = 0;
+    size_t deltas = 0;
+  };
   Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
-                   int64_t* base);
+                   int64_t* base, AdvanceCost* cost = nullptr);
   Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
   Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
