@@ -199,7 +199,8 @@ Result<std::unique_ptr<ParityHolder>> ParityHolder::Open(const std::string& dir,
   // of the *worker*, and a holder process that crashes keeps what it wrote in the page cache.
   // Through a writable map, such a commit is memory writes only (no pwrite per page), which
   // halves the cost a protected put adds; explicit syncs (sync writes, generations) msync.
-  if (int rc = mdb_env_open(h->env_, path.c_str(), MDB_NOSUBDIR | MDB_NOSYNC | MDB_WRITEMAP, 0644); rc != 0) {
+  if (int rc = mdb_env_open(h->env_, path.c_str(), MDB_NOSUBDIR | MDB_NOSYNC | MDB_WRITEMAP, 0644);
+      rc != 0) {
     return lmdb(rc, "open");
   }
   MDB_txn* t;
