@@ -232,12 +232,13 @@ service ManagerService extends ParityService {
   // with cleanup), then the manager exits. Returns when the workers have acknowledged.
   void Shutdown(1: string token, 2: bool cleanup) throws (1: TesseraError e),
 
-  // Raft messages from manager `from_id`, in the order produced; answered at once (replies
-  // travel as messages the other way).
+  // Raft messages from manager `from_id`, in the order produced. Returns the messages this
+  // manager answers them with to `from_id` once it has handled them (saved to its log first),
+  // waiting a short while at most; what is not ready then travels by a RaftStep the other way.
   // `peers`: the sender's --peers list; ids are positions in it, so a manager started with
   // another list is refused (INVALID_ARGUMENT) rather than confused with another member.
-  void RaftStep(1: string token, 2: i64 from_id, 3: list<RaftMessage> messages, 4: string peers)
-      throws (1: TesseraError e),
+  list<RaftMessage> RaftStep(1: string token, 2: i64 from_id, 3: list<RaftMessage> messages,
+                             4: string peers) throws (1: TesseraError e),
 
   // Lock service (leader only; NOT_LEADER elsewhere). A session lives while KeepAlive reaches
   // the leader within `ttl_ms`; when it expires its locks are released and its waits dropped.

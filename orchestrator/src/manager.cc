@@ -1058,7 +1058,7 @@ class Handler : public gen::ManagerServiceIf {
     }
   }
 
-  void RaftStep(const std::string& token, int64_t from_id,
+  void RaftStep(std::vector<gen::RaftMessage>& replies, const std::string& token, int64_t from_id,
                 const std::vector<gen::RaftMessage>& messages, const std::string& peers) override {
     Auth(token);
     Replicator* rp = repl.load();
@@ -1080,7 +1080,12 @@ class Handler : public gen::ManagerServiceIf {
       }
       in.push_back(std::move(m));
     }
-    rp->Receive(std::move(in));
+    // The answers come back in this reply: well inside the caller's 2 s I/O timeout, and short
+    // enough that a stalled disk here does not hold the caller's messages for long.
+    for (const auto& m : rp->Exchange(std::move(in), static_cast<uint64_t>(from_id),
+                                      std::chrono::milliseconds(200))) {
+      replies.push_back(RaftToGen(m));
+    }
   }
 
   int64_t OpenSession(const std::string& token, int64_t ttl_ms, const std::string& owner) override {

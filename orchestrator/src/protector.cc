@@ -735,7 +735,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         fetched->count = count;
         fetched->pps.resize(static_cast<size_t>(m));
         fetched->runs.resize(static_cast<size_t>(k));
-        fetched->pages.resize(static_cast<size_t>(k + m));
+        fetched->pages.resize(static_cast<size_t>(k) + static_cast<size_t>(m));
         auto& pages = fetched->pages;
         auto& pps = fetched->pps;
         auto& runs = fetched->runs;
@@ -776,7 +776,8 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
             continue;
           }
           gens = rg;
-          if (!RunPages(pps[j].run, count, ps, &pages[static_cast<size_t>(k + j)])) {
+          if (!RunPages(pps[j].run, count, ps,
+                        &pages[static_cast<size_t>(k) + static_cast<size_t>(j)])) {
             return Status::Corruption("parity holder " + std::to_string(j) +
                                       " sent a malformed page run");
           }
@@ -891,7 +892,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
           batch = std::move(r).value();
           batch_first = p;
           batch_count = batch->count;
-          is_erased.assign(static_cast<size_t>(k + m), false);
+          is_erased.assign(static_cast<size_t>(k) + static_cast<size_t>(m), false);
           for (int e : batch->erased) is_erased[static_cast<size_t>(e)] = true;
           launch();
           rebuilt += batch_count;

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "convert.h"
@@ -20,7 +21,9 @@ constexpr uint64_t kCompactionSlack = 1000;
 // resends what matters).
 constexpr size_t kMaxQueued = 4096;
 
-gen::RaftMessage ToGen(const raft::Message& m) {
+}  // namespace
+
+gen::RaftMessage RaftToGen(const raft::Message& m) {
   gen::RaftMessage g;
   g.type = static_cast<int8_t>(m.type);
   g.from_id = static_cast<int64_t>(m.from);
@@ -47,8 +50,6 @@ gen::RaftMessage ToGen(const raft::Message& m) {
   g.context = m.context;
   return g;
 }
-
-}  // namespace
 
 // Converts a received message; false when a field is out of range (a peer speaking nonsense).
 bool RaftFromGen(const gen::RaftMessage& g, raft::Message* m) {
@@ -93,8 +94,13 @@ bool RaftFromGen(const gen::RaftMessage& g, raft::Message* m) {
 // needed. A peer that cannot be reached loses the messages (Raft retries by itself).
 class Replicator::Sender {
  public:
-  Sender(ReplicaPeer peer, uint64_t self, std::string token, std::string peers)
-      : peer_(std::move(peer)), self_(self), token_(std::move(token)), peers_(std::move(peers)) {
+  Sender(ReplicaPeer peer, uint64_t self, std::string token, std::string peers,
+         std::function<void(std::vector<raft::Message>)> on_reply)
+      : peer_(std::move(peer)),
+        self_(self),
+        token_(std::move(token)),
+        peers_(std::move(peers)),
+        on_reply_(std::move(on_reply)) {
     thread_ = std::thread([this] { Run(); });
   }
   ~Sender() {
@@ -149,9 +155,23 @@ class Replicator::Sender {
       }
       std::vector<gen::RaftMessage> out;
       out.reserve(batch.size());
-      for (const auto& m : batch) out.push_back(ToGen(m));
+      for (const auto& m : batch) out.push_back(RaftToGen(m));
       try {
-        client->RaftStep(token_, static_cast<int64_t>(self_), out, peers_);
+        std::vector<gen::RaftMessage> replies;
+        client->RaftStep(replies, token_, static_cast<int64_t>(self_), out, peers_);
+        std::vector<raft::Message> in;
+        in.reserve(replies.size());
+        for (const auto& g : replies) {
+          raft::Message m;
+          if (!RaftFromGen(g, &m) || m.from != peer_.id || m.to != self_) {
+            spdlog::warn("manager: raft peer {} at {} answered with a malformed message", peer_.id,
+                         peer_.address);
+            in.clear();
+            break;
+          }
+          in.push_back(std::move(m));
+        }
+        if (!in.empty()) on_reply_(std::move(in));
       } catch (const gen::TesseraError& e) {
         // Refused by name (another peer list, a wrong token): say so once, keep the connection.
         if (e.message != last_error) {
@@ -172,6 +192,7 @@ class Replicator::Sender {
   uint64_t self_;
   std::string token_;
   std::string peers_;
+  std::function<void(std::vector<raft::Message>)> on_reply_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<raft::Message> queue_;
@@ -215,7 +236,9 @@ Result<std::unique_ptr<Replicator>> Replicator::Start(const ReplicatorOptions& o
   TESSERA_ASSIGN_OR_RETURN(r->node_, raft::RawNode::Create(c, r->storage_.get()));
   for (const auto& p : options.peers) {
     if (p.id != options.id)
-      r->senders_[p.id] = std::make_unique<Sender>(p, options.id, options.token, r->PeerList());
+      r->senders_[p.id] =
+          std::make_unique<Sender>(p, options.id, options.token, r->PeerList(),
+                                   [rp = r.get()](auto m) { rp->Receive(std::move(m)); });
   }
   if (options.peers.size() == 1) {
     // Alone: nobody to wait for.
@@ -299,6 +322,34 @@ void Replicator::Receive(std::vector<raft::Message> messages) {
   cv_.notify_one();
 }
 
+std::vector<raft::Message> Replicator::Exchange(std::vector<raft::Message> messages, uint64_t from,
+                                                std::chrono::milliseconds wait) {
+  auto slot = std::make_shared<ReplySlot>();
+  slot->to = from;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stop_) return {};
+    for (auto& m : messages) inbox_.push_back(std::move(m));
+    reply_slots_.push_back(slot);
+  }
+  cv_.notify_one();
+  std::unique_lock<std::mutex> l(slot->mu);
+  slot->cv.wait_for(l, wait, [&] { return slot->done; });
+  slot->done = true;  // from now on the driver sends to `from` by the sender thread
+  return std::move(slot->messages);
+}
+
+void Replicator::CompleteSlots(std::vector<std::shared_ptr<ReplySlot>>* slots) {
+  for (auto& slot : *slots) {
+    {
+      std::lock_guard<std::mutex> l(slot->mu);
+      slot->done = true;
+    }
+    slot->cv.notify_all();
+  }
+  slots->clear();
+}
+
 void Replicator::FailWaiters(const std::string& why) {
   for (auto& [index, w] : waiters_) w->done.set_value(Status::Unavailable(why));
   waiters_.clear();
@@ -350,6 +401,7 @@ void Replicator::Run() {
       inbox.swap(inbox_);
       proposals.swap(proposals_);
       reads.swap(read_requests_);
+      active_slots_.swap(reply_slots_);
     }
     Status s;
     auto now = Clock::now();
@@ -385,6 +437,7 @@ void Replicator::Run() {
       reads_[ctx] = r;
     }
     while (s.ok() && node_->HasReady()) s = HandleReady();
+    CompleteSlots(&active_slots_);  // the answers to this inbox are all out
     if (!s.ok() && !s.IsUnavailable() && !s.IsBusy()) {
       spdlog::critical("manager: raft stopped: {}", s.ToString());
       const std::string why = "the manager's raft log failed: " + s.message();
@@ -403,6 +456,15 @@ void Replicator::Run() {
 Status Replicator::HandleReady() {
   raft::Ready rd = node_->GetReady();
   auto send = [this](raft::Message& m) {
+    // An answer to a peer whose RaftStep is still waiting goes back in its reply.
+    for (auto& slot : active_slots_) {
+      if (slot->to != m.to) continue;
+      std::lock_guard<std::mutex> l(slot->mu);
+      if (!slot->done) {
+        slot->messages.push_back(std::move(m));
+        return;
+      }
+    }
     auto it = senders_.find(m.to);
     if (it != senders_.end()) it->second->Send(std::move(m));
   };

@@ -415,7 +415,7 @@ Status WalStorage::Rewrite() {
   return Status::Ok();
 }
 
-Status WalStorage::AppendBatch(std::string records) {
+Status WalStorage::AppendBatch(const std::string& records) {
   const std::string what = dir_ + "/wal";
   if (write_off_ + records.size() > alloc_end_) {
     // Grow in zero-filled steps; this flush also commits the new file size.
@@ -465,7 +465,7 @@ Status WalStorage::Save(const HardState* hard_state, const std::vector<Entry>& e
   for (const Entry& e : entries) AppendRecord(&out, kEntry, batch, EntryPayload(e));
   if (hard_state != nullptr) AppendRecord(&out, kHard, batch, HardPayload(*hard_state));
   AppendRecord(&out, kCommit, batch, {});
-  if (Status s = AppendBatch(std::move(out)); !s.ok()) return Fail(s);
+  if (Status s = AppendBatch(out); !s.ok()) return Fail(s);
   ++next_batch_;
   Snapshot meta;
   if (has_snap) {

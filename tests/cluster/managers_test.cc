@@ -203,6 +203,7 @@ TEST(ManagersTest, FollowersNameTheLeaderAndNothingCommitsWithoutAQuorum) {
   auto conn = rpc::Connect(*rpc::Endpoint::Parse(m.Address(follower)), rpc::Timeouts{});
   ASSERT_TRUE(conn.ok());
   gen::ManagerServiceClient raw(conn->protocol);
+  std::vector<gen::RaftMessage> replies;
   try {
     gen::ShardMap map;
     raw.GetShardMap(map, "");
@@ -217,7 +218,7 @@ TEST(ManagersTest, FollowersNameTheLeaderAndNothingCommitsWithoutAQuorum) {
     bad.type = 99;
     bad.from_id = 1;
     bad.to_id = 2;
-    raw.RaftStep("", 1, {bad}, m.List());
+    raw.RaftStep(replies, "", 1, {bad}, m.List());
     FAIL() << "a malformed raft message was accepted";
   } catch (const gen::TesseraError& e) {
     EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT) << e.message;
@@ -225,7 +226,7 @@ TEST(ManagersTest, FollowersNameTheLeaderAndNothingCommitsWithoutAQuorum) {
 
   // A manager started with another --peers list is refused by name, not taken for a member.
   try {
-    raw.RaftStep("", 1, {}, m.Address(0) + "," + m.Address(2) + "," + m.Address(1));
+    raw.RaftStep(replies, "", 1, {}, m.Address(0) + "," + m.Address(2) + "," + m.Address(1));
     FAIL() << "a raft message from a manager with another peer list was accepted";
   } catch (const gen::TesseraError& e) {
     EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT) << e.message;

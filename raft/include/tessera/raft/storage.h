@@ -224,7 +224,7 @@ class WalStorage final : public Storage {
   Status Load();
   Status Replay(const std::string& buf);
   Status Rewrite();
-  Status AppendBatch(std::string records);
+  Status AppendBatch(const std::string& records);
   Status WriteSnapshotFile(const Snapshot& snapshot);
   Status Fail(Status s);
 
