@@ -1070,6 +1070,12 @@ class Handler : public gen::ManagerServiceIf {
                 " (every manager needs the same list in the same order)",
             Self());
     }
+    if (from_id < 1 || from_id > static_cast<int64_t>(rp->options().peers.size()) ||
+        static_cast<uint64_t>(from_id) == rp->options().id) {
+      Throw(ErrorCode::INVALID_ARGUMENT,
+            "raft messages from manager " + std::to_string(from_id) + ", which is not a peer",
+            Self());
+    }
     std::vector<raft::Message> in;
     in.reserve(messages.size());
     for (const auto& g : messages) {

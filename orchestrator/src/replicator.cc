@@ -328,7 +328,7 @@ std::vector<raft::Message> Replicator::Exchange(std::vector<raft::Message> messa
   slot->to = from;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (stop_) return {};
+    if (stop_ || failed_.load()) return {};  // no driver will answer
     for (auto& m : messages) inbox_.push_back(std::move(m));
     reply_slots_.push_back(slot);
   }

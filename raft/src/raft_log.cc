@@ -9,14 +9,18 @@ namespace tessera::raft::detail {
 Status RaftLog::Init(uint64_t committed, uint64_t applied) {
   TESSERA_ASSIGN_OR_RETURN(uint64_t first, storage_->FirstIndex());
   TESSERA_ASSIGN_OR_RETURN(uint64_t last, storage_->LastIndex());
-  if (committed < first - 1 || committed > last) {
-    return Status::Corruption("raft storage: hard state commit " + std::to_string(committed) +
-                              " outside the log [" + std::to_string(first - 1) + ", " +
-                              std::to_string(last) + "]");
-  }
-  if (applied > committed) {
+  // The commit index on disk may lag behind what was committed: a driver need not flush a
+  // Ready that only moves it, and a crash between writing a received snapshot and the hard state
+  // that goes with it leaves it below the snapshot. Entries a snapshot covers, and entries the
+  // application applied, were committed, so the commit index is at least both.
+  if (applied > last) {
     return Status::InvalidArgument("raft: applied index " + std::to_string(applied) +
-                                   " is past the commit index " + std::to_string(committed));
+                                   " is past the end of the log " + std::to_string(last));
+  }
+  committed = std::max({committed, first - 1, applied});
+  if (committed > last) {
+    return Status::Corruption("raft storage: hard state commit " + std::to_string(committed) +
+                              " is past the end of the log " + std::to_string(last));
   }
   offset_ = last + 1;
   committed_ = committed;

@@ -451,6 +451,14 @@ Status WalStorage::Save(const HardState* hard_state, const std::vector<Entry>& e
                         const Snapshot* snapshot) {
   if (!failed_.ok()) return failed_;
   TESSERA_RETURN_IF_ERROR(mem_.CheckSave(entries, snapshot));
+  for (const Entry& e : entries) {
+    // A record must fit its 32-bit length (and the limit replay enforces).
+    if (e.data.size() > kMaxRecord - 17) {
+      return Status::InvalidArgument("raft log: entry " + std::to_string(e.index) + " of " +
+                                     std::to_string(e.data.size()) + " bytes is over the " +
+                                     std::to_string(kMaxRecord - 17) + "-byte limit");
+    }
+  }
   const bool has_snap = snapshot != nullptr && !snapshot->empty();
   if (!has_snap && entries.empty() && hard_state == nullptr) return Status::Ok();
   // The snapshot file first: the log record that refers to it must never be on disk without it.

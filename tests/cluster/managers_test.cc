@@ -232,6 +232,16 @@ TEST(ManagersTest, FollowersNameTheLeaderAndNothingCommitsWithoutAQuorum) {
     EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT) << e.message;
     EXPECT_NE(e.message.find("same list"), std::string::npos) << e.message;
   }
+  // An id outside the peer list (or the receiver's own) is not taken for a member either.
+  for (int64_t id : {int64_t{0}, int64_t{4}, int64_t{follower + 1}}) {
+    try {
+      raw.RaftStep(replies, "", id, {}, m.List());
+      FAIL() << "raft messages from id " << id << " were accepted";
+    } catch (const gen::TesseraError& e) {
+      EXPECT_EQ(e.code, gen::ErrorCode::INVALID_ARGUMENT) << e.message;
+      EXPECT_NE(e.message.find("not a peer"), std::string::npos) << e.message;
+    }
+  }
 
   auto c = m.NewClient(1500);
   auto session = c->OpenSession(std::chrono::milliseconds(5000), "quorum test");

@@ -14,6 +14,7 @@
 
 #include "cluster.h"
 #include "subprocess.h"
+#include "tessera/raft/raft.h"
 #include "tessera/raft/storage.h"
 
 namespace tessera::raft {
@@ -173,6 +174,16 @@ TEST(WalStorageTest, SnapshotFileNewerThanTheLogIsHonoured) {
   EXPECT_EQ(*(*s)->Term(8), 3u);
   EXPECT_EQ((*s)->GetSnapshot()->data, "state at 8");
   EXPECT_EQ((*s)->LoadInitialState()->voters, (std::vector<uint64_t>{1, 2, 3}));
+  {
+    // A node restarts over it, although the hard state's commit (0) is below the snapshot.
+    Config c;
+    c.id = 1;
+    c.voters = {1, 2, 3};
+    c.applied = 8;
+    auto node = RawNode::Create(c, s->get());
+    ASSERT_TRUE(node.ok()) << node.status().ToString();
+    EXPECT_EQ((*node)->commit_index(), 8u);
+  }
   ASSERT_TRUE((*s)->Append(Ents(9, 10, 3)).ok());
   auto again = WalStorage::Open(copy);
   ASSERT_TRUE(again.ok()) << again.status().ToString();
