@@ -23,9 +23,12 @@
 (*    atomic under its mutex; until ApplyMap the worker refuses anyway).   *)
 (*    The manager's Shutdown call to a worker is: call, worker begins      *)
 (*    (shutting_down), drain+Sync+answer, and the manager moves on.        *)
-(*  - Manager crashes, network partitions, the heartbeat timeout (`up`),   *)
+(*  - One manager, as at 9bd6246 (not the Raft-replicated managers).      *)
+(*    Manager crashes, network partitions, the heartbeat timeout (`up`),   *)
 (*    Get/Scan (they go through the same CheckShard as Write), batches,    *)
 (*    deletes, the cluster token and cleanup are not modelled.             *)
+(*  - The worker is that of 97e6957 with the code switches TRUE, of        *)
+(*    9bd6246 with them FALSE.                                             *)
 (***************************************************************************)
 EXTENDS Naturals, Sequences, FiniteSets, TLC
 
@@ -46,16 +49,23 @@ CONSTANTS
                      \* with a request still in flight
     EarlyShutdown,   \* `tessera shutdown` may come before the cluster formed
     LateRestart,     \* a crashed worker may be restarted after shutdown began
-    \* Code switch: FALSE is the code at HEAD.
-    ExitWhenRefused  \* TRUE: a worker whose Register the manager refuses with
-                     \* "cluster is shutting down" ends its loop and exits (the
-                     \* fix proposed for finding 4; NOT in worker.cc at 9bd6246,
-                     \* whose loop retries that refusal forever)
+    TellLost,        \* the manager's Shutdown call to a running, registered
+                     \* worker may fail before its handler runs (a fault)
+    \* Code switches: TRUE is worker.cc since 97e6957, FALSE is worker.cc at
+    \* 9bd6246 (whose loop retried forever in each of these cases).
+    ExitWhenRefused,     \* a worker whose Register is refused with "cluster is
+                         \* shutting down" ends its loop and exits (finding 4)
+    ExitWhenManagerGone, \* a worker that saw the map in shutting_down in a
+                         \* heartbeat reply and then cannot reach the manager
+                         \* (3 s) ends its loop and exits (finding 4)
+    ExitAfterFailedDrain \* a worker whose drain ran out (Shutdown answered
+                         \* UNAVAILABLE) ends its loop once its requests in
+                         \* flight finish (finding 6)
 
 ASSUME NumShards \in Nat \ {0} /\ ExpectedWorkers \in 1..Cardinality(Nodes)
 ASSUME MaxFaults \in Nat
-ASSUME {Zombies, LateRegister, DrainTimeout, EarlyShutdown, LateRestart,
-        ExitWhenRefused} \subseteq BOOLEAN
+ASSUME {Zombies, LateRegister, DrainTimeout, EarlyShutdown, LateRestart, TellLost,
+        ExitWhenRefused, ExitWhenManagerGone, ExitAfterFailedDrain} \subseteq BOOLEAN
 
 Shards   == 1..NumShards
 MaxInc   == 1 + MaxFaults                 \* starts per node
@@ -89,7 +99,9 @@ VARIABLES
     owned,      \* owned_epoch[s] (0: not owned)
     sd,         \* shutting_down: CheckShard refuses everything
     draining,   \* inside Handler::Shutdown (drain, Sync, reply)
-    leaving,    \* exit_requested or fenced: RunWorker's loop has ended
+    leaving,    \* RunWorker's loop has ended (exit_requested, fenced, or one of
+                \* the code switches' exits)
+    sawSd,      \* saw_shutdown: a heartbeat reply said shutting_down
     lateReg,    \* Registers of dead processes still queued at the manager
     store,      \* writes in the process's data dir engine
     synced,     \* ... of which Db::Sync made durable
@@ -105,7 +117,7 @@ VARIABLES
     acceptedBy  \* acceptedBy[s][e]: first process that accepted shard s at epoch e
 
 mgrVars    == <<mphase, formed, minc, regOrder, owner, epoch, toTell, telling, tellOk, tellFailed>>
-workerVars == <<pst, reg, owned, sd, draining, leaving, lateReg, store, synced, faults>>
+workerVars == <<pst, reg, owned, sd, draining, leaving, sawSd, lateReg, store, synced, faults>>
 clientVars == <<cop, cmap, refresh, req, finished, acked>>
 vars       == <<mgrVars, workerVars, clientVars, acceptedBy>>
 
@@ -149,6 +161,7 @@ TypeOK ==
     /\ pst \in [Procs -> {"unborn", "running", "crashed", "exited"}]
     /\ reg \in [Procs -> BOOLEAN] /\ sd \in [Procs -> BOOLEAN]
     /\ draining \in [Procs -> BOOLEAN] /\ leaving \in [Procs -> BOOLEAN]
+    /\ sawSd \in [Procs -> BOOLEAN]
     /\ owned \in [Procs -> [Shards -> Epochs]]
     /\ lateReg \subseteq Procs
     /\ store \in [Procs -> SUBSET Writes] /\ synced \in [Procs -> SUBSET Writes]
@@ -175,7 +188,7 @@ Init ==
     /\ pst = [p \in Procs |-> IF IncOf(p) = 1 THEN "running" ELSE "unborn"]
     /\ reg = [p \in Procs |-> FALSE] /\ owned = [p \in Procs |-> NoEpochs]
     /\ sd = [p \in Procs |-> FALSE] /\ draining = [p \in Procs |-> FALSE]
-    /\ leaving = [p \in Procs |-> FALSE]
+    /\ leaving = [p \in Procs |-> FALSE] /\ sawSd = [p \in Procs |-> FALSE]
     /\ lateReg = {}
     /\ store = [p \in Procs |-> {}] /\ synced = [p \in Procs |-> {}]
     /\ faults = 0
@@ -232,21 +245,22 @@ MgrRegister(p) ==
                                        /\ reg' = [reg EXCEPT ![p] = TRUE])
               /\ UNCHANGED <<sd, leaving>>
     /\ UNCHANGED <<mphase, toTell, telling, tellOk, tellFailed, pst,
-                   draining, lateReg, store, synced, faults, clientVars, acceptedBy>>
+                   draining, sawSd, lateReg, store, synced, faults, clientVars, acceptedBy>>
 
 \* While shutting down the manager refuses Register with UNAVAILABLE "cluster is
-\* shutting down".  The code at HEAD treats that like any other error: back off
-\* and retry, forever (once the manager has exited, the connection fails, also
-\* forever).  No state changes, so at HEAD this is a stuttering step and is
-\* not written out.  [ExitWhenRefused] The proposed fix for finding 4: the loop
-\* ends and RunWorker flushes and exits (WorkerExit).
+\* shutting down".  worker.cc at 9bd6246 treated that like any other error: back
+\* off and retry, forever (once the manager has exited, the connection fails,
+\* also forever); no state changes, so without ExitWhenRefused this is a
+\* stuttering step and is not written out.  [ExitWhenRefused] Since 97e6957
+\* (finding 4) the loop breaks on that refusal and RunWorker flushes and exits
+\* (WorkerExit).
 MgrRegisterRefused(p) ==
     /\ ExitWhenRefused
     /\ Running(p) /\ ~reg[p] /\ ~leaving[p]
     /\ mphase = "shutting_down"
     /\ leaving' = [leaving EXCEPT ![p] = TRUE]
-    /\ UNCHANGED <<mgrVars, pst, reg, owned, sd, draining, lateReg, store, synced, faults,
-                   clientVars, acceptedBy>>
+    /\ UNCHANGED <<mgrVars, pst, reg, owned, sd, draining, sawSd, lateReg, store, synced,
+                   faults, clientVars, acceptedBy>>
 
 \* [LateRegister] A Register that a process sent just before it was SIGKILLed is
 \* still in the manager's socket buffer and is handled now, after a newer process
@@ -263,12 +277,13 @@ MgrLateRegister(p) ==
          THEN UNCHANGED <<minc, regOrder, formed, owner, epoch>>
          ELSE RegisterAt(NodeOf(p), IncOf(p), LAMBDA m : TRUE)
     /\ UNCHANGED <<mphase, toTell, telling, tellOk, tellFailed, pst, reg, owned, sd,
-                   draining, leaving, store, synced, faults, clientVars, acceptedBy>>
+                   draining, leaving, sawSd, store, synced, faults, clientVars, acceptedBy>>
 
 \* A registered worker calls Heartbeat(node id, incarnation) every heartbeat_ms.
 \* ManagerState::Heartbeat refuses an incarnation that is not the node's current
 \* one with STALE_EPOCH: the worker is fenced (its loop breaks, shutting_down is
-\* set, it exits).  Otherwise the worker applies the returned map (ApplyMap).
+\* set, it exits).  Otherwise the worker applies the returned map (ApplyMap),
+\* and notes (saw_shutdown, since 97e6957) when its state is shutting_down.
 \* Heartbeats go on after the manager entered shutting_down.
 MgrHeartbeat(p) ==
     /\ Running(p) /\ reg[p] /\ ~leaving[p]
@@ -276,9 +291,10 @@ MgrHeartbeat(p) ==
     /\ IF minc[NodeOf(p)] # IncOf(p)
          THEN /\ sd' = [sd EXCEPT ![p] = TRUE]
               /\ leaving' = [leaving EXCEPT ![p] = TRUE]
-              /\ UNCHANGED owned
+              /\ UNCHANGED <<owned, sawSd>>
          ELSE /\ owned' = [owned EXCEPT ![p] =
                              [s \in Shards |-> IF owner[s] = NodeOf(p) THEN epoch[s] ELSE 0]]
+              /\ sawSd' = [sawSd EXCEPT ![p] = @ \/ mphase = "shutting_down"]
               /\ UNCHANGED <<sd, leaving>>
     /\ UNCHANGED <<mgrVars, pst, reg, draining, lateReg, store, synced, faults, clientVars,
                    acceptedBy>>
@@ -301,6 +317,7 @@ Crash(p) ==
     /\ sd' = [sd EXCEPT ![p] = FALSE]
     /\ draining' = [draining EXCEPT ![p] = FALSE]
     /\ leaving' = [leaving EXCEPT ![p] = FALSE]
+    /\ sawSd' = [sawSd EXCEPT ![p] = FALSE]
     /\ \/ lateReg' = lateReg
        \/ /\ LateRegister /\ ~reg[p] /\ mphase = "running"
           /\ lateReg' = lateReg \cup {p}
@@ -334,7 +351,7 @@ Start(n) ==
        /\ pst' = [pst EXCEPT ![new] = "running"]
        /\ store' = [store EXCEPT ![new] = store[old]]
        /\ synced' = [synced EXCEPT ![new] = synced[old]]
-       /\ UNCHANGED <<mgrVars, reg, owned, sd, draining, leaving, lateReg,
+       /\ UNCHANGED <<mgrVars, reg, owned, sd, draining, leaving, sawSd, lateReg,
                       clientVars, acceptedBy>>
 
 (***************************************************************************)
@@ -419,7 +436,7 @@ WorkerApply(c) ==
     /\ req[c].st = "accepted" /\ Running(req[c].proc)
     /\ store' = [store EXCEPT ![req[c].proc] = @ \cup {req[c].w}]
     /\ req' = [req EXCEPT ![c].st = "applied"]
-    /\ UNCHANGED <<mgrVars, pst, reg, owned, sd, draining, leaving, lateReg, synced,
+    /\ UNCHANGED <<mgrVars, pst, reg, owned, sd, draining, leaving, sawSd, lateReg, synced,
                    faults, cop, cmap, refresh, finished, acked, acceptedBy>>
 
 \* The client reads the reply.  OK: acknowledged.  NOT_OWNER/STALE_EPOCH: refresh
@@ -483,7 +500,7 @@ WorkerOnShutdown(p) ==
     /\ Running(p) /\ ~draining[p]
     /\ sd' = [sd EXCEPT ![p] = TRUE]
     /\ draining' = [draining EXCEPT ![p] = TRUE]
-    /\ UNCHANGED <<mgrVars, pst, reg, owned, leaving, lateReg, store, synced, faults,
+    /\ UNCHANGED <<mgrVars, pst, reg, owned, leaving, sawSd, lateReg, store, synced, faults,
                    clientVars, acceptedBy>>
 
 \* The drain ends with in_flight == 0: db->Sync flushes the engine,
@@ -497,27 +514,70 @@ WorkerDrainDone(p) ==
     /\ telling' = NoNode
     /\ tellOk' = tellOk \cup {NodeOf(p)}
     /\ UNCHANGED <<mphase, formed, minc, regOrder, owner, epoch, toTell, tellFailed,
-                   pst, reg, owned, sd, lateReg, store, faults, clientVars, acceptedBy>>
+                   pst, reg, owned, sd, sawSd, lateReg, store, faults, clientVars, acceptedBy>>
 
 \* [DrainTimeout] The drain (1000 x 10 ms) expires with a request still in
 \* flight.  Since 9bd6246 (finding 3) Handler::Shutdown then throws UNAVAILABLE
 \* without syncing and without setting exit_requested: the manager counts the
 \* worker as failed and moves on.  The worker keeps shutting_down set (it
-\* refuses every request) and its loop goes on: heartbeats while the manager
-\* still runs, then failed connections, forever.
+\* refuses every request).  At 9bd6246 its loop went on: heartbeats while the
+\* manager still ran, then failed connections, forever (finding 6).
+\* [ExitAfterFailedDrain] Since 97e6957 Shutdown sets drain_failed before
+\* throwing, and the loop ends once in_flight is 0; RunWorker then flushes and
+\* exits.  Here the loop's end is `leaving` at once and WorkerExit waits for
+\* the requests in flight: the heartbeats the code still sends until then only
+\* update a map that a worker refusing everything does not use (or fence it,
+\* which sets nothing new).
 WorkerDrainExpired(p) ==
     /\ DrainTimeout
     /\ draining[p] /\ Running(p) /\ telling = NodeOf(p)
     /\ InFlight(p)
     /\ draining' = [draining EXCEPT ![p] = FALSE]
+    /\ leaving' = IF ExitAfterFailedDrain THEN [leaving EXCEPT ![p] = TRUE] ELSE leaving
     /\ telling' = NoNode
     /\ tellFailed' = tellFailed \cup {NodeOf(p)}
     /\ UNCHANGED <<mphase, formed, minc, regOrder, owner, epoch, toTell, tellOk,
-                   pst, reg, owned, sd, leaving, lateReg, store, synced, faults,
+                   pst, reg, owned, sd, sawSd, lateReg, store, synced, faults,
                    clientVars, acceptedBy>>
 
-\* RunWorker after its loop (exit requested or fenced): shutting_down is set,
-\* server->Stop() waits for the handlers still running, db->Sync(), exit.
+\* [TellLost] The manager's Shutdown call to a running, registered worker fails
+\* before the worker's handler runs (connect or I/O timeout, reset); it counts
+\* as a fault.  The manager reports the worker as failed and moves on.  Timing:
+\* the call fails after its timeout (1 s to connect, 30 s for I/O), longer than
+\* the 300 ms heartbeat interval, so the worker has heartbeated meanwhile and
+\* seen shutting_down: the step is enabled only once it has (sawSd).  (A lost
+\* call to an unregistered worker, which would depend on the timing of its
+\* Register retries instead, is not modelled.)
+MgrTellLost ==
+    /\ TellLost /\ faults < MaxFaults
+    /\ mphase = "shutting_down" /\ telling # NoNode
+    /\ LET p == AddrProc(telling)
+       IN Running(p) /\ reg[p] /\ ~draining[p] /\ sawSd[p]
+    /\ faults' = faults + 1
+    /\ telling' = NoNode
+    /\ tellFailed' = tellFailed \cup {telling}
+    /\ UNCHANGED <<mphase, formed, minc, regOrder, owner, epoch, toTell, tellOk,
+                   pst, reg, owned, sd, draining, leaving, sawSd, lateReg, store, synced,
+                   clientVars, acceptedBy>>
+
+\* [ExitWhenManagerGone] Since 97e6957 (finding 4): a worker that saw the map in
+\* shutting_down in a heartbeat reply and whose calls to the manager have failed
+\* (UNAVAILABLE) for 3 s since its last successful one leaves its loop; RunWorker
+\* sets shutting_down, flushes and exits.  The 3 s are abstracted: the manager
+\* has exited (the model has no partitions, so while it runs the worker's calls
+\* reach it).
+WorkerManagerGone(p) ==
+    /\ ExitWhenManagerGone
+    /\ Running(p) /\ sawSd[p] /\ ~leaving[p]
+    /\ mphase = "exited"
+    /\ sd' = [sd EXCEPT ![p] = TRUE]
+    /\ leaving' = [leaving EXCEPT ![p] = TRUE]
+    /\ UNCHANGED <<mgrVars, pst, reg, owned, draining, sawSd, lateReg, store, synced, faults,
+                   clientVars, acceptedBy>>
+
+\* RunWorker after its loop (exit requested, fenced, or one of the exits of
+\* 97e6957): shutting_down is set, server->Stop() waits for the handlers still
+\* running, db->Sync(), exit.
 WorkerExit(p) ==
     /\ Running(p) /\ leaving[p] /\ ~draining[p] /\ ~InFlight(p)
     /\ pst' = [pst EXCEPT ![p] = "exited"]
@@ -526,6 +586,7 @@ WorkerExit(p) ==
     /\ owned' = [owned EXCEPT ![p] = NoEpochs]
     /\ sd' = [sd EXCEPT ![p] = FALSE]
     /\ leaving' = [leaving EXCEPT ![p] = FALSE]
+    /\ sawSd' = [sawSd EXCEPT ![p] = FALSE]
     /\ UNCHANGED <<mgrVars, draining, lateReg, store, faults, clientVars, acceptedBy>>
 
 \* Every worker was told (answered or failed): done_ is set and RunManager exits.
@@ -539,19 +600,21 @@ Next ==
     \/ \E p \in Procs : \/ MgrRegister(p) \/ MgrRegisterRefused(p) \/ MgrLateRegister(p)
                         \/ MgrHeartbeat(p) \/ Crash(p)
                         \/ WorkerOnShutdown(p) \/ WorkerDrainDone(p)
-                        \/ WorkerDrainExpired(p) \/ WorkerExit(p)
+                        \/ WorkerDrainExpired(p) \/ WorkerManagerGone(p) \/ WorkerExit(p)
     \/ \E n \in Nodes : Start(n) \/ MgrTell(n)
     \/ \E c \in Clients : \/ \E w \in Writes : ClientStart(c, w)
                           \/ ClientRefresh(c) \/ ClientFail(c) \/ ClientSend(c)
                           \/ WorkerRecv(c) \/ WorkerApply(c) \/ ClientRecv(c)
-    \/ ClientShutdown \/ MgrTellFail \/ MgrExit
+    \/ ClientShutdown \/ MgrTellFail \/ MgrTellLost \/ MgrExit
 
 Spec == Init /\ [][Next]_vars
 
 \* Shutdown needs the manager and the workers to keep taking their steps, and
 \* accepted writes to finish (the drain waits for them).  A worker refused
-\* during shutdown keeps retrying, so [ExitWhenRefused] the refusal is fair too.
-\* Crashes, restarts, client requests and registration need no fairness.
+\* during shutdown keeps retrying, so [ExitWhenRefused] the refusal is fair too,
+\* and so is [ExitWhenManagerGone] the exit of a worker that keeps failing to
+\* reach a manager it saw shutting down.  Crashes, lost Shutdown calls,
+\* restarts, client requests, registration and heartbeats need no fairness.
 Fairness ==
     /\ WF_vars(\E n \in Nodes : MgrTell(n))
     /\ WF_vars(MgrTellFail)
@@ -561,6 +624,7 @@ Fairness ==
                         /\ WF_vars(WorkerDrainExpired(p))
                         /\ WF_vars(WorkerExit(p))
                         /\ WF_vars(MgrRegisterRefused(p))
+                        /\ WF_vars(WorkerManagerGone(p))
     /\ \A c \in Clients : WF_vars(WorkerApply(c))
 
 FairSpec == Spec /\ Fairness
