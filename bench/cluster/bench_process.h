@@ -53,6 +53,18 @@ inline std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
+// Polls the cluster's status until its shard map has formed; false after `timeout`.
+template <class ClientT>
+bool WaitFormed(ClientT& client, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto s = client.GetStatus();
+    if (s.ok() && s->map.formed) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 struct Rate {
   double ops_per_sec = 0;
   double p50_us = 0, p99_us = 0;

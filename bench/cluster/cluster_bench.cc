@@ -156,11 +156,7 @@ int main(int argc, char** argv) {
     tessera::orchestrator::ClientOptions co;
     co.manager = mgr;
     c.client = std::move(Client::Connect(co)).value();
-    for (int i = 0; i < 200; ++i) {
-      auto s = c.client->GetStatus();
-      if (s.ok() && s->map.formed) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    (void)tessera::bench::WaitFormed(*c.client, std::chrono::seconds(10));
     // Warm up: every worker learned its shards and every connection exists.
     for (int i = 0; i < 2000; ++i) {
       if (!c.client->Put("warm" + std::to_string(i), "x", false).ok()) Die("warm-up put failed");

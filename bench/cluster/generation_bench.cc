@@ -79,11 +79,8 @@ void Run(uint64_t keys, size_t value_size, int base, const std::string& dir) {
   co.manager = mgr;
   co.deadline = std::chrono::milliseconds(60000);
   auto client = std::move(Client::Connect(co)).value();
-  for (int i = 0;; ++i) {
-    auto s = client->GetStatus();
-    if (s.ok() && s->map.formed) break;
-    if (i == 400) Die("the cluster did not form in 20 s; logs in " + dir);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (!tessera::bench::WaitFormed(*client, std::chrono::seconds(20))) {
+    Die("the cluster did not form in 20 s; logs in " + dir);
   }
   std::mt19937_64 rng(keys);
   std::string value(value_size, 'v');

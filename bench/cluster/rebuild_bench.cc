@@ -91,11 +91,7 @@ Outcome Run(const std::string& protection, int data, int parity, int base, uint6
   co.manager = mgr;
   co.deadline = std::chrono::milliseconds(60000);
   auto client = std::move(Client::Connect(co)).value();
-  for (int i = 0; i < 400; ++i) {
-    auto s = client->GetStatus();
-    if (s.ok() && s->map.formed) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  (void)tessera::bench::WaitFormed(*client, std::chrono::seconds(20));
   std::string value(value_size, 'v');
   std::vector<std::pair<std::string, std::string>> kvs;
   for (uint64_t i = 0; i < keys;) {

@@ -430,14 +430,15 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   for (uint64_t p = kMetaPages; s.ok() && p < m.last_page;) {
     const uint64_t n = std::min(kRun, m.last_page - p);
     for (uint64_t i = 0; s.ok() && i < n; ++i) s = image(p + i, buf.data() + i * ps);
-    if (s.ok() && !holes) s = write_run(p, n, 0);
-    for (uint64_t i = 0; s.ok() && holes && i < n;) {
-      if (IsZeroPage(buf.data() + i * ps, ps)) {
+    // Consecutive pages that must be written go out as one run.
+    auto skip = [&](uint64_t i) { return holes && IsZeroPage(buf.data() + i * ps, ps); };
+    for (uint64_t i = 0; s.ok() && i < n;) {
+      if (skip(i)) {
         ++i;
         continue;
       }
       uint64_t j = i + 1;
-      while (j < n && !IsZeroPage(buf.data() + j * ps, ps)) ++j;
+      while (j < n && !skip(j)) ++j;
       s = write_run(p + i, j - i, i);
       i = j;
     }

@@ -384,6 +384,12 @@ Status WalStorage::Replay(const std::string& buf) {
   return Status::Ok();
 }
 
+uint64_t WalStorage::AllocFor(uint64_t used) const {
+  // At least one whole zero-filled step beyond what is used, rounded to steps.
+  const uint64_t step = std::max<uint64_t>(options_.preallocate_bytes, 4096);
+  return (used + step + step - 1) / step * step;
+}
+
 Status WalStorage::Fail(Status s) {
   failed_ = s;
   return s;
@@ -402,8 +408,7 @@ Status WalStorage::Rewrite() {
   TESSERA_ASSIGN_OR_RETURN(InitialState init, mem_.LoadInitialState());
   AppendRecord(&out, kHard, batch, HardPayload(init.hard_state));
   AppendRecord(&out, kCommit, batch, {});
-  const uint64_t step = std::max<uint64_t>(options_.preallocate_bytes, 4096);
-  const uint64_t alloc = (out.size() + step + step - 1) / step * step;
+  const uint64_t alloc = AllocFor(out.size());
   TESSERA_RETURN_IF_ERROR(ReplaceFile(dir_, "wal", out, alloc));
   const std::string path = dir_ + "/wal";
   int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
@@ -419,8 +424,7 @@ Status WalStorage::AppendBatch(const std::string& records) {
   const std::string what = dir_ + "/wal";
   if (write_off_ + records.size() > alloc_end_) {
     // Grow in zero-filled steps; this flush also commits the new file size.
-    const uint64_t step = std::max<uint64_t>(options_.preallocate_bytes, 4096);
-    const uint64_t alloc = (write_off_ + records.size() + step + step - 1) / step * step;
+    const uint64_t alloc = AllocFor(write_off_ + records.size());
     TESSERA_RETURN_IF_ERROR(WriteZeros(fd_, alloc_end_, alloc, what));
     alloc_end_ = alloc;
   }

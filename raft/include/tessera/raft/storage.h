@@ -227,6 +227,7 @@ class WalStorage final : public Storage {
   Status AppendBatch(const std::string& records);
   Status WriteSnapshotFile(const Snapshot& snapshot);
   Status Fail(Status s);
+  uint64_t AllocFor(uint64_t used) const;  // the file size to preallocate for `used` bytes
 
   std::string dir_;
   WalStorageOptions options_;
