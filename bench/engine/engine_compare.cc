@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -285,8 +286,21 @@ struct Config {
   size_t big_value = 4096;
   std::string dir;
   std::vector<std::string> only;
+  std::vector<std::string> engines;  // empty: all
   uint64_t sync_ops = 2000;
 };
+
+std::vector<std::string> SplitCommas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t p = 0;
+  while (p <= s.size()) {
+    size_t e = s.find(',', p);
+    if (e == std::string::npos) e = s.size();
+    out.push_back(s.substr(p, e - p));
+    p = e + 1;
+  }
+  return out;
+}
 
 bool Wanted(const Config& c, const std::string& w) {
   return c.only.empty() || std::find(c.only.begin(), c.only.end(), w) != c.only.end();
@@ -497,19 +511,17 @@ int main(int argc, char** argv) {
     } else if (a == "--dir") {
       c.dir = next();
     } else if (a == "--only") {
-      std::string s = next();
-      size_t p = 0;
-      while (p <= s.size()) {
-        size_t e = s.find(',', p);
-        if (e == std::string::npos) e = s.size();
-        c.only.push_back(s.substr(p, e - p));
-        p = e + 1;
-      }
+      c.only = SplitCommas(next());
+    } else if (a == "--engines") {
+      c.engines = SplitCommas(next());
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: engine_compare [--num N] [--value-size B] [--big-num N] [--sync-ops N]\n"
           "                      [--dir DIR] [--only fillseq,overwrite,readrandom,readseq,\n"
-          "                       readmissing,mixed,sync,deleterandom,big]\n");
+          "                       readmissing,mixed,sync,deleterandom,big]\n"
+          "                      [--engines tessera,lmdb,lmdb-writemap,rocksdb]\n"
+          "fillrandom always runs (the later workloads read its keys); --engines runs a\n"
+          "subset, and tessera must be among them (every ratio is against it).\n");
       return 0;
     } else {
       Die("unknown argument " + a + " (see --help)");
@@ -518,6 +530,9 @@ int main(int argc, char** argv) {
   if (c.dir.empty()) {
     if (!mkdtemp(tmpl)) Die("mkdtemp failed");
     c.dir = tmpl;
+  }
+  if (::mkdir(c.dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    Die("cannot create --dir " + c.dir + ": " + std::strerror(errno));
   }
   std::printf("engine_compare: %" PRIu64 " keys of 16 bytes, %zu-byte values, dir %s\n", c.num,
               c.value_size, c.dir.c_str());
@@ -528,6 +543,21 @@ int main(int argc, char** argv) {
 #ifdef TESSERA_HAVE_ROCKSDB
   engines.push_back(std::make_unique<RocksEngine>());
 #endif
+  if (!c.engines.empty()) {
+    if (std::find(c.engines.begin(), c.engines.end(), "tessera") == c.engines.end()) {
+      Die("--engines must include tessera: every ratio is against it");
+    }
+    for (const auto& want : c.engines) {
+      if (std::none_of(engines.begin(), engines.end(),
+                       [&](const auto& e) { return e->Name() == want; })) {
+        Die("unknown engine '" + want + "' in --engines (this build has tessera, lmdb, " +
+            "lmdb-writemap" + std::string(engines.size() > 3 ? ", rocksdb)" : ")"));
+      }
+    }
+    std::erase_if(engines, [&](const auto& e) {
+      return std::find(c.engines.begin(), c.engines.end(), e->Name()) == c.engines.end();
+    });
+  }
   for (auto& e : engines) RunEngine(*e, c);
   RemoveAll(c.dir);
 
