@@ -91,6 +91,8 @@ int ParseOptions(const char* s, tessera::engine::Options* o, bool* sync) {
       o->max_readers = n;
     } else if (k == "map_size" && ParseU64(v, &n) && n >= 65536) {
       o->reserve_bytes = n;
+    } else if (k == "commit_log" && ParseBool(v, &b)) {
+      o->commit_log = b;
     } else {
       return TESSERA_BAD_OPTIONS;
     }

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <random>
 #include <thread>
 
 #include "btree.h"
@@ -47,6 +49,13 @@ namespace {
 using Txn = ReadTxn::Impl;
 
 std::string Pg(uint64_t p) { return "page " + std::to_string(p); }
+
+uint64_t NewDbId() {
+  std::random_device rd;
+  uint64_t id = (uint64_t{rd()} << 32) ^ rd() ^
+                static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  return id != 0 ? id : 1;
+}
 
 uint32_t MetaCrc(const Meta& m) {
   Meta c = m;
@@ -282,6 +291,12 @@ Status Db::Impl::FlushDurable(uint64_t txnid, uint32_t slot) {
   flushes.fetch_add(1, std::memory_order_relaxed);
   durable_txn = txnid;
   durable_slot = slot;
+  // The log may continue from here only if the meta now on disk names this file's db_id (a file
+  // from before db_ids gets one with its first commit).
+  Meta flushed;
+  std::memcpy(&flushed, Page(slot), sizeof flushed);
+  logged_upto = flushed.db_id != 0 && flushed.db_id == meta.db_id ? txnid : kNotLogged;
+  if (log) log->Reset();
   return Status::Ok();
 }
 
@@ -490,7 +505,9 @@ Status WriteTxn::Put(std::string_view tree, std::string_view key, std::string_vi
   TESSERA_RETURN_IF_ERROR(CheckValue(value));
   TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, true));
   if (!tree.empty()) impl_->trees.find(tree)->second.dirty = true;
-  return btree::Put(*impl_, info, key, value);
+  TESSERA_RETURN_IF_ERROR(btree::Put(*impl_, info, key, value));
+  impl_->LogOp(logop::kPut, tree, key, value);
+  return Status::Ok();
 }
 
 Status WriteTxn::Delete(std::string_view tree, std::string_view key) {
@@ -499,13 +516,16 @@ Status WriteTxn::Delete(std::string_view tree, std::string_view key) {
   TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, false));
   TESSERA_RETURN_IF_ERROR(btree::Delete(*impl_, info, key));
   if (!tree.empty()) impl_->trees.find(tree)->second.dirty = true;
+  impl_->LogOp(logop::kDelete, tree, key);
   return Status::Ok();
 }
 
 Status WriteTxn::CreateTree(std::string_view tree) {
   TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
   if (tree.empty()) return Status::InvalidArgument("tree name must not be empty");
-  return impl_->Tree(tree, true).status();
+  TESSERA_RETURN_IF_ERROR(impl_->Tree(tree, true).status());
+  impl_->LogOp(logop::kCreateTree, tree);
+  return Status::Ok();
 }
 
 Status WriteTxn::DropTree(std::string_view tree) {
@@ -516,6 +536,7 @@ Status WriteTxn::DropTree(std::string_view tree) {
   auto& st = impl_->trees.find(tree)->second;
   st.exists = false;
   st.dirty = true;
+  impl_->LogOp(logop::kDropTree, tree);
   return Status::Ok();
 }
 
@@ -676,8 +697,23 @@ Status CommitTxn(Txn& t, bool sync) {
   std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
   // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
   uint64_t backlog = db->pending_old_count + t.freed.size();
-  if (!sync && backlog > std::max<uint64_t>(16384, m.last_page / 2)) sync = true;
-  if (sync) {
+  const bool reclaim = backlog > std::max<uint64_t>(16384, m.last_page / 2);
+  if (sync && !reclaim && db->log && t.log_ok && db->logged_upto == t.txnid - 1 &&
+      db->log->Fits(t.log_ops.size())) {
+    // Every commit since the last flush is in the log: this one joins it, and the data file's
+    // pages can wait for a later flush.
+    Status s = db->log->Append(m.db_id, db->durable_txn, m.txnid, t.log_ops);
+    if (!s.ok()) {
+      db->fatal = Status::IoError(
+                      "commit log write failed; the database refuses writes until "
+                      "reopened: " +
+                      s.message())
+                      .WithCCode(TESSERA_FATAL);
+      return db->fatal;
+    }
+    db->logged_upto = m.txnid;
+    db->log_syncs.fetch_add(1, std::memory_order_relaxed);
+  } else if (sync || reclaim) {
     TESSERA_RETURN_IF_ERROR(db->FlushDurable(m.txnid, slot));
   }
   // 5. Publish.
@@ -721,10 +757,25 @@ Db::~Db() {
   if (!impl_) return;
   if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok()) {
     std::lock_guard<std::mutex> l(impl_->write_mu);
-    // A clean close makes nosync commits durable and gives back the space grown ahead of need.
-    if (impl_->region->Flush().ok() && impl_->region->page_count() > impl_->meta.last_page &&
-        impl_->region->Truncate(impl_->meta.last_page).ok()) {
-      (void)impl_->region->Flush();
+    // A clean close makes nosync and logged commits durable and gives back the space grown ahead
+    // of need.
+    Db::Impl& d = *impl_;
+    if (d.region->Flush().ok()) {
+      if (d.region->page_count() > d.meta.last_page && d.region->Truncate(d.meta.last_page).ok()) {
+        (void)d.region->Flush();
+      }
+      // Then a meta that records everything as durable goes to the other slot: the next open
+      // need not walk the pages written since the last flush, and damage in them is reported
+      // as damage instead of being taken for a torn commit. A torn write of it leaves the meta
+      // just flushed in place.
+      if (d.commits.load() > 0 && d.meta.durable_txn < d.meta.txnid) {
+        Meta c = d.meta;
+        c.txnid = d.meta.txnid + 1;
+        c.durable_txn = d.meta.txnid;
+        c.crc = MetaCrc(c);
+        std::memcpy(d.Page(1 - d.meta_slot), &c, sizeof c);
+        (void)d.region->Flush();
+      }
     }
   }
 }
@@ -793,11 +844,18 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
 
   Meta chosen;
   uint32_t chosen_slot = 0;
+  const std::string log_path = CommitLog::PathFor(path);
   if (fresh) {
+    // A log left beside a file that is started again belongs to no commit of the new file.
+    if (::unlink(log_path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, "remove stale commit log " + log_path);
+    }
     TESSERA_RETURN_IF_ERROR(impl->region->Grow(kMetaPages));
+    const uint64_t db_id = NewDbId();
     for (uint32_t s = 0; s < 2; ++s) {
       Meta m;
       m.page_size = ps;
+      m.db_id = db_id;
       m.txnid = s;
       m.commit_seq = 0;
       m.durable_txn = 0;
@@ -867,8 +925,82 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   impl->meta_slot = chosen_slot;
   impl->durable_txn = chosen.txnid;
   impl->durable_slot = chosen_slot;
-  impl->Publish(chosen);
-  return std::unique_ptr<Db>(new Db(std::move(impl)));
+  impl->logged_upto = chosen.db_id != 0 ? chosen.txnid : Impl::kNotLogged;
+  // A file from before db_ids gets one; its commits carry it, and the log starts after the first
+  // flush that puts it on disk.
+  if (!options.read_only && impl->meta.db_id == 0) impl->meta.db_id = NewDbId();
+  impl->Publish(impl->meta);
+
+  // Commits in the log after the chosen meta were acknowledged as durable: replay them.
+  std::vector<CommitLog::Record> replay;
+  if (!fresh && chosen.db_id != 0) {
+    TESSERA_ASSIGN_OR_RETURN(auto records, CommitLog::ReadAll(log_path, chosen.db_id));
+    for (auto& r : records) {
+      if (r.txnid > chosen.txnid) replay.push_back(std::move(r));
+    }
+    if (!replay.empty() && replay.front().txnid != chosen.txnid + 1) {
+      return Status::Corruption("'" + path + "' opened at txn " + std::to_string(chosen.txnid) +
+                                " but its commit log continues only from txn " +
+                                std::to_string(replay.front().txnid) + " (commits " +
+                                std::to_string(chosen.txnid + 1) + ".." +
+                                std::to_string(replay.front().txnid - 1) + " are lost)");
+    }
+  }
+  if (options.read_only) {
+    if (!replay.empty()) {
+      impl->recovery_note += (impl->recovery_note.empty() ? "" : "; ") +
+                             std::to_string(replay.size()) + " commits in " + log_path +
+                             " after txn " + std::to_string(chosen.txnid) +
+                             " are not shown (a read-only open does not replay the log)";
+    }
+    return std::unique_ptr<Db>(new Db(std::move(impl)));
+  }
+  if (options.commit_log) impl->log = std::make_unique<CommitLog>(log_path);
+  std::unique_ptr<Db> db(new Db(std::move(impl)));
+  if (!replay.empty()) TESSERA_RETURN_IF_ERROR(db->impl_->Replay(db.get(), replay));
+  return db;
+}
+
+Status Db::Impl::Replay(Db* db, const std::vector<CommitLog::Record>& records) {
+  // Pages the caller's pinned snapshots need (Options::retain_freed_after) stay unreused while
+  // replaying, as they would if OpenSnapshot had come first.
+  replay_reader_floor = opts.retain_freed_after;
+  for (const auto& r : records) {
+    auto where = [&] {
+      return "replaying txn " + std::to_string(r.txnid) + " from the commit log at offset " +
+             std::to_string(r.offset);
+    };
+    auto ops = logop::Decode(r.payload);
+    if (!ops.ok()) return Status::Corruption(where() + ": " + ops.status().message());
+    TESSERA_ASSIGN_OR_RETURN(auto w, db->BeginWrite());
+    for (const auto& op : *ops) {
+      Status s;
+      switch (op.kind) {
+        case logop::kPut:
+          s = w->Put(op.tree, op.key, op.value);
+          break;
+        case logop::kDelete:
+          s = w->Delete(op.tree, op.key);
+          break;
+        case logop::kCreateTree:
+          s = w->CreateTree(op.tree);
+          break;
+        case logop::kDropTree:
+          s = w->DropTree(op.tree);
+          break;
+      }
+      if (!s.ok()) return s.WithContext(where());
+    }
+    TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+    TESSERA_ASSERT(meta.txnid == r.txnid, "replayed commit got txn ", meta.txnid, " not ", r.txnid);
+  }
+  replay_reader_floor = 0;
+  recovery_note += (recovery_note.empty() ? "" : "; ") + std::string("replayed ") +
+                   std::to_string(records.size()) + " commits (txn " +
+                   std::to_string(records.front().txnid) + ".." +
+                   std::to_string(records.back().txnid) + ") from the commit log";
+  std::lock_guard<std::mutex> l(write_mu);
+  return FlushDurable(meta.txnid, meta_slot);
 }
 
 Result<std::unique_ptr<ReadTxn>> Db::BeginRead() const {
@@ -893,7 +1025,8 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   t->meta = meta;
   t->txnid = meta.txnid + 1;
   // Pages freed by txn T become reusable once no reader and no durable meta can reach them.
-  const uint64_t oldest = OldestReader();
+  const uint64_t oldest =
+      replay_reader_floor != 0 ? std::min(OldestReader(), replay_reader_floor) : OldestReader();
   const uint64_t bound = std::min(durable_txn, oldest);
   while (!pending.empty() && pending.begin()->first <= bound) {
     auto& pages = pending.begin()->second;
@@ -923,25 +1056,35 @@ Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
   Writer w;
   w.batch = &batch;
   w.sync = sync;
-  std::unique_lock<std::mutex> l(gc_mu);
-  gc_queue.push_back(&w);
-  while (!w.done && gc_queue.front() != &w) w.cv.wait(l);
-  if (w.done) return w.status;
+  bool lead;
+  {
+    std::lock_guard<std::mutex> l(gc_mu);
+    gc_queue.push_back(&w);
+    lead = gc_queue.size() == 1;
+  }
+  if (!lead) {
+    std::unique_lock<std::mutex> l(w.mu);
+    w.cv.wait(l, [&] { return w.done || w.lead; });
+    if (w.done) return w.status;
+  }
 
   // Leader: take a group of waiting batches and commit them together.
   std::vector<Writer*> group;
   size_t bytes = 0;
   bool group_sync = false;
-  for (Writer* x : gc_queue) {
-    if (!group.empty() && (group.size() >= opts.group_commit_max_batches ||
-                           bytes + x->batch->ByteSize() > opts.group_commit_max_bytes)) {
-      break;
+  {
+    std::lock_guard<std::mutex> l(gc_mu);
+    TESSERA_ASSERT(gc_queue.front() == &w, "group commit leader is not first in the queue");
+    for (Writer* x : gc_queue) {
+      if (!group.empty() && (group.size() >= opts.group_commit_max_batches ||
+                             bytes + x->batch->ByteSize() > opts.group_commit_max_bytes)) {
+        break;
+      }
+      group.push_back(x);
+      bytes += x->batch->ByteSize();
+      group_sync = group_sync || x->sync;
     }
-    group.push_back(x);
-    bytes += x->batch->ByteSize();
-    group_sync = group_sync || x->sync;
   }
-  l.unlock();
 
   auto apply = [this](const std::vector<Writer*>& g, bool s) -> Status {
     TESSERA_ASSIGN_OR_RETURN(auto txn, BeginWrite());
@@ -964,16 +1107,27 @@ Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
     if (x->status.ok()) batches.fetch_add(1, std::memory_order_relaxed);
   }
 
-  l.lock();
-  for (Writer* x : group) {
-    gc_queue.pop_front();
-    if (x != &w) {
-      x->done = true;
-      x->cv.notify_one();
-    }
+  Writer* next = nullptr;
+  {
+    std::lock_guard<std::mutex> l(gc_mu);
+    for (size_t i = 0; i < group.size(); ++i) gc_queue.pop_front();
+    if (!gc_queue.empty()) next = gc_queue.front();
   }
-  if (!gc_queue.empty()) gc_queue.front()->cv.notify_one();
-  return w.status;
+  // The next leader first, so the next group starts while this one's writers wake up. Once a
+  // writer's mu is released after done is set, that writer may return: it is not touched again.
+  if (next != nullptr) {
+    std::lock_guard<std::mutex> l(next->mu);
+    next->lead = true;
+    next->cv.notify_one();
+  }
+  Status mine = w.status;
+  for (Writer* x : group) {
+    if (x == &w) continue;
+    std::lock_guard<std::mutex> l(x->mu);
+    x->done = true;
+    x->cv.notify_one();
+  }
+  return mine;
 }
 
 Status Db::Write(const WriteBatch& batch, const WriteOptions& options) {
@@ -1034,6 +1188,7 @@ Result<Stats> Db::GetStats() const {
   s.file_size = impl_->region->page_count() * uint64_t{impl_->page_size};
   s.commits = impl_->commits.load();
   s.flushes = impl_->flushes.load();
+  s.log_syncs = impl_->log_syncs.load();
   s.batches_written = impl_->batches.load();
   s.meta_slot = impl_->meta_slot;
   s.recovery_note = impl_->recovery_note;

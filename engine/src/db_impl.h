@@ -11,6 +11,9 @@
 //    meta never reached it, and a newer meta that did would fail its open-time validation).
 //  - Meta slot durable_slot_ holds the last flushed meta (txnid durable_txn_); commits write the
 //    other slot, so a crash mid-commit always leaves the durable meta intact.
+//  - logged_upto is the newest txn made durable by the data file or the commit log: the log holds
+//    every commit in (durable_txn, logged_upto]. kNotLogged means a nosync commit (or an old file
+//    without a db_id) broke that chain, and the next sync commit must flush the data file.
 //
 // Thread safety: write_mu_ is held by the single active write transaction (and by Sync, Backup's
 // writer side, Verify of the writer state); everything under "writer state" is guarded by it.
@@ -29,6 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "commit_log.h"
 #include "format.h"
 #include "tessera/engine/db.h"
 #include "tessera/vmem/region.h"
@@ -81,14 +85,23 @@ struct Db::Impl {
   Status fatal;                          // sticky: set when a flush fails
   std::string recovery_note;             // what Open rejected, if anything
   bool dead = false;                     // after SimulatePowerCut
+  static constexpr uint64_t kNotLogged = UINT64_MAX;
+  std::unique_ptr<CommitLog> log;  // null: read-only, or Options::commit_log off
+  uint64_t logged_upto = kNotLogged;
+  // While Open replays the log: pages freed after this txn stay pending (protection pins).
+  uint64_t replay_reader_floor = 0;
 
   // ---- group commit ----
+  // gc_mu guards gc_queue (waiting writers, the leader of the running group first). A writer's
+  // own mu guards its lead/done/status, so waking a group's writers takes no shared lock.
   struct Writer {
     const WriteBatch* batch;
     bool sync;
-    bool done = false;
-    Status status;
+    std::mutex mu;
     std::condition_variable cv;
+    bool lead = false;  // the previous leader handed the queue to this writer
+    bool done = false;  // a leader committed this writer's batch; status holds the result
+    Status status;
   };
   std::mutex gc_mu;
   std::deque<Writer*> gc_queue;
@@ -96,6 +109,7 @@ struct Db::Impl {
   // ---- counters ----
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> flushes{0};
+  std::atomic<uint64_t> log_syncs{0};
   std::atomic<uint64_t> batches{0};
 
   // ---- helpers (db.cc) ----
@@ -129,6 +143,8 @@ struct Db::Impl {
   uint64_t OldestReader() const;
 
   Status Write(const WriteBatch& batch, bool sync);
+  // Open: applies the commit log's records after the chosen meta, then flushes (db owns this).
+  Status Replay(Db* db, const std::vector<CommitLog::Record>& records);
   Result<std::unique_ptr<WriteTxn>> BeginWrite();
 };
 
@@ -158,6 +174,22 @@ struct ReadTxn::Impl {
   std::vector<uint64_t> txn_reusable;  // pages allocated then freed by this txn
   std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
   bool freelist_changed = false;
+  // The operations of this write transaction as a commit-log payload, while it stays small enough
+  // to log (log_ok); a sync commit with !log_ok flushes the data file instead.
+  std::string log_ops;
+  bool log_ok = true;
+  void LogOp(logop::Kind kind, std::string_view tree, std::string_view key = {},
+             std::string_view value = {}) {
+    if (!log_ok) return;
+    if (log_ops.size() + tree.size() + key.size() + value.size() + 32 >
+        CommitLog::kMaxRecordBytes) {
+      log_ok = false;
+      log_ops.clear();
+      log_ops.shrink_to_fit();
+      return;
+    }
+    logop::Append(&log_ops, kind, tree, key, value);
+  }
 
   // Free pages of this snapshot, sorted (loaded on first PageImage).
   mutable std::vector<uint64_t> free_sorted;

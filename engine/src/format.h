@@ -155,7 +155,10 @@ struct Meta {
   uint64_t free_pages = 0;  // pages listed in the freelist
   uint32_t freelist_crc = 0;
   uint32_t pad0 = 0;
-  uint64_t reserved[3] = {};
+  // Random, chosen when the file is created (0 in files made before it existed): ties the commit
+  // log beside the file to it.
+  uint64_t db_id = 0;
+  uint64_t reserved[2] = {};
   uint32_t crc = 0;
   uint32_t pad = 0;
 };

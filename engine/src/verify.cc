@@ -384,6 +384,15 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   }
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(errno, "create " + path);
+  // A commit log left beside the path by an earlier file must not be replayed onto this one
+  // (removed only once the create proved no database lives at `path`).
+  const std::string log_path = CommitLog::PathFor(path);
+  if (::unlink(log_path.c_str()) != 0 && errno != ENOENT) {
+    Status s = ErrnoStatus(errno, "remove stale commit log " + log_path);
+    ::close(fd);
+    ::unlink(path.c_str());
+    return s;
+  }
   const uint32_t ps = m.page_size;
   std::vector<uint8_t> buf(ps);
   // Writes pages p..p+n-1 from buf, starting at buf's page `at`.

@@ -71,6 +71,9 @@ int Verify(const std::string& path) {
   }
   auto rep = (*db)->Verify();
   std::printf("%s", rep.ToString().c_str());
+  // What the open fell back from, or commits in the log a read-only open does not apply.
+  auto st = (*db)->GetStats();
+  if (st.ok() && !st->recovery_note.empty()) std::printf("note: %s\n", st->recovery_note.c_str());
   return rep.ok ? kExitOk : kExitFailure;
 }
 

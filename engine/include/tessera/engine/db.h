@@ -48,6 +48,10 @@ struct Options {
   // the oldest snapshot the caller will pin again, so that snapshot's pages survive a restart.
   // 0: every free page is reusable at open.
   uint64_t retain_freed_after = 0;
+  // A sync commit whose predecessors since the last flush are all logged (or flushed) appends its
+  // operations to the commit log `<path>-log` and flushes that small file instead of the data
+  // file's scattered pages; Open replays it. false: every sync commit flushes the data file.
+  bool commit_log = true;
 };
 
 struct WriteOptions {
@@ -95,7 +99,8 @@ struct Stats {
   uint64_t file_size = 0;
   std::vector<TreeStats> trees;  // the main tree first, then named trees by name
   uint64_t commits = 0;          // commits by this Db object since it opened
-  uint64_t flushes = 0;
+  uint64_t flushes = 0;          // flushes of the data file
+  uint64_t log_syncs = 0;        // sync commits made durable by the commit log alone
   uint64_t batches_written = 0;  // batches committed through Write()
   uint32_t meta_slot = 0;        // slot (0 or 1) of the current meta
   // Empty after a clean open; otherwise what Open rejected (e.g. a torn last commit) and why.

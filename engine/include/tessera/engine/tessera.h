@@ -29,13 +29,15 @@ typedef struct tessera_txn tessera_txn;
 typedef struct tessera_cursor tessera_cursor;
 
 /* Opens or creates the database file `path` (a lock is held on the file itself while open for
- * writing). `options` is NULL or "key=value;key=value" with keys:
+ * writing; sync commits may keep a commit log `<path>-log` beside it). `options` is NULL or "key=value;key=value" with keys:
  *   page_size=N    power of two 4096..65536, used when the file is created (default 4096)
  *   sync=0|1       whether commits flush before returning (default 1)
  *   read_only=0|1  open without writing or locking (default 0)
  *   create=0|1     create the file if missing (default 1)
  *   max_readers=N  concurrent read transactions (default 126)
  *   map_size=N     bytes of address space reserved; the file's size limit (default 64 GiB)
+ *   commit_log=0|1 let a sync commit append to `<path>-log` instead of flushing the file's
+ *                  pages when no unflushed commit precedes it; replayed at open (default 1)
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
  * value), TESSERA_BAD_PAGE_SIZE, TESSERA_BUSY (another writer has the file open),
  * TESSERA_NOTFOUND (missing and create=0), TESSERA_CORRUPTION (not a Tessera file, or no valid
