@@ -91,7 +91,8 @@ void PutVarint(std::string* out, uint64_t v) {
 
 }  // namespace
 
-Result<std::vector<CommitLog::Record>> CommitLog::ReadAll(const std::string& path, uint64_t db_id) {
+Result<std::vector<CommitLog::Record>> CommitLog::ReadAll(const std::string& path, uint64_t db_id,
+                                                          uint64_t after_txnid) {
   std::vector<Record> out;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -128,16 +129,16 @@ Result<std::vector<CommitLog::Record>> CommitLog::ReadAll(const std::string& pat
     out.push_back(Record{r.txnid, off, std::string(r.payload)});
     off = r.next;
   }
-  if (out.empty()) return out;
   // Where the sequence ended, a later record of the same era means damage in the middle: the
-  // commits after it were acknowledged and must not be dropped silently.
+  // commits after it were acknowledged and must not be dropped silently. Records of older eras
+  // hold txnids no newer than the meta being opened, so with no era known any newer one counts.
+  const uint64_t newer_than = out.empty() ? after_txnid : out.back().txnid;
   for (uint64_t o = off + 8; o + kHeaderBytes <= file.size(); o += 8) {
     if (Load<uint32_t>(reinterpret_cast<const uint8_t*>(file.data() + o)) != kRecordMagic) continue;
     Parsed r = ParseAt(file, o);
-    if (r.ok && r.db_id == db_id && r.era == era && r.txnid > out.back().txnid) {
+    if (r.ok && r.db_id == db_id && (out.empty() || r.era == era) && r.txnid > newer_than) {
       return Status::Corruption("commit log '" + path + "' is damaged at offset " +
-                                std::to_string(off) + " (txn " +
-                                std::to_string(out.back().txnid + 1) +
+                                std::to_string(off) + " (after txn " + std::to_string(newer_than) +
                                 ") but holds later commits from offset " + std::to_string(o));
     }
   }
@@ -166,6 +167,15 @@ Status CommitLog::Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::stri
     }
     fd_ = fd;
     size_ = static_cast<uint64_t>(st.st_size);
+    // The file's name must survive a power cut too, or its records vanish with it.
+    const size_t slash = path_.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash + 1);
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return ErrnoStatus(errno, "open directory " + dir);
+    const bool synced = ::fsync(dfd) == 0;
+    const int e = errno;
+    ::close(dfd);
+    if (!synced) return ErrnoStatus(e, "fsync directory " + dir);
   }
   const uint64_t total = Padded(kHeaderBytes + payload.size());
   // Zero-filled growth ahead of need: later appends then change no file metadata.

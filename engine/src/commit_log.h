@@ -49,9 +49,11 @@ class CommitLog {
 
   // Reads the records of `db_id` from the start of the file (an absent file has none). Stops at the
   // first record that is missing, torn, of another database or out of sequence; Corruption when a
-  // damaged record is followed by an intact one of the same era (acknowledged commits would be
-  // lost), naming the offset.
-  static Result<std::vector<Record>> ReadAll(const std::string& path, uint64_t db_id);
+  // damaged record is followed by an intact one of the same era (or, when the very first record is
+  // damaged, by any record newer than `after_txnid`, the meta being opened): acknowledged commits
+  // would be lost. The error names the offset.
+  static Result<std::vector<Record>> ReadAll(const std::string& path, uint64_t db_id,
+                                             uint64_t after_txnid);
 
   // A log for appending at `path`; the file is opened (created if missing) by the first append,
   // which goes to offset 0.

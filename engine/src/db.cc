@@ -32,6 +32,13 @@ using format::kOverflow;
 using format::Load;
 using format::Store;
 
+uint64_t NewDbId() {
+  std::random_device rd;
+  uint64_t id = (uint64_t{rd()} << 32) ^ rd() ^
+                static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  return id != 0 ? id : 1;
+}
+
 uint32_t Crc32c(const uint8_t* data, size_t len) {
   uint32_t crc = 0;
   // ISA-L takes an int length; feed large buffers in pieces.
@@ -49,13 +56,6 @@ namespace {
 using Txn = ReadTxn::Impl;
 
 std::string Pg(uint64_t p) { return "page " + std::to_string(p); }
-
-uint64_t NewDbId() {
-  std::random_device rd;
-  uint64_t id = (uint64_t{rd()} << 32) ^ rd() ^
-                static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  return id != 0 ? id : 1;
-}
 
 uint32_t MetaCrc(const Meta& m) {
   Meta c = m;
@@ -928,15 +928,33 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   impl->logged_upto = chosen.db_id != 0 ? chosen.txnid : Impl::kNotLogged;
   // A file from before db_ids gets one; its commits carry it, and the log starts after the first
   // flush that puts it on disk.
-  if (!options.read_only && impl->meta.db_id == 0) impl->meta.db_id = NewDbId();
+  if (!options.read_only && impl->meta.db_id == 0) {
+    impl->meta.db_id = NewDbId();
+    impl->meta.crc = MetaCrc(impl->meta);  // descriptors of this snapshot carry a valid meta
+  }
   impl->Publish(impl->meta);
 
   // Commits in the log after the chosen meta were acknowledged as durable: replay them.
   std::vector<CommitLog::Record> replay;
   if (!fresh && chosen.db_id != 0) {
-    TESSERA_ASSIGN_OR_RETURN(auto records, CommitLog::ReadAll(log_path, chosen.db_id));
-    for (auto& r : records) {
+    auto records = CommitLog::ReadAll(log_path, chosen.db_id, chosen.txnid);
+    if (!records.ok() && options.read_only) {
+      // A live writer may be rewriting the log under a read-only open: report, do not fail.
+      impl->recovery_note += (impl->recovery_note.empty() ? "" : "; ") +
+                             std::string("commit log not read: ") + records.status().message();
+      records = std::vector<CommitLog::Record>{};
+    }
+    if (!records.ok()) return records.status();
+    for (auto& r : *records) {
       if (r.txnid > chosen.txnid) replay.push_back(std::move(r));
+    }
+    if (!replay.empty() && replay.front().txnid != chosen.txnid + 1 && options.read_only) {
+      // The writer flushed and restarted its log after this open read the metas.
+      impl->recovery_note += (impl->recovery_note.empty() ? "" : "; ") +
+                             std::string("the commit log continues from txn ") +
+                             std::to_string(replay.front().txnid) + ", after this open's txn " +
+                             std::to_string(chosen.txnid) + " (a live writer has moved on)";
+      replay.clear();
     }
     if (!replay.empty() && replay.front().txnid != chosen.txnid + 1) {
       return Status::Corruption("'" + path + "' opened at txn " + std::to_string(chosen.txnid) +
@@ -957,7 +975,15 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   }
   if (options.commit_log) impl->log = std::make_unique<CommitLog>(log_path);
   std::unique_ptr<Db> db(new Db(std::move(impl)));
-  if (!replay.empty()) TESSERA_RETURN_IF_ERROR(db->impl_->Replay(db.get(), replay));
+  if (!replay.empty()) {
+    Status s = db->impl_->Replay(db.get(), replay);
+    if (!s.ok()) {
+      // Closing must not flush or checkpoint a half-replayed state: the next open would start
+      // after it and skip the commit that failed here.
+      db->impl_->dead = true;
+      return s;
+    }
+  }
   return db;
 }
 

@@ -44,6 +44,8 @@ using format::PageView;
 using format::TreeInfo;
 
 uint32_t Crc32c(const uint8_t* data, size_t len);
+// A random nonzero id for a new file (Meta::db_id).
+uint64_t NewDbId();
 
 struct alignas(64) ReaderSlot {
   std::atomic<uint32_t> busy{0};

@@ -413,6 +413,12 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
     return Status::Ok();
   };
   Status s;
+  // The restored file is a file of its own: a fresh db_id keeps any commit log of the source (or
+  // of an earlier file at this path) from ever being replayed onto it.
+  m.db_id = NewDbId();
+  c = m;
+  c.crc = 0;
+  m.crc = Crc32c(reinterpret_cast<const uint8_t*>(&c), sizeof c);
   std::memset(buf.data(), 0, ps);
   std::memcpy(buf.data(), &m, sizeof m);
   s = write_run(0, 1, 0);

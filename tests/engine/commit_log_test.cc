@@ -250,6 +250,22 @@ TEST(CommitLogTest, DamageBeforeIntactRecordsIsCorruptionNamingTheOffset) {
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(again->Get("k" + std::to_string(i), &v).ok()) << i;
 }
 
+TEST(CommitLogTest, DamagedFirstRecordBeforeIntactOnesIsCorruption) {
+  TempDir dir;
+  const std::string path = dir.File("db");
+  const std::string log_path = CrashWithLoggedCommits(path, 4);
+  std::string log = ReadFile(log_path);
+  auto recs = RecordOffsets(log);
+  ASSERT_EQ(recs.size(), 4u);
+  log[recs[0] + 45] ^= 0x10;
+  WriteFile(log_path, log);
+  auto db = Db::Open(path);
+  ASSERT_FALSE(db.ok());
+  EXPECT_TRUE(db.status().IsCorruption()) << db.status().ToString();
+  EXPECT_NE(db.status().message().find("damaged at offset 0"), std::string::npos)
+      << db.status().ToString();
+}
+
 TEST(CommitLogTest, LogOfAnotherDatabaseIsNotReplayed) {
   TempDir dir;
   const std::string a = dir.File("a"), b = dir.File("b");
