@@ -940,8 +940,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     auto records = CommitLog::ReadAll(log_path, chosen.db_id, chosen.txnid);
     if (!records.ok() && options.read_only) {
       // A live writer may be rewriting the log under a read-only open: report, do not fail.
-      impl->recovery_note += (impl->recovery_note.empty() ? "" : "; ") +
-                             std::string("commit log not read: ") + records.status().message();
+      impl->AddRecoveryNote(std::string("commit log not read: ") + records.status().message());
       records = std::vector<CommitLog::Record>{};
     }
     if (!records.ok()) return records.status();
@@ -950,10 +949,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     }
     if (!replay.empty() && replay.front().txnid != chosen.txnid + 1 && options.read_only) {
       // The writer flushed and restarted its log after this open read the metas.
-      impl->recovery_note += (impl->recovery_note.empty() ? "" : "; ") +
-                             std::string("the commit log continues from txn ") +
-                             std::to_string(replay.front().txnid) + ", after this open's txn " +
-                             std::to_string(chosen.txnid) + " (a live writer has moved on)";
+      impl->AddRecoveryNote(std::string("the commit log continues from txn ") +
+                            std::to_string(replay.front().txnid) + ", after this open's txn " +
+                            std::to_string(chosen.txnid) + " (a live writer has moved on)");
       replay.clear();
     }
     if (!replay.empty() && replay.front().txnid != chosen.txnid + 1) {
@@ -966,10 +964,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   }
   if (options.read_only) {
     if (!replay.empty()) {
-      impl->recovery_note += (impl->recovery_note.empty() ? "" : "; ") +
-                             std::to_string(replay.size()) + " commits in " + log_path +
-                             " after txn " + std::to_string(chosen.txnid) +
-                             " are not shown (a read-only open does not replay the log)";
+      impl->AddRecoveryNote(std::to_string(replay.size()) + " commits in " + log_path +
+                            " after txn " + std::to_string(chosen.txnid) +
+                            " are not shown (a read-only open does not replay the log)");
     }
     return std::unique_ptr<Db>(new Db(std::move(impl)));
   }
@@ -1021,10 +1018,9 @@ Status Db::Impl::Replay(Db* db, const std::vector<CommitLog::Record>& records) {
     TESSERA_ASSERT(meta.txnid == r.txnid, "replayed commit got txn ", meta.txnid, " not ", r.txnid);
   }
   replay_reader_floor = 0;
-  recovery_note += (recovery_note.empty() ? "" : "; ") + std::string("replayed ") +
-                   std::to_string(records.size()) + " commits (txn " +
-                   std::to_string(records.front().txnid) + ".." +
-                   std::to_string(records.back().txnid) + ") from the commit log";
+  AddRecoveryNote(std::string("replayed ") + std::to_string(records.size()) + " commits (txn " +
+                  std::to_string(records.front().txnid) + ".." +
+                  std::to_string(records.back().txnid) + ") from the commit log");
   std::lock_guard<std::mutex> l(write_mu);
   return FlushDurable(meta.txnid, meta_slot);
 }

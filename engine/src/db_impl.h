@@ -86,7 +86,10 @@ struct Db::Impl {
   std::vector<uint64_t> freelist_chain;  // pages of the on-disk freelist log, newest first
   Status fatal;                          // sticky: set when a flush fails
   std::string recovery_note;             // what Open rejected, if anything
-  bool dead = false;                     // after SimulatePowerCut
+  void AddRecoveryNote(const std::string& note) {
+    recovery_note += (recovery_note.empty() ? "" : "; ") + note;
+  }
+  bool dead = false;  // after SimulatePowerCut
   static constexpr uint64_t kNotLogged = UINT64_MAX;
   std::unique_ptr<CommitLog> log;  // null: read-only, or Options::commit_log off
   uint64_t logged_upto = kNotLogged;

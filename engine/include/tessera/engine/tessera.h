@@ -29,7 +29,8 @@ typedef struct tessera_txn tessera_txn;
 typedef struct tessera_cursor tessera_cursor;
 
 /* Opens or creates the database file `path` (a lock is held on the file itself while open for
- * writing; sync commits may keep a commit log `<path>-log` beside it). `options` is NULL or "key=value;key=value" with keys:
+ * writing; sync commits may keep a commit log `<path>-log` beside it). `options` is NULL or
+ * "key=value;key=value" with keys:
  *   page_size=N    power of two 4096..65536, used when the file is created (default 4096)
  *   sync=0|1       whether commits flush before returning (default 1)
  *   read_only=0|1  open without writing or locking (default 0)
