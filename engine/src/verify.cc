@@ -275,12 +275,18 @@ VerifyReport Db::VerifySnapshot(const ReadTxn& snap) const {
 }
 
 Status Db::PageImage(const ReadTxn& snap, uint64_t pgno, uint8_t* out) const {
-  const ReadTxn::Impl& t = *snap.impl_;
-  const uint32_t ps = impl_->page_size;
-  if (pgno < kMetaPages || pgno >= t.meta.last_page) {
-    std::memset(out, 0, ps);
-    return Status::Ok();
+  TESSERA_ASSIGN_OR_RETURN(const uint8_t* page, PageImageView(snap, pgno));
+  if (page == nullptr) {
+    std::memset(out, 0, impl_->page_size);
+  } else {
+    std::memcpy(out, page, impl_->page_size);
   }
+  return Status::Ok();
+}
+
+Result<const uint8_t*> Db::PageImageView(const ReadTxn& snap, uint64_t pgno) const {
+  const ReadTxn::Impl& t = *snap.impl_;
+  if (pgno < kMetaPages || pgno >= t.meta.last_page) return static_cast<const uint8_t*>(nullptr);
   if (!t.free_loaded) {
     std::vector<std::pair<uint64_t, uint64_t>> free;
     TESSERA_RETURN_IF_ERROR(ReadFreelist(t, &free, nullptr));
@@ -290,11 +296,9 @@ Status Db::PageImage(const ReadTxn& snap, uint64_t pgno, uint8_t* out) const {
     t.free_loaded = true;
   }
   if (std::binary_search(t.free_sorted.begin(), t.free_sorted.end(), pgno)) {
-    std::memset(out, 0, ps);
-  } else {
-    std::memcpy(out, impl_->Page(pgno), ps);
+    return static_cast<const uint8_t*>(nullptr);
   }
-  return Status::Ok();
+  return static_cast<const uint8_t*>(impl_->Page(pgno));
 }
 
 namespace {

@@ -1,6 +1,7 @@
 #include "convert.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/file.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -149,6 +150,17 @@ ClusterStatus FromGen(const gen::ClusterStatus& s) {
   out.raft_term = s.raft_term;
   out.raft_commit = s.raft_commit;
   return out;
+}
+
+void KeepLargeBuffersInHeap() {
+  // 32 MiB is the largest mmap threshold glibc accepts; the trim threshold keeps a few such
+  // buffers per arena rather than returning them to the kernel after every call.
+  static const bool done = [] {
+    (void)mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    (void)mallopt(M_TRIM_THRESHOLD, 128 << 20);
+    return true;
+  }();
+  (void)done;
 }
 
 Status WriteFileDurably(const std::string& path, const std::string& content) {

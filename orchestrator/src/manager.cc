@@ -1330,6 +1330,7 @@ Result<std::vector<ReplicaPeer>> ParsePeers(const std::string& text, const std::
 }
 
 Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
+  KeepLargeBuffersInHeap();
   if (options.num_shards < 1 || options.num_shards > kMaxShards) {
     return Status::InvalidArgument("--shards must be 1 to " + std::to_string(kMaxShards));
   }

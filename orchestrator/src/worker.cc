@@ -330,6 +330,7 @@ class Handler : public gen::WorkerServiceIf {
 }  // namespace
 
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
+  KeepLargeBuffersInHeap();
   WorkerState s;
   s.opts = options;
   if (options.role != "worker" && options.role != "parity") {

@@ -241,6 +241,9 @@ class Db {
   // Protection support. The image of page p of `snap`: its bytes if p is in use in the snapshot,
   // zeros otherwise (meta pages are never in use). `out` must hold page_size bytes.
   Status PageImage(const ReadTxn& snap, uint64_t pgno, uint8_t* out) const;
+  // The same image without a copy: the page's bytes in place (valid while `snap` is open), or
+  // null when the image is all zeros (a free page, a meta page, or past the snapshot's end).
+  Result<const uint8_t*> PageImageView(const ReadTxn& snap, uint64_t pgno) const;
   // Pages whose image differs (or may differ) between two snapshots, `older` before `newer`;
   // cost follows what changed.
   Result<std::vector<uint64_t>> ChangedPages(const ReadTxn& older, const ReadTxn& newer) const;
