@@ -1192,6 +1192,10 @@ Status Db::Get(std::string_view tree, std::string_view key, std::string* value) 
 
 Status Db::Sync() {
   if (impl_->opts.read_only) return Status::Ok();
+  // The backlog of dirty pages is written before the write lock is taken, so writers wait only
+  // for the flush of what they dirty meanwhile. A failure here is sticky in the region and
+  // reported by the flush below.
+  (void)impl_->region->Writeback();
   std::lock_guard<std::mutex> l(impl_->write_mu);
   if (!impl_->fatal.ok()) return impl_->fatal;
   TESSERA_RETURN_IF_ERROR(impl_->FlushDurable(impl_->meta.txnid, impl_->meta_slot));

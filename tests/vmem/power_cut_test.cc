@@ -140,6 +140,25 @@ TEST(PowerCutTest, ModeAndArgumentsAreChecked) {
   EXPECT_EQ((*r)->Stats().page_count, 0u);
 }
 
+TEST(PowerCutTest, WritebackMakesNothingDurable) {
+  TempDir dir;
+  const std::string path = dir.File("r");
+  {
+    auto r = Region::Open(path, PowerCutOptions());
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    Region& region = **r;
+    ASSERT_TRUE(region.Grow(8).ok());
+    for (uint64_t p = 0; p < 8; ++p) FillPage(region, p, 0xa0);
+    ASSERT_TRUE(region.Flush().ok());
+    for (uint64_t p = 0; p < 8; ++p) FillPage(region, p, 0xb0);
+    ASSERT_TRUE(region.Writeback().ok());
+    ASSERT_TRUE(region.SimulatePowerCut(/*seed=*/3, /*keep_fraction=*/0.0).ok());
+  }
+  auto r = Region::Open(path, {});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  for (uint64_t p = 0; p < 8; ++p) EXPECT_EQ(PageByte(**r, p), 0xa0) << "page " << p;
+}
+
 TEST(PowerCutTest, DontNeedDoesNotDiscardUnflushedStores) {
   TempDir dir;
   auto r = Region::Open(dir.File("r"), PowerCutOptions());

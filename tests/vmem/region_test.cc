@@ -349,6 +349,26 @@ TEST(RegionTest, FlushCountsCallsAndBytes) {
   EXPECT_TRUE((*anon)->Flush().ok());
 }
 
+TEST(RegionTest, WritebackIsNotAFlushAndLeavesThePagesAsTheyAre) {
+  TempDir dir;
+  auto r = MustOpen(dir.File("r"));
+  ASSERT_NE(r, nullptr);
+  ASSERT_TRUE(r->Grow(32).ok());
+  for (uint64_t p = 0; p < 32; ++p) FillPage(*r, p, 7);
+  ASSERT_TRUE(r->Writeback().ok());
+  EXPECT_EQ(r->Stats().flushes, 0u) << "a writeback promises nothing, so it is not counted";
+  for (uint64_t p = 0; p < 32; ++p) FillPage(*r, p, 9);  // pages written back stay writable
+  ASSERT_TRUE(r->Flush().ok());
+  r.reset();
+  auto again = MustOpen(dir.File("r"));
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(again->Page(31)[0], 9);
+  EXPECT_EQ(again->Page(31)[again->page_size() - 1], 9);
+  auto anon = Region::OpenAnonymous({});
+  ASSERT_TRUE(anon.ok());
+  EXPECT_TRUE((*anon)->Writeback().ok());
+}
+
 TEST(RegionTest, StatsCountResidentPages) {
   auto r = Region::OpenAnonymous({});
   ASSERT_TRUE(r.ok());

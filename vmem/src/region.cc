@@ -285,6 +285,21 @@ Status Region::Flush(std::span<const PageRange> ranges) {
   return FlushLocked(ranges, /*whole_file=*/false);
 }
 
+Status Region::Writeback() {
+  if (fd_ < 0 || options_.simulate_power_cut) return Status::Ok();
+  {
+    std::lock_guard lock(mu_);
+    TESSERA_RETURN_IF_ERROR(CheckWritable("Writeback"));
+  }
+  if (fdatasync(fd_) != 0) {
+    Status st = ErrnoStatus(errno, "fdatasync " + path_);
+    std::lock_guard lock(mu_);
+    if (flush_error_.ok()) flush_error_ = st;
+    return Status(st).WithCCode(TESSERA_FATAL);
+  }
+  return Status::Ok();
+}
+
 Status Region::FlushLocked(std::span<const PageRange> ranges, bool whole_file) {
   if (fd_ < 0) {
     for (const auto& r : ranges) TESSERA_RETURN_IF_ERROR(CheckRange(r, "Flush"));

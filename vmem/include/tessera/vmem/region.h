@@ -98,6 +98,12 @@ class Region {
   // file size. Anonymous regions: no-op that succeeds.
   Status Flush();
   Status Flush(std::span<const PageRange> ranges);
+  // Writes back the file's dirty pages and waits for them without holding the region's lock
+  // (Grow and Flush are not held up meanwhile), so that a Flush soon after has little left to
+  // write. It promises no durability of its own. A failure is sticky like a failed Flush: the
+  // kernel reports a writeback error only once, so every later Flush must fail too. No-op for
+  // anonymous regions and with simulate_power_cut (there the Flush writes the pages).
+  Status Writeback();
 
   Status Advise(PageRange range, Advice advice);
   // Changes protection of mapped pages: writable=false makes a stray store fault at once.
