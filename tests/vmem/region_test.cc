@@ -46,6 +46,14 @@ std::unique_ptr<Region> MustOpen(const std::string& path, RegionOptions o = {}) 
   return r.ok() ? std::move(*r) : nullptr;
 }
 
+// A file-backed region of `pages` pages, each filled with `byte` (null on failure).
+std::unique_ptr<Region> MustOpenFilled(const std::string& path, uint64_t pages, uint8_t byte) {
+  auto r = MustOpen(path);
+  if (r == nullptr || !r->Grow(pages).ok()) return nullptr;
+  for (uint64_t p = 0; p < pages; ++p) FillPage(*r, p, byte);
+  return r;
+}
+
 TEST(RegionTest, RejectsPageSizesThatAreNotPowersOfTwoInRange) {
   TempDir dir;
   for (uint32_t ps : {0u, 1000u, 2048u, 4097u, 12288u, 131072u}) {
@@ -323,10 +331,8 @@ TEST(RegionTest, EveryRangeCheckReportsOutOfBounds) {
 
 TEST(RegionTest, FlushCountsCallsAndBytes) {
   TempDir dir;
-  auto r = MustOpen(dir.File("r"));
+  auto r = MustOpenFilled(dir.File("r"), 64, 1);
   ASSERT_NE(r, nullptr);
-  ASSERT_TRUE(r->Grow(64).ok());
-  for (uint64_t p = 0; p < 64; ++p) FillPage(*r, p, 1);
   ASSERT_TRUE(r->Flush().ok());
   RegionStats s = r->Stats();
   EXPECT_EQ(s.flushes, 1u);
@@ -351,10 +357,8 @@ TEST(RegionTest, FlushCountsCallsAndBytes) {
 
 TEST(RegionTest, WritebackIsNotAFlushAndLeavesThePagesAsTheyAre) {
   TempDir dir;
-  auto r = MustOpen(dir.File("r"));
+  auto r = MustOpenFilled(dir.File("r"), 32, 7);
   ASSERT_NE(r, nullptr);
-  ASSERT_TRUE(r->Grow(32).ok());
-  for (uint64_t p = 0; p < 32; ++p) FillPage(*r, p, 7);
   ASSERT_TRUE(r->Writeback().ok());
   EXPECT_EQ(r->Stats().flushes, 0u) << "a writeback promises nothing, so it is not counted";
   for (uint64_t p = 0; p < 32; ++p) FillPage(*r, p, 9);  // pages written back stay writable
