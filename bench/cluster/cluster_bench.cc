@@ -3,7 +3,11 @@
 // round trip (WorkerService.Ping to an in-process server on the same transport stack): the
 // ceiling. Prints ops/s, p50 and p99 latency, and the ratio to the ceiling.
 //
-//   cluster_bench [--ops N] [--value-size B] [--base-port P]
+//   cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]
+//
+// The rows run in order (per client count: puts unprotected, puts xor, gets), so the gets of a
+// full run share the machine with the xor cluster sending the generation those puts started;
+// `--only get` measures gets on a quiet cluster.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
