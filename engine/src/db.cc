@@ -697,7 +697,7 @@ Status CommitTxn(Txn& t, bool sync) {
   std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
   // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
   uint64_t backlog = db->pending_old_count + t.freed.size();
-  const bool reclaim = backlog > std::max<uint64_t>(16384, m.last_page / 2);
+  const bool reclaim = !db->replaying && backlog > std::max<uint64_t>(16384, m.last_page / 2);
   if (sync && !reclaim && db->log && t.log_ok && db->logged_upto == t.txnid - 1 &&
       db->log->Fits(t.log_ops.size())) {
     // Every commit since the last flush is in the log: this one joins it, and the data file's
@@ -988,6 +988,7 @@ Status Db::Impl::Replay(Db* db, const std::vector<CommitLog::Record>& records) {
   // Pages the caller's pinned snapshots need (Options::retain_freed_after) stay unreused while
   // replaying, as they would if OpenSnapshot had come first.
   replay_reader_floor = opts.retain_freed_after;
+  replaying = true;
   for (const auto& r : records) {
     auto where = [&] {
       return "replaying txn " + std::to_string(r.txnid) + " from the commit log at offset " +
@@ -1018,6 +1019,7 @@ Status Db::Impl::Replay(Db* db, const std::vector<CommitLog::Record>& records) {
     TESSERA_ASSERT(meta.txnid == r.txnid, "replayed commit got txn ", meta.txnid, " not ", r.txnid);
   }
   replay_reader_floor = 0;
+  replaying = false;
   AddRecoveryNote(std::string("replayed ") + std::to_string(records.size()) + " commits (txn " +
                   std::to_string(records.front().txnid) + ".." +
                   std::to_string(records.back().txnid) + ") from the commit log");

@@ -95,6 +95,9 @@ struct Db::Impl {
   uint64_t logged_upto = kNotLogged;
   // While Open replays the log: pages freed after this txn stay pending (protection pins).
   uint64_t replay_reader_floor = 0;
+  // While Open replays the log the commit path never flushes: a flush resets the log, and a
+  // crash before the replay ends would lose the records not yet applied (Open checkpoints after).
+  bool replaying = false;
 
   // ---- group commit ----
   // gc_mu guards gc_queue (waiting writers, the leader of the running group first). A writer's
