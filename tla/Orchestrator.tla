@@ -58,14 +58,19 @@ CONSTANTS
     ExitWhenManagerGone, \* a worker that saw the map in shutting_down in a
                          \* heartbeat reply and then cannot reach the manager
                          \* (3 s) ends its loop and exits (finding 4)
-    ExitAfterFailedDrain \* a worker whose drain ran out (Shutdown answered
-                         \* UNAVAILABLE) ends its loop once its requests in
-                         \* flight finish (finding 6)
+    ExitAfterFailedDrain, \* a worker whose drain ran out (Shutdown answered
+                          \* UNAVAILABLE) ends its loop once its requests in
+                          \* flight finish (finding 6)
+    LingerBeforeExit     \* a manager whose shutdown began before the cluster
+                         \* formed, or that could not tell some worker, keeps
+                         \* refusing Register for longer than a worker's
+                         \* retry interval before it exits (finding 4)
 
 ASSUME NumShards \in Nat \ {0} /\ ExpectedWorkers \in 1..Cardinality(Nodes)
 ASSUME MaxFaults \in Nat
 ASSUME {Zombies, LateRegister, DrainTimeout, EarlyShutdown, LateRestart, TellLost,
-        ExitWhenRefused, ExitWhenManagerGone, ExitAfterFailedDrain} \subseteq BOOLEAN
+        ExitWhenRefused, ExitWhenManagerGone, ExitAfterFailedDrain,
+        LingerBeforeExit} \subseteq BOOLEAN
 
 Shards   == 1..NumShards
 MaxInc   == 1 + MaxFaults                 \* starts per node
@@ -338,7 +343,13 @@ Crash(p) ==
 \* max(copied value + 1, clock in ms): above the old process's when the copy was
 \* taken after that one started or the clock moved on; the model assumes so
 \* (otherwise the new process's Register is refused and it is fenced).
-\* Restarts after shutdown began only with LateRestart.
+\* Restarts after shutdown began only with LateRestart, only while the manager
+\* still runs, and only of a node that has not acknowledged its Shutdown.  A
+\* process started after the manager exited waits for a manager, as one started
+\* before any manager does; so does a node that acknowledged its Shutdown, then
+\* crashed and was started again: nothing tells the manager to wait for it, and
+\* its first Register may come after the manager exited.  Both are new starts
+\* by design, not processes left over from the shutdown (tla/README.md).
 Start(n) ==
     LET i == Latest(n)
         old == <<n, i>>
@@ -346,7 +357,7 @@ Start(n) ==
     IN /\ i < MaxInc
        /\ \/ pst[old] = "crashed"
           \/ Zombies /\ Running(old) /\ faults < MaxFaults
-       /\ mphase = "running" \/ LateRestart
+       /\ mphase = "running" \/ (LateRestart /\ mphase = "shutting_down" /\ n \notin tellOk)
        /\ faults' = IF pst[old] = "crashed" THEN faults ELSE faults + 1
        /\ pst' = [pst EXCEPT ![new] = "running"]
        /\ store' = [store EXCEPT ![new] = store[old]]
@@ -590,8 +601,18 @@ WorkerExit(p) ==
     /\ UNCHANGED <<mgrVars, draining, lateReg, store, faults, clientVars, acceptedBy>>
 
 \* Every worker was told (answered or failed): done_ is set and RunManager exits.
+\* [LingerBeforeExit] When the shutdown began before the cluster formed, or some
+\* worker could not be told, a worker process may still be retrying Register
+\* (one that was SIGKILLed and restarted, or one that never registered).  The
+\* manager then keeps refusing Register for 3.5 s, longer than a worker's
+\* retry interval (backoff up to 1 s plus a 2 s call budget), before it
+\* commits the end of the shutdown.  Untimed, that is: it exits only once every
+\* running process that has not registered was refused.  A process started
+\* after the manager exited waits for a manager, as one started before it does.
 MgrExit ==
     /\ mphase = "shutting_down" /\ toTell = {} /\ telling = NoNode
+    /\ LingerBeforeExit /\ (tellFailed # {} \/ ~formed)
+       => \A p \in Procs : Running(p) /\ ~reg[p] => leaving[p]
     /\ mphase' = "exited"
     /\ UNCHANGED <<formed, minc, regOrder, owner, epoch, toTell, telling, tellOk, tellFailed,
                    workerVars, clientVars, acceptedBy>>

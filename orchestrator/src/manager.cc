@@ -34,6 +34,9 @@ constexpr int64_t kMaxSessionTtlMs = 3600 * 1000;
 constexpr int kCommandTimeoutMs = 3000;
 constexpr int64_t kMaxLockWaitMs = 60000;  // one Acquire call waits at most this long
 constexpr int64_t kShutdownFreshMs = 60000;
+// How long a shutdown that could not tell every worker keeps refusing Register before it ends:
+// longer than a worker's retry interval (worker.cc: a 2 s call budget, then up to 1 s backoff).
+constexpr int kShutdownLingerMs = 4000;
 
 int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -125,7 +128,11 @@ class ManagerState : public ReplicatedState {
   nlohmann::json RegisterLocked(const std::string& id, const std::string& address,
                                 int64_t incarnation, const std::string& role_in,
                                 const std::string& replace, bool has_data) {
-    if (shutting_down_) Throw(ErrorCode::UNAVAILABLE, "cluster is shutting down", "manager");
+    // Also after shutdown_done, while this process is about to exit: a worker registering in
+    // that window would otherwise wait for the gone manager forever (TLA+ finding 4).
+    if (shutting_down_ || exit_requested_) {
+      Throw(ErrorCode::UNAVAILABLE, "cluster is shutting down", "manager");
+    }
     if (id.empty() || id.size() > 128) {
       Throw(ErrorCode::INVALID_ARGUMENT, "node id must be 1 to 128 bytes", "manager");
     }
@@ -746,7 +753,7 @@ class ManagerState : public ReplicatedState {
     m.version = version_;
     m.num_shards = num_shards_;
     m.formed = formed_;
-    m.state = shutting_down_ ? "shutting_down" : formed_ ? "serving" : "forming";
+    m.state = shutting_down_ || exit_requested_ ? "shutting_down" : formed_ ? "serving" : "forming";
     for (int s = 0; s < num_shards_; ++s) {
       ShardInfo si;
       si.shard = s;
@@ -1049,6 +1056,18 @@ class Handler : public gen::ManagerServiceIf {
         spdlog::warn("manager: worker {} at {}: {}", id, addr, s.ToString());
         failures += " " + id + " (" + s.message() + ")";
       }
+    }
+    // A worker that could not be told (it was down, or had not registered: the shutdown came
+    // before the cluster formed) may still be retrying Register, or be restarted now. Refusing
+    // Register for longer than a worker's retry interval (a 2 s call budget, then a backoff of
+    // up to 1 s) lets each such process learn of the shutdown and exit instead of waiting for a
+    // gone manager forever (TLA+ finding 4, LingerBeforeExit). When every worker was told, no
+    // process is left to wait for.
+    if (!failures.empty() || !st_->Map().formed) {
+      spdlog::info("manager: {}; refusing registrations for {} ms before exiting",
+                   failures.empty() ? "the cluster had not formed" : "some workers were not told",
+                   kShutdownLingerMs);
+      std::this_thread::sleep_for(std::chrono::milliseconds(kShutdownLingerMs));
     }
     // Every manager applies this and exits (deleting its data with cleanup).
     Command({{"op", "shutdown_done"}, {"cleanup", cleanup_data}, {"at_ms", WallMs()}});

@@ -352,6 +352,46 @@ TEST(ClusterTest, ShutdownWithCleanupLeavesNoProcessAndNoData) {
   EXPECT_FALSE(std::filesystem::exists(c.dir() + "/manager"));
 }
 
+// TLA+ finding 4 (tla/README.md): a shutdown that could not tell every worker keeps refusing
+// Register long enough for a worker still retrying it to learn of the shutdown and exit.
+TEST(ClusterTest, ShutdownBeforeTheClusterFormedRefusesAWorkerStartingMeanwhile) {
+  Cluster c(2);
+  c.StartManager();
+  auto client = c.NewClient();
+  auto st = client->GetStatus();
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  EXPECT_FALSE(st->map.formed);
+  // Nobody has registered, so nobody is told; a worker that comes up meanwhile (or was
+  // retrying all along) must still hear of the shutdown before the manager is gone.
+  Status shutdown;
+  std::thread t([&] { shutdown = client->Shutdown(false); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  c.StartWorker(0);
+  t.join();
+  EXPECT_TRUE(shutdown.ok()) << shutdown.ToString();
+  EXPECT_EQ(c.manager_process().Wait(std::chrono::seconds(15)), 0) << c.Logs();
+  EXPECT_EQ(c.worker(0).Wait(std::chrono::seconds(15)), 0) << c.Logs();
+}
+
+TEST(ClusterTest, WorkerRestartedDuringShutdownIsRefusedAndExits) {
+  Cluster c;
+  c.Start();
+  c.worker(1).Kill(SIGKILL);
+  c.worker(1).Wait(std::chrono::seconds(5));
+  // The manager cannot tell worker 1, so it lingers; worker 1 comes back meanwhile.
+  auto client = c.NewClient();
+  Status shutdown;
+  std::thread t([&] { shutdown = client->Shutdown(false); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  c.StartWorker(1);
+  t.join();
+  EXPECT_TRUE(shutdown.IsUnavailable()) << shutdown.ToString();  // names the worker not told
+  EXPECT_EQ(c.manager_process().Wait(std::chrono::seconds(15)), 0) << c.Logs();
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(c.worker(i).Wait(std::chrono::seconds(15)), 0) << "worker " << i << c.Logs();
+  }
+}
+
 TEST(ClusterTest, ShutdownWithoutCleanupKeepsDataForTheNextStart) {
   Cluster c;
   c.Start();
