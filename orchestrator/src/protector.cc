@@ -31,8 +31,10 @@ using gen::ErrorCode;
 
 constexpr const char* kSeqTree = "_p";
 constexpr const char* kSeqKey = "seq";
-constexpr int kDeltaChunk = 256;     // pages per StageDelta call (1 MiB)
-constexpr int kRebuildChunk = 1024;  // pages per rebuild batch (4 MiB per source call)
+constexpr int kDeltaChunk = 256;  // pages per StageDelta call (1 MiB)
+// Pages per rebuild batch: 1 MiB per source call. With 4 MiB batches the answers in flight
+// (sources x batches) outgrew the caches, and every copy of a page went to memory.
+constexpr int kRebuildChunk = 256;
 
 void PutU32(std::string* s, uint32_t v) {
   for (int i = 3; i >= 0; --i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -890,7 +892,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       };
       // A few batches in flight: the sources answer in parallel while earlier ones are decoded
       // and written.
-      constexpr size_t kInFlight = 3;
+      constexpr size_t kInFlight = 4;
       std::deque<std::future<Result<std::shared_ptr<Fetched>>>> next;
       uint64_t next_first = 2;
       auto launch = [&]() {
