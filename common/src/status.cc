@@ -1,5 +1,7 @@
 #include "tessera/common/status.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -70,6 +72,21 @@ Status ErrnoStatus(int err, std::string_view what) {
     default:
       return Status::IoError(std::move(msg));
   }
+}
+
+Status PwriteAll(int fd, const void* data, size_t len, uint64_t offset, std::string_view what) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (len > 0) {
+    ssize_t w = ::pwrite(fd, p, len, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, what);
+    }
+    p += w;
+    offset += static_cast<uint64_t>(w);
+    len -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
 }
 
 int ToCError(const Status& status) {

@@ -30,21 +30,6 @@ uint32_t RecordCrc(const uint8_t* record, uint64_t payload_bytes) {
   return Crc32c(record + 8, kHeaderBytes - 8 + payload_bytes);
 }
 
-Status WriteAll(int fd, const void* data, size_t len, uint64_t off, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (len > 0) {
-    ssize_t w = ::pwrite(fd, p, len, static_cast<off_t>(off));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, "write " + path);
-    }
-    p += w;
-    off += static_cast<uint64_t>(w);
-    len -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
-}
-
 // A record at `off` of `file`, if one is whole there: its header fields and payload.
 struct Parsed {
   bool ok = false;
@@ -183,7 +168,7 @@ Status CommitLog::Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::stri
     const uint64_t step = std::clamp(size_, kMinGrowStep, kMaxGrowStep);
     const uint64_t new_size = (offset_ + total + step - 1) / step * step;
     std::vector<uint8_t> zeros(static_cast<size_t>(new_size - size_));
-    TESSERA_RETURN_IF_ERROR(WriteAll(fd_, zeros.data(), zeros.size(), size_, path_));
+    TESSERA_RETURN_IF_ERROR(PwriteAll(fd_, zeros.data(), zeros.size(), size_, "write " + path_));
     size_ = new_size;
   }
   std::string rec(static_cast<size_t>(total), '\0');
@@ -195,7 +180,7 @@ Status CommitLog::Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::stri
   Store(h + 32, txnid);
   std::memcpy(h + kHeaderBytes, payload.data(), payload.size());
   Store(h + 4, RecordCrc(h, payload.size()));
-  TESSERA_RETURN_IF_ERROR(WriteAll(fd_, rec.data(), rec.size(), offset_, path_));
+  TESSERA_RETURN_IF_ERROR(PwriteAll(fd_, rec.data(), rec.size(), offset_, "write " + path_));
   if (::fdatasync(fd_) != 0) return ErrnoStatus(errno, "fdatasync " + path_);
   offset_ += total;
   return Status::Ok();

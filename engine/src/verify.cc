@@ -401,20 +401,8 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
   std::vector<uint8_t> buf(ps);
   // Writes pages p..p+n-1 from buf, starting at buf's page `at`.
   auto write_run = [&](uint64_t p, uint64_t n, uint64_t at) -> Status {
-    const uint8_t* d = buf.data() + at * ps;
-    size_t left = static_cast<size_t>(ps) * n;
-    off_t off = static_cast<off_t>(p * ps);
-    while (left > 0) {
-      ssize_t w = ::pwrite(fd, d, left, off);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoStatus(errno, "write " + path);
-      }
-      d += w;
-      left -= static_cast<size_t>(w);
-      off += w;
-    }
-    return Status::Ok();
+    return PwriteAll(fd, buf.data() + at * ps, static_cast<size_t>(ps) * n, p * ps,
+                     "write " + path);
   };
   Status s;
   // The restored file is a file of its own: a fresh db_id keeps any commit log of the source (or

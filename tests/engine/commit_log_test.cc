@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "seed.h"
 #include "subprocess.h"
 #include "tessera/engine/db.h"
 
@@ -22,14 +23,6 @@ namespace {
 
 using testing::TempDir;
 using Model = std::map<std::string, std::map<std::string, std::string>>;  // tree -> key -> value
-
-uint64_t Seed() {
-  const char* s = std::getenv("TESSERA_SEED");
-  uint64_t seed = s ? std::strtoull(s, nullptr, 10) : std::random_device{}();
-  std::printf("commit log test seed: %llu (replay with TESSERA_SEED=%llu)\n",
-              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
-  return seed;
-}
 
 std::unique_ptr<Db> MustOpen(const std::string& path, Options o = {}) {
   auto db = Db::Open(path, o);
@@ -61,7 +54,7 @@ Model NonEmpty(Model m) {
 // cut that keeps a random part of the unflushed page writes. After reopening, the database must
 // equal the state after some commit no older than the last acknowledged sync commit.
 TEST(CommitLogTest, PowerCutKeepsEverySyncCommit) {
-  const uint64_t seed = Seed();
+  const uint64_t seed = testing::TestSeed("commit log test");
   std::mt19937_64 rng(seed);
   for (int round = 0; round < 25; ++round) {
     SCOPED_TRACE("seed " + std::to_string(seed) + " round " + std::to_string(round));
@@ -211,15 +204,20 @@ std::vector<size_t> RecordOffsets(const std::string& log) {
   return out;
 }
 
+// Flips one bit inside the payload of the record at `offset` of the log at `log_path`.
+void FlipPayloadBit(const std::string& log_path, size_t offset) {
+  std::string log = ReadFile(log_path);
+  log[offset + 45] ^= 0x10;
+  WriteFile(log_path, log);
+}
+
 TEST(CommitLogTest, TornLastRecordIsDropped) {
   TempDir dir;
   const std::string path = dir.File("db");
   const std::string log_path = CrashWithLoggedCommits(path, 10);
-  std::string log = ReadFile(log_path);
-  auto recs = RecordOffsets(log);
+  auto recs = RecordOffsets(ReadFile(log_path));
   ASSERT_EQ(recs.size(), 10u);
-  log[recs.back() + 45] ^= 0x10;  // inside the last record's payload
-  WriteFile(log_path, log);
+  FlipPayloadBit(log_path, recs.back());
   auto db = MustOpen(path);
   std::string v;
   for (int i = 0; i < 9; ++i) EXPECT_TRUE(db->Get("k" + std::to_string(i), &v).ok()) << i;
@@ -232,19 +230,16 @@ TEST(CommitLogTest, DamageBeforeIntactRecordsIsCorruptionNamingTheOffset) {
   TempDir dir;
   const std::string path = dir.File("db");
   const std::string log_path = CrashWithLoggedCommits(path, 10);
-  std::string log = ReadFile(log_path);
-  auto recs = RecordOffsets(log);
+  auto recs = RecordOffsets(ReadFile(log_path));
   ASSERT_EQ(recs.size(), 10u);
-  log[recs[4] + 45] ^= 0x10;
-  WriteFile(log_path, log);
+  FlipPayloadBit(log_path, recs[4]);
   auto db = Db::Open(path);
   ASSERT_FALSE(db.ok());
   EXPECT_TRUE(db.status().IsCorruption()) << db.status().ToString();
   EXPECT_NE(db.status().message().find("offset " + std::to_string(recs[4])), std::string::npos)
       << db.status().ToString();
   // Nothing was changed by the refused open: with the damage undone, every commit is back.
-  log[recs[4] + 45] ^= 0x10;
-  WriteFile(log_path, log);
+  FlipPayloadBit(log_path, recs[4]);
   auto again = MustOpen(path);
   std::string v;
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(again->Get("k" + std::to_string(i), &v).ok()) << i;
@@ -254,11 +249,9 @@ TEST(CommitLogTest, DamagedFirstRecordBeforeIntactOnesIsCorruption) {
   TempDir dir;
   const std::string path = dir.File("db");
   const std::string log_path = CrashWithLoggedCommits(path, 4);
-  std::string log = ReadFile(log_path);
-  auto recs = RecordOffsets(log);
+  auto recs = RecordOffsets(ReadFile(log_path));
   ASSERT_EQ(recs.size(), 4u);
-  log[recs[0] + 45] ^= 0x10;
-  WriteFile(log_path, log);
+  FlipPayloadBit(log_path, recs[0]);
   auto db = Db::Open(path);
   ASSERT_FALSE(db.ok());
   EXPECT_TRUE(db.status().IsCorruption()) << db.status().ToString();

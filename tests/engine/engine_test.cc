@@ -31,6 +31,14 @@ std::unique_ptr<Db> MustOpen(const std::string& path, Options o = {}) {
   return db.ok() ? std::move(db).value() : nullptr;
 }
 
+// Simulated power cuts, with the commit log on or off.
+Options PowerCutOptions(bool commit_log) {
+  Options o;
+  o.simulate_power_cut = true;
+  o.commit_log = commit_log;
+  return o;
+}
+
 TEST(EngineTest, PutGetDeleteAndReopen) {
   TempDir dir;
   std::string path = dir.File("db");
@@ -341,9 +349,7 @@ TEST(EngineTest, TornLastCommitFallsBackAndIsReported) {
     SCOPED_TRACE(log ? "with the commit log" : "without the commit log");
     TempDir dir;
     std::string path = dir.File("db");
-    Options o;
-    o.simulate_power_cut = true;
-    o.commit_log = log;
+    const Options o = PowerCutOptions(log);
     uint64_t before, after;
     {
       auto db = MustOpen(path, o);
@@ -406,9 +412,7 @@ TEST(EngineTest, BadMetaAfterACrashIsRepairedFromTheLog) {
     SCOPED_TRACE(log ? "with the commit log" : "without the commit log");
     TempDir dir;
     std::string path = dir.File("db");
-    Options o;
-    o.simulate_power_cut = true;
-    o.commit_log = log;
+    const Options o = PowerCutOptions(log);
     uint32_t slot;
     {
       auto db = MustOpen(path, o);

@@ -7,19 +7,12 @@
 #include <random>
 #include <string>
 
+#include "seed.h"
 #include "subprocess.h"
 #include "tessera/engine/db.h"
 
 namespace tessera::engine {
 namespace {
-
-uint64_t Seed() {
-  const char* s = std::getenv("TESSERA_SEED");
-  uint64_t seed = s ? std::strtoull(s, nullptr, 10) : std::random_device{}();
-  std::printf("model test seed: %llu (replay with TESSERA_SEED=%llu)\n",
-              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
-  return seed;
-}
 
 using Model = std::map<std::string, std::map<std::string, std::string>>;  // tree -> kv
 
@@ -82,7 +75,7 @@ void CheckTree(const ReadTxn& txn, const std::string& tree,
 }
 
 TEST(EngineModelTest, RandomOperationsMatchStdMap) {
-  uint64_t seed = Seed();
+  uint64_t seed = testing::TestSeed("model test");
   std::mt19937_64 rng(seed);
   testing::TempDir dir;
   std::string path = dir.File("db");

@@ -95,6 +95,10 @@ class [[nodiscard]] Status {
 // anything else kIoError. `what` says what was being done, e.g. "fallocate /data/db".
 Status ErrnoStatus(int err, std::string_view what);
 
+// Writes all `len` bytes at `offset` of `fd`, resuming short writes and EINTR; a failure is
+// ErrnoStatus(errno, what).
+Status PwriteAll(int fd, const void* data, size_t len, uint64_t offset, std::string_view what);
+
 template <typename T>
 class [[nodiscard]] Result {
  public:
