@@ -627,6 +627,8 @@ void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid) {
   auto& dst = page_txnid == txn.txnid            ? txn.txn_reusable
               : page_txnid > txn.db->durable_txn ? txn.freed_young
                                                  : txn.freed;
+  if (&dst == &txn.freed_young) txn.young_wmin = std::min(txn.young_wmin, page_txnid);
+  if (&dst == &txn.freed) txn.freed_wmin = std::min(txn.freed_wmin, page_txnid);
   for (uint64_t k = 0; k < n; ++k) dst.push_back(pgno + k);
 }
 

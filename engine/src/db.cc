@@ -362,14 +362,16 @@ void Db::Impl::ReleaseReader(size_t slot) const {
   readers[slot].busy.store(0, std::memory_order_release);
 }
 
-uint64_t Db::Impl::OldestReader() const {
-  uint64_t oldest = UINT64_MAX;
+std::vector<uint64_t> Db::Impl::LiveSnapshots() const {
+  std::vector<uint64_t> live;
   for (size_t i = 0; i < opts.max_readers; ++i) {
     if (readers[i].busy.load(std::memory_order_seq_cst) != 0) {
-      oldest = std::min(oldest, readers[i].txn.load(std::memory_order_seq_cst));
+      live.push_back(readers[i].txn.load(std::memory_order_seq_cst));
     }
   }
-  return oldest;
+  if (replay_reader_floor != 0) live.push_back(replay_reader_floor);
+  std::sort(live.begin(), live.end());
+  return live;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -576,8 +578,8 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
       now_freed->insert(now_freed->end(), db->freelist_chain.begin(), db->freelist_chain.end());
       for (uint64_t p : db->reusable) entries.emplace_back(0, p);
       for (const auto* pend : {&db->pending, &db->pending_young}) {
-        for (const auto& [txn, pages] : *pend) {
-          for (uint64_t p : pages) entries.emplace_back(txn, p);
+        for (const auto& [txn, batch] : *pend) {
+          for (uint64_t p : batch.pages) entries.emplace_back(txn, p);
         }
       }
     } else {
@@ -720,20 +722,24 @@ Status CommitTxn(Txn& t, bool sync) {
   if (freelist_changed) {
     db->freelist_chain = std::move(chain);
     // now_freed = freed, freed_young, txn_reusable, and (after a dump) the old log's pages.
-    std::vector<uint64_t> young(t.freed_young);
-    young.insert(young.end(), t.txn_reusable.begin(), t.txn_reusable.end());
-    std::vector<uint64_t> old(t.freed);
+    Db::Impl::FreedBatch young{t.young_wmin, t.freed_young};
+    young.pages.insert(young.pages.end(), t.txn_reusable.begin(), t.txn_reusable.end());
+    if (!t.txn_reusable.empty()) young.wmin = std::min(young.wmin, t.txnid);
+    Db::Impl::FreedBatch old{t.freed_wmin, t.freed};
     // A log page written since the last flush is young like any other: the durable meta cannot
     // reach it. Counting it as old made every nosync commit's record wait for a flush, so a
     // small database of single-put commits grew by a page a commit and flushed for it.
-    for (size_t i = t.freed.size() + young.size(); i < now_freed.size(); ++i) {
+    for (size_t i = t.freed.size() + young.pages.size(); i < now_freed.size(); ++i) {
       const uint64_t p = now_freed[i];
-      (PageView{db->Page(p)}.txnid() > db->durable_txn ? young : old).push_back(p);
+      const uint64_t w = PageView{db->Page(p)}.txnid();
+      auto& b = w > db->durable_txn ? young : old;
+      b.pages.push_back(p);
+      b.wmin = std::min(b.wmin, w);
     }
-    db->pending_count += old.size() + young.size();
-    db->pending_old_count += old.size();
-    if (!old.empty()) db->pending[t.txnid] = std::move(old);
-    if (!young.empty()) db->pending_young[t.txnid] = std::move(young);
+    db->pending_count += old.pages.size() + young.pages.size();
+    db->pending_old_count += old.pages.size();
+    if (!old.pages.empty()) db->pending[t.txnid] = std::move(old);
+    if (!young.pages.empty()) db->pending_young[t.txnid] = std::move(young);
   }
   db->meta = m;
   db->meta_slot = slot;
@@ -917,7 +923,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
       if (options.retain_freed_after != 0 && f.second > options.retain_freed_after) {
         // Still part of a snapshot the caller will pin again (protection): not reusable until
         // no reader needs it, as if that reader had never gone away.
-        impl->pending[f.second].push_back(f.first);
+        impl->pending[f.second].pages.push_back(f.first);  // wmin 0: any older snapshot
         ++impl->pending_count;
         ++impl->pending_old_count;
       } else {
@@ -1053,22 +1059,38 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   if (!fatal.ok()) return fatal;
   t->meta = meta;
   t->txnid = meta.txnid + 1;
-  // Pages freed by txn T become reusable once no reader and no durable meta can reach them.
-  const uint64_t oldest =
-      replay_reader_floor != 0 ? std::min(OldestReader(), replay_reader_floor) : OldestReader();
+  // Pages freed by txn T become reusable once no reader and no durable meta can reach them. A
+  // snapshot s reaches a page written by W and freed by T only if W <= s < T: a long-pinned
+  // snapshot (protection) holds back the pages it has, not every page freed after it.
+  const std::vector<uint64_t> live = LiveSnapshots();
+  const uint64_t oldest = live.empty() ? UINT64_MAX : live.front();
+  auto reached = [&live](uint64_t freed_by, const FreedBatch& b) {
+    auto it = std::lower_bound(live.begin(), live.end(), b.wmin);
+    return it != live.end() && *it < freed_by;
+  };
+  auto release = [this](std::map<uint64_t, FreedBatch>& from, auto it, bool old) {
+    const auto& pages = it->second.pages;
+    pending_count -= pages.size();
+    if (old) pending_old_count -= pages.size();
+    reusable.insert(pages.begin(), pages.end());
+    return from.erase(it);
+  };
   const uint64_t bound = std::min(durable_txn, oldest);
-  while (!pending.empty() && pending.begin()->first <= bound) {
-    auto& pages = pending.begin()->second;
-    pending_count -= pages.size();
-    pending_old_count -= pages.size();
-    reusable.insert(pages.begin(), pages.end());
-    pending.erase(pending.begin());
-  }
+  while (!pending.empty() && pending.begin()->first <= bound)
+    release(pending, pending.begin(), true);
   while (!pending_young.empty() && pending_young.begin()->first <= oldest) {
-    auto& pages = pending_young.begin()->second;
-    pending_count -= pages.size();
-    reusable.insert(pages.begin(), pages.end());
-    pending_young.erase(pending_young.begin());
+    release(pending_young, pending_young.begin(), false);
+  }
+  for (auto it = pending_young.upper_bound(young_checked_upto); it != pending_young.end();) {
+    it = reached(it->first, it->second) ? std::next(it) : release(pending_young, it, false);
+  }
+  young_checked_upto = meta.txnid;
+  if (durable_txn > old_checked_upto) {
+    for (auto it = pending.upper_bound(old_checked_upto);
+         it != pending.end() && it->first <= durable_txn;) {
+      it = reached(it->first, it->second) ? std::next(it) : release(pending, it, true);
+    }
+    old_checked_upto = durable_txn;
   }
   return std::unique_ptr<WriteTxn>(new WriteTxn(std::move(t)));
 }

@@ -6,7 +6,8 @@
 //  - Every page p in [2, meta_.last_page) is reachable from meta_ (trees, overflow runs, freelist
 //    chain) or listed in the free state (reusable_ ∪ pending_), never both.
 //  - A page freed by txn T moves to reusable only when no live reader's snapshot and no snapshot
-//    a crash recovery can fall back to reaches it: T <= every live reader's txn, and either
+//    a crash recovery can fall back to reaches it: no live reader's txn s has W <= s < T, where W
+//    is the txn that wrote it (readers that start later see T or newer), and either
 //    T <= durable_txn or the page itself was written after durable_txn ("young": the durable
 //    meta never reached it, and a newer meta that did would fail its open-time validation).
 //  - Meta slot durable_slot_ holds the last flushed meta (txnid durable_txn_); commits write the
@@ -78,11 +79,22 @@ struct Db::Impl {
   uint32_t meta_slot = 0;
   uint64_t durable_txn = 0;
   uint32_t durable_slot = 0;
-  std::set<uint64_t> reusable;                              // free pages any transaction may take
-  std::map<uint64_t, std::vector<uint64_t>> pending;        // freeing txn -> pages not yet reusable
-  std::map<uint64_t, std::vector<uint64_t>> pending_young;  // the same, for young pages
-  uint64_t pending_count = 0;                               // pages in pending and pending_young
-  uint64_t pending_old_count = 0;        // pages in pending: they wait for a flush
+  std::set<uint64_t> reusable;  // free pages any transaction may take
+  // Pages one commit freed, and the oldest txn that wrote any of them: only snapshots in
+  // [wmin, freeing txn) can reach them (0: not known, every older snapshot may).
+  struct FreedBatch {
+    uint64_t wmin = 0;
+    std::vector<uint64_t> pages;
+  };
+  std::map<uint64_t, FreedBatch> pending;        // freeing txn -> pages not yet reusable
+  std::map<uint64_t, FreedBatch> pending_young;  // the same, for young pages
+  uint64_t pending_count = 0;                    // pages in pending and pending_young
+  uint64_t pending_old_count = 0;                // pages in pending: they wait for a flush
+  // Batches are checked against the live snapshots' intervals once, when they become eligible
+  // (young: at the first BeginWrite after their commit; old: after a flush covers them). A batch
+  // a snapshot still reached then waits for the oldest snapshot to pass its txn.
+  uint64_t young_checked_upto = 0;
+  uint64_t old_checked_upto = 0;
   std::vector<uint64_t> freelist_chain;  // pages of the on-disk freelist log, newest first
   Status fatal;                          // sticky: set when a flush fails
   std::string recovery_note;             // what Open rejected, if anything
@@ -148,7 +160,8 @@ struct Db::Impl {
   // Registers a reader of the older snapshot `m` (protection: a pin restored after a restart).
   Result<size_t> AcquireReaderAt(const Meta& m) const;
   void ReleaseReader(size_t slot) const;
-  uint64_t OldestReader() const;
+  // The snapshots live readers hold (and the replay floor), sorted.
+  std::vector<uint64_t> LiveSnapshots() const;
 
   Status Write(const WriteBatch& batch, bool sync);
   // Open: applies the commit log's records after the chosen meta, then flushes (db owns this).
@@ -179,6 +192,8 @@ struct ReadTxn::Impl {
   std::vector<uint64_t> dirty;         // pages allocated by this txn
   std::vector<uint64_t> freed;         // committed pages this txn freed (written <= durable)
   std::vector<uint64_t> freed_young;   // committed pages this txn freed (written > durable)
+  uint64_t freed_wmin = UINT64_MAX;    // the oldest writer txn among `freed`
+  uint64_t young_wmin = UINT64_MAX;    // and among `freed_young`
   std::vector<uint64_t> txn_reusable;  // pages allocated then freed by this txn
   std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
   bool freelist_changed = false;
