@@ -240,7 +240,11 @@ Status Codec::Encode(std::span<const uint8_t* const> data, std::span<uint8_t* co
 Status Codec::Decode(std::span<uint8_t* const> shards, std::span<const int> erased,
                      size_t len) const {
   if (len == 0) return BadLength();
-  TESSERA_RETURN_IF_ERROR(CheckPointers(shards, n(), "decode shards"));
+  if (shards.data() == nullptr || shards.size() != static_cast<size_t>(n())) {
+    return NullArg(
+        "decode shards: expected " + std::to_string(n()) + " shard pointers, got " +
+        (shards.data() == nullptr ? std::string("none") : std::to_string(shards.size())));
+  }
   if (erased.data() == nullptr && !erased.empty()) return NullArg("decode: erased list is NULL");
   PatternKey key{};
   for (int e : erased) {
@@ -264,10 +268,19 @@ Status Codec::Decode(std::span<uint8_t* const> shards, std::span<const int> eras
                                    std::to_string(m_))
         .WithCCode(TESSERA_TOO_MANY_ERASURES);
   }
+  // Survivors must be there; an erased shard may be NULL: it is then not rebuilt (a caller that
+  // needs one lost shard of two skips half the arithmetic).
+  for (int i = 0; i < n(); ++i) {
+    if (shards[i] == nullptr && ((key[i / 64] >> (i % 64)) & 1) == 0) {
+      return NullArg("decode shards: shard pointer " + std::to_string(i) +
+                     " is NULL and not erased");
+    }
+  }
   if (erased.empty()) return Status::Ok();
 
   if (scheme_ == Scheme::kXor) {
     // One lost shard is the XOR of the other k; no tables to look up.
+    if (shards[erased[0]] == nullptr) return Status::Ok();
     PtrArray src;
     int ns = 0;
     for (int i = 0; i < n(); ++i) {
@@ -282,7 +295,18 @@ Status Codec::Decode(std::span<uint8_t* const> shards, std::span<const int> eras
   for (int i = 0; i < k_; ++i) src[i] = shards[plan->survivors[i]];
   const int ne = static_cast<int>(plan->erased.size());
   for (int i = 0; i < ne; ++i) dst[i] = shards[plan->erased[i]];
-  EncodeKernel(len, k_, ne, plan->tables.data(), src.data(), dst.data());
+  // The plan's tables hold one row per erased shard: each run of wanted rows is one kernel call.
+  const size_t row_bytes = kTableBytesPerCoeff * static_cast<size_t>(k_);
+  for (int i = 0; i < ne;) {
+    if (dst[i] == nullptr) {
+      ++i;
+      continue;
+    }
+    int j = i + 1;
+    while (j < ne && dst[j] != nullptr) ++j;
+    EncodeKernel(len, k_, j - i, plan->tables.data() + row_bytes * i, src.data(), dst.data() + i);
+    i = j;
+  }
   return Status::Ok();
 }
 

@@ -862,21 +862,19 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       std::shared_ptr<Fetched> batch;
       // Each page is decoded straight from the answers into the engine's buffer. Sources that
       // are absent (gen 0) or all-zero pages read from `zero`; other erased shards (parity rows
-      // not asked for) are decoded into `scratch` and dropped; a stripe whose every source page
-      // is zero is zero with no arithmetic.
+      // not asked for) are not rebuilt (NULL); a stripe whose every source page is zero is zero
+      // with no arithmetic.
       const std::vector<uint8_t> zero(ps, 0);
-      std::vector<uint8_t> scratch(ps * static_cast<size_t>(m));
       std::vector<uint8_t*> ptrs(static_cast<size_t>(k + m));
       std::vector<bool> is_erased;
       auto decode = [&](uint64_t i, uint8_t* out) -> Status {
         bool any = false;
-        size_t extra = 0;
         for (int sh = 0; sh < k + m; ++sh) {
           const auto s = static_cast<size_t>(sh);
           if (sh == slot) {
             ptrs[s] = out;
           } else if (is_erased[s]) {
-            ptrs[s] = scratch.data() + ps * extra++;
+            ptrs[s] = nullptr;
           } else {
             const uint8_t* src = batch->pages[s].empty() ? nullptr : batch->pages[s][i];
             any = any || src != nullptr;

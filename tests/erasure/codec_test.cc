@@ -120,6 +120,8 @@ uint64_t TestSeed() {
   return seed;
 }
 
+int CCode(const Status& s) { return ToCError(s); }
+
 // Shards of one stripe, each in its own buffer at a chosen offset from 64-byte alignment.
 struct Stripe {
   Stripe(int n, size_t len, size_t misalign = 0, bool vary = false) : len(len) {
@@ -307,6 +309,45 @@ TEST(CodecTest, EveryErasurePatternOfSmallCodesRoundTrips) {
   }
 }
 
+// An erased shard passed as NULL is not rebuilt; every other erased shard is, whichever rows of
+// the pattern's tables are skipped (first, middle or last). A NULL survivor is an error.
+TEST(CodecTest, DecodeRebuildsOnlyTheErasedShardsItIsGiven) {
+  std::mt19937_64 rng(TestSeed() + 7);
+  for (Scheme s : {Scheme::kRs, Scheme::kRsCauchy}) {
+    auto c = Make(s, 4, 3);
+    const int n = c->n();
+    const size_t len = 1000;
+    Stripe st(n, len);
+    st.Fill(rng, 0, 4);
+    ASSERT_TRUE(c->Encode(st.Data(4), st.Parity(4, 3), len).ok());
+    std::vector<std::vector<uint8_t>> want;
+    for (int i = 0; i < n; ++i) want.push_back(st.Copy(i));
+    const std::vector<int> erased = {1, 3, 5};
+    for (int skip : erased) {
+      for (int e : erased) std::fill(st.ptrs[e], st.ptrs[e] + len, uint8_t{0xAB});
+      std::vector<uint8_t*> ptrs = st.ptrs;
+      ptrs[skip] = nullptr;
+      ASSERT_TRUE(c->Decode(ptrs, erased, len).ok()) << "skip " << skip;
+      for (int e : erased) {
+        if (e == skip) {
+          EXPECT_EQ(st.Copy(e), std::vector<uint8_t>(len, 0xAB)) << "shard " << e << " was written";
+        } else {
+          EXPECT_EQ(st.Copy(e), want[e]) << "shard " << e << " skipping " << skip;
+        }
+      }
+    }
+    std::vector<uint8_t*> ptrs = st.ptrs;
+    ptrs[0] = nullptr;  // a survivor
+    EXPECT_EQ(CCode(c->Decode(ptrs, erased, len)), TESSERA_NULL_HANDLE);
+  }
+  auto x = Make(Scheme::kXor, 3, 1);
+  Stripe st(4, 64);
+  std::vector<uint8_t*> ptrs = st.ptrs;
+  ptrs[2] = nullptr;
+  EXPECT_TRUE(x->Decode(ptrs, std::vector<int>{2}, 64).ok());
+  EXPECT_EQ(CCode(x->Decode(ptrs, std::vector<int>{1}, 64)), TESSERA_NULL_HANDLE);
+}
+
 TEST(CodecTest, RandomPatternsOfWideCodesRoundTrip) {
   std::mt19937_64 rng(TestSeed() + 3);
   for (Shape sh : {Shape{Scheme::kRs, 10, 4}, Shape{Scheme::kRs, 17, 3}, Shape{Scheme::kRs, 20, 10},
@@ -458,8 +499,6 @@ TEST(CodecTest, ConcurrentDecodesShareOneCodec) {
 }
 
 // ---- bad input
-
-int CCode(const Status& s) { return ToCError(s); }
 
 TEST(CodecErrorsTest, CreateRejectsOutOfRangeShapes) {
   struct Case {

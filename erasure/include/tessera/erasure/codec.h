@@ -89,9 +89,10 @@ class Codec {
                 size_t len) const;
 
   // `shards` holds all k + m shards; the ones listed in `erased` (any order, data or parity) are
-  // rebuilt in place from the others, which must be intact. An empty `erased` is a no-op.
-  // Errors: TESSERA_NULL_HANDLE, TESSERA_BAD_LENGTH, TESSERA_BAD_SHARD_INDEX (index outside
-  // [0, k+m)), TESSERA_DUPLICATE_ERASURE, TESSERA_TOO_MANY_ERASURES (more than m).
+  // rebuilt in place from the others, which must be intact. An empty `erased` is a no-op. An
+  // erased shard whose pointer is NULL is not rebuilt (only the lost shards wanted cost work).
+  // Errors: TESSERA_NULL_HANDLE (a NULL survivor), TESSERA_BAD_LENGTH, TESSERA_BAD_SHARD_INDEX
+  // (index outside [0, k+m)), TESSERA_DUPLICATE_ERASURE, TESSERA_TOO_MANY_ERASURES (more than m).
   Status Decode(std::span<uint8_t* const> shards, std::span<const int> erased, size_t len) const;
 
   // true when the parity shards equal a fresh encode of the data shards.

@@ -42,10 +42,12 @@ int tessera_ec_encode(tessera_ec* ec, const uint8_t* const* data, uint8_t* const
                       size_t len);
 
 /* shards: all k + m shards. The n_erased shards listed in `erased` are rewritten from the others,
- * which must be intact. n_erased == 0 does nothing.
- * Errors: TESSERA_NULL_HANDLE, TESSERA_BAD_LENGTH, TESSERA_INVALID_ARGUMENT (n_erased < 0),
- * TESSERA_BAD_SHARD_INDEX, TESSERA_DUPLICATE_ERASURE, TESSERA_TOO_MANY_ERASURES (n_erased > m),
- * TESSERA_NO_SPACE (out of memory building the tables of a new pattern). */
+ * which must be intact; an erased shard whose pointer is NULL is skipped (not rebuilt).
+ * n_erased == 0 does nothing.
+ * Errors: TESSERA_NULL_HANDLE (ec, shards or a surviving shard NULL), TESSERA_BAD_LENGTH,
+ * TESSERA_INVALID_ARGUMENT (n_erased < 0), TESSERA_BAD_SHARD_INDEX, TESSERA_DUPLICATE_ERASURE,
+ * TESSERA_TOO_MANY_ERASURES (n_erased > m), TESSERA_NO_SPACE (out of memory building the tables of
+ * a new pattern). */
 int tessera_ec_decode(tessera_ec* ec, uint8_t* const* shards, const int* erased, int n_erased,
                       size_t len);
 
