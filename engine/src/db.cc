@@ -1076,12 +1076,19 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
     return from.erase(it);
   };
   const uint64_t bound = std::min(durable_txn, oldest);
-  while (!pending.empty() && pending.begin()->first <= bound)
+  while (!pending.empty() && pending.begin()->first <= bound) {
     release(pending, pending.begin(), true);
+  }
   while (!pending_young.empty() && pending_young.begin()->first <= oldest) {
     release(pending_young, pending_young.begin(), false);
   }
-  for (auto it = pending_young.upper_bound(young_checked_upto); it != pending_young.end();) {
+  // New young batches, and those of the last kYoungRecheck commits once more: a short reader
+  // that held one back is usually gone by the next commit, and otherwise a long pin would keep
+  // that batch until it moves.
+  const uint64_t recheck_from = young_checked_upto > kYoungRecheck
+                                    ? std::min(young_checked_upto, meta.txnid - kYoungRecheck)
+                                    : 0;
+  for (auto it = pending_young.upper_bound(recheck_from); it != pending_young.end();) {
     it = reached(it->first, it->second) ? std::next(it) : release(pending_young, it, false);
   }
   young_checked_upto = meta.txnid;

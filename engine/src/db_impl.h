@@ -90,9 +90,10 @@ struct Db::Impl {
   std::map<uint64_t, FreedBatch> pending_young;  // the same, for young pages
   uint64_t pending_count = 0;                    // pages in pending and pending_young
   uint64_t pending_old_count = 0;                // pages in pending: they wait for a flush
-  // Batches are checked against the live snapshots' intervals once, when they become eligible
-  // (young: at the first BeginWrite after their commit; old: after a flush covers them). A batch
-  // a snapshot still reached then waits for the oldest snapshot to pass its txn.
+  // Batches are checked against the live snapshots' intervals when they become eligible (young:
+  // at the BeginWrites of the next kYoungRecheck commits; old: after a flush covers them). A
+  // batch a snapshot still reached then waits for the oldest snapshot to pass its txn.
+  static constexpr uint64_t kYoungRecheck = 64;
   uint64_t young_checked_upto = 0;
   uint64_t old_checked_upto = 0;
   std::vector<uint64_t> freelist_chain;  // pages of the on-disk freelist log, newest first
