@@ -16,6 +16,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -26,6 +28,7 @@ namespace {
 
 std::vector<char*> CArgs(const std::vector<std::string>& v) {
   std::vector<char*> out;
+  out.reserve(v.size() + 1);
   for (const auto& s : v) out.push_back(const_cast<char*>(s.c_str()));
   out.push_back(nullptr);
   return out;
@@ -178,16 +181,34 @@ std::string ReadFile(const std::string& path) {
 }
 
 int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
+  // Below the kernel's ephemeral range (32768 up by default), so no outgoing connection's local
+  // port takes it before the child binds; never the same port twice in one process (the kernel's
+  // own pick could hand a just-closed port out again); a start that differs per process, so
+  // test processes running side by side rarely meet.
+  static std::mutex mu;
+  static std::set<int> given;
+  static int next = 20000 + static_cast<int>(::getpid() * 7919 % 12000);
+  std::lock_guard<std::mutex> l(mu);
+  for (int tries = 0; tries < 12000; ++tries) {
+    const int port = next;
+    next = next + 1 >= 32000 ? 20000 : next + 1;
+    if (given.count(port) != 0) continue;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // as the servers bind
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    const bool free = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    close(fd);
+    if (free) {
+      given.insert(port);
+      return port;
+    }
+  }
+  std::fprintf(stderr, "FreePort: no free loopback port in 20000-31999\n");
+  std::abort();
 }
 
 std::string LogsIn(const std::string& dir, size_t tail) {

@@ -45,7 +45,8 @@ class Process {
   bool reaped_ = false;
 };
 
-// A loopback TCP port that was free a moment ago (the kernel picked it), for a child to listen on.
+// A loopback TCP port that was free a moment ago, for a child to listen on: below the ephemeral
+// range and never handed out twice by one process.
 int FreePort();
 
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents by the destructor.
