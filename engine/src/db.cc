@@ -325,7 +325,7 @@ Result<size_t> Db::Impl::AcquireReader(Meta* m) const {
     size_t s = (hint + i) % n;
     uint32_t expected = 0;
     if (readers[s].busy.load(std::memory_order_relaxed) == 0 &&
-        readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+        readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) {
       slot = s;
       hint = s;
       break;
@@ -349,7 +349,7 @@ Result<size_t> Db::Impl::AcquireReader(Meta* m) const {
 Result<size_t> Db::Impl::AcquireReaderAt(const Meta& m) const {
   for (size_t s = 0; s < opts.max_readers; ++s) {
     uint32_t expected = 0;
-    if (readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+    if (readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) {
       readers[s].txn.store(m.txnid, std::memory_order_seq_cst);
       return s;
     }
@@ -996,8 +996,8 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
 }
 
 Status Db::Impl::Replay(Db* db, const std::vector<CommitLog::Record>& records) {
-  // Pages the caller's pinned snapshots need (Options::retain_freed_after) stay unreused while
-  // replaying, as they would if OpenSnapshot had come first.
+  // Pages the caller's pinned snapshots need (Options::retain_freed_after, the oldest of them)
+  // stay unreused while replaying: every page freed after the floor waits (see BeginWrite).
   replay_reader_floor = opts.retain_freed_after;
   replaying = true;
   for (const auto& r : records) {
@@ -1082,6 +1082,10 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   while (!pending_young.empty() && pending_young.begin()->first <= oldest) {
     release(pending_young, pending_young.begin(), false);
   }
+  // While Open replays the log, the floor stands for snapshots the caller will pin again, which
+  // may be newer than the floor: nothing freed after it is released (the rule before intervals).
+  // The batches are checked against the real pins at the first write after Open.
+  if (replay_reader_floor != 0) return std::unique_ptr<WriteTxn>(new WriteTxn(std::move(t)));
   // New young batches, and those of the last kYoungRecheck commits once more: a short reader
   // that held one back is usually gone by the next commit, and otherwise a long pin would keep
   // that batch until it moves.
