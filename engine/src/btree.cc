@@ -624,12 +624,15 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
 }
 
 void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid) {
-  auto& dst = page_txnid == txn.txnid            ? txn.txn_reusable
-              : page_txnid > txn.db->durable_txn ? txn.freed_young
-                                                 : txn.freed;
-  if (&dst == &txn.freed_young) txn.young_wmin = std::min(txn.young_wmin, page_txnid);
-  if (&dst == &txn.freed) txn.freed_wmin = std::min(txn.freed_wmin, page_txnid);
-  for (uint64_t k = 0; k < n; ++k) dst.push_back(pgno + k);
+  std::vector<uint64_t>* dst = &txn.txn_reusable;
+  if (page_txnid != txn.txnid && page_txnid > txn.db->durable_txn) {
+    dst = &txn.freed_young;
+    txn.young_wmin = std::min(txn.young_wmin, page_txnid);
+  } else if (page_txnid != txn.txnid) {
+    dst = &txn.freed;
+    txn.freed_wmin = std::min(txn.freed_wmin, page_txnid);
+  }
+  for (uint64_t k = 0; k < n; ++k) dst->push_back(pgno + k);
 }
 
 }  // namespace tessera::engine::btree

@@ -362,8 +362,9 @@ void Db::Impl::ReleaseReader(size_t slot) const {
   readers[slot].busy.store(0, std::memory_order_release);
 }
 
-std::vector<uint64_t> Db::Impl::LiveSnapshots() const {
-  std::vector<uint64_t> live;
+void Db::Impl::LiveSnapshots(std::vector<uint64_t>* out) const {
+  auto& live = *out;
+  live.clear();
   for (size_t i = 0; i < opts.max_readers; ++i) {
     if (readers[i].busy.load(std::memory_order_seq_cst) != 0) {
       live.push_back(readers[i].txn.load(std::memory_order_seq_cst));
@@ -371,7 +372,6 @@ std::vector<uint64_t> Db::Impl::LiveSnapshots() const {
   }
   if (replay_reader_floor != 0) live.push_back(replay_reader_floor);
   std::sort(live.begin(), live.end());
-  return live;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,7 +1062,8 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   // Pages freed by txn T become reusable once no reader and no durable meta can reach them. A
   // snapshot s reaches a page written by W and freed by T only if W <= s < T: a long-pinned
   // snapshot (protection) holds back the pages it has, not every page freed after it.
-  const std::vector<uint64_t> live = LiveSnapshots();
+  LiveSnapshots(&live_scratch);
+  const std::vector<uint64_t>& live = live_scratch;
   const uint64_t oldest = live.empty() ? UINT64_MAX : live.front();
   auto reached = [&live](uint64_t freed_by, const FreedBatch& b) {
     auto it = std::lower_bound(live.begin(), live.end(), b.wmin);

@@ -96,6 +96,7 @@ struct Db::Impl {
   static constexpr uint64_t kYoungRecheck = 64;
   uint64_t young_checked_upto = 0;
   uint64_t old_checked_upto = 0;
+  std::vector<uint64_t> live_scratch;    // BeginWrite's copy of the live snapshots, reused
   std::vector<uint64_t> freelist_chain;  // pages of the on-disk freelist log, newest first
   Status fatal;                          // sticky: set when a flush fails
   std::string recovery_note;             // what Open rejected, if anything
@@ -161,8 +162,8 @@ struct Db::Impl {
   // Registers a reader of the older snapshot `m` (protection: a pin restored after a restart).
   Result<size_t> AcquireReaderAt(const Meta& m) const;
   void ReleaseReader(size_t slot) const;
-  // The snapshots live readers hold (and the replay floor), sorted.
-  std::vector<uint64_t> LiveSnapshots() const;
+  // The snapshots live readers hold (and the replay floor), sorted, into *out.
+  void LiveSnapshots(std::vector<uint64_t>* out) const;
 
   Status Write(const WriteBatch& batch, bool sync);
   // Open: applies the commit log's records after the chosen meta, then flushes (db owns this).

@@ -42,12 +42,18 @@ Status NullArg(const std::string& what) {
 }
 
 template <typename P>
-Status CheckPointers(std::span<P* const> ptrs, size_t want, const char* what) {
+Status CheckCount(std::span<P* const> ptrs, size_t want, const char* what) {
   if (ptrs.data() == nullptr || ptrs.size() != want) {
     return NullArg(std::string(what) + ": expected " + std::to_string(want) +
                    " shard pointers, got " +
                    (ptrs.data() == nullptr ? std::string("none") : std::to_string(ptrs.size())));
   }
+  return Status::Ok();
+}
+
+template <typename P>
+Status CheckPointers(std::span<P* const> ptrs, size_t want, const char* what) {
+  TESSERA_RETURN_IF_ERROR(CheckCount(ptrs, want, what));
   for (size_t i = 0; i < ptrs.size(); ++i) {
     if (ptrs[i] == nullptr)
       return NullArg(std::string(what) + ": shard pointer " + std::to_string(i) + " is NULL");
@@ -240,11 +246,7 @@ Status Codec::Encode(std::span<const uint8_t* const> data, std::span<uint8_t* co
 Status Codec::Decode(std::span<uint8_t* const> shards, std::span<const int> erased,
                      size_t len) const {
   if (len == 0) return BadLength();
-  if (shards.data() == nullptr || shards.size() != static_cast<size_t>(n())) {
-    return NullArg(
-        "decode shards: expected " + std::to_string(n()) + " shard pointers, got " +
-        (shards.data() == nullptr ? std::string("none") : std::to_string(shards.size())));
-  }
+  TESSERA_RETURN_IF_ERROR(CheckCount(shards, n(), "decode shards"));
   if (erased.data() == nullptr && !erased.empty()) return NullArg("decode: erased list is NULL");
   PatternKey key{};
   for (int e : erased) {
