@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <string>
@@ -37,6 +38,16 @@ Images AllImages(Db& db, const ReadTxn& snap) {
   auto past = db.PageImageView(snap, out.size());
   EXPECT_TRUE(past.ok() && *past == nullptr) << "a page past the snapshot's end has an image";
   return out;
+}
+
+// Restores `path` from `imgs`; the callback fails at page `fail_at`, if one is given.
+Status RestoreFrom(const std::string& path, const SnapshotDescriptor& d, const Images& imgs,
+                   uint64_t fail_at = UINT64_MAX) {
+  return Db::Restore(path, d, [&](uint64_t p, uint8_t* buf) {
+    if (p == fail_at) return Status::Unavailable("source went away at page " + std::to_string(p));
+    std::memcpy(buf, imgs[p].data(), imgs[p].size());
+    return Status::Ok();
+  });
 }
 
 std::map<std::string, std::string> Contents(Db& db) {
@@ -104,10 +115,7 @@ TEST(EngineProtectionTest, RestoreFromImagesEqualsTheSnapshot) {
   SnapshotDescriptor d = snap->Descriptor();
   EXPECT_EQ(d.commit_seq, snap->commit_seq());
   std::string path = dir.File("restored");
-  Status s = Db::Restore(path, d, [&](uint64_t p, uint8_t* buf) {
-    std::memcpy(buf, imgs[p].data(), imgs[p].size());
-    return Status::Ok();
-  });
+  Status s = RestoreFrom(path, d, imgs);
   ASSERT_TRUE(s.ok()) << s.ToString();
   auto r = std::move(Db::Open(path)).value();
   EXPECT_EQ(Contents(*r), want);
@@ -121,6 +129,38 @@ TEST(EngineProtectionTest, RestoreFromImagesEqualsTheSnapshot) {
   EXPECT_TRUE(Db::Restore(dir.File("bad"), d, [](uint64_t, uint8_t*) {
                 return Status::Ok();
               }).IsInvalidArgument());
+}
+
+// Big enough for Restore's background flushes (every 16 MiB) to run several times while pages
+// are still produced; an error from the image callback part way stops it cleanly.
+TEST(EngineProtectionTest, RestoreOfManyMiBEqualsTheSnapshotAndStopsOnACallbackError) {
+  testing::TempDir dir;
+  auto db = std::move(Db::Open(dir.File("db"))).value();
+  for (int c = 0; c < 12; ++c) {
+    WriteBatch b;
+    for (int i = 0; i < 3000; ++i) {
+      b.Put("key" + std::to_string(c * 3000 + i), std::string(1000, static_cast<char>('a' + c)));
+    }
+    ASSERT_TRUE(db->Write(b).ok());
+  }
+  auto want = Contents(*db);
+  auto snap = std::move(db->BeginRead()).value();
+  Images imgs = AllImages(*db, *snap);
+  ASSERT_GT(imgs.size() * db->page_size(), size_t{40} << 20);
+  SnapshotDescriptor d = snap->Descriptor();
+  std::string path = dir.File("restored");
+  Status s = RestoreFrom(path, d, imgs);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  auto r = std::move(Db::Open(path)).value();
+  EXPECT_EQ(Contents(*r), want);
+  EXPECT_TRUE(r->Verify().ok) << r->Verify().ToString();
+
+  const uint64_t fail_at = imgs.size() * 3 / 4;
+  std::string broken = dir.File("broken");
+  s = RestoreFrom(broken, d, imgs, fail_at);
+  EXPECT_TRUE(s.IsUnavailable()) << s.ToString();
+  EXPECT_NE(s.message().find("page " + std::to_string(fail_at)), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(broken)) << "a failed restore leaves no file behind";
 }
 
 }  // namespace
