@@ -102,9 +102,35 @@ Outcome Run(const std::string& protection, int data, int parity, int base, uint6
     }
     if (!client->PutMany(kvs, false).ok()) Die("load failed");
   }
-  // Let every worker protect what it holds (the default interval is 2 s; a first generation of
-  // the whole load takes a few seconds to send).
-  std::this_thread::sleep_for(std::chrono::seconds(10));
+  // Let every worker protect what it holds: wait until no worker has logged a new generation
+  // for 8 s (advances come every 2 s while anything changed; the first ones, of the whole load,
+  // take seconds). A fixed 10 s wait was often too short for rs: the lost worker's last
+  // generation held part of its data (the rest came from the tail), or a survivor's generation
+  // moved under the rebuild and it started over.
+  {
+    auto count = [&] {
+      size_t n = 0;
+      for (int i = 0; i < data; ++i) {
+        std::string text = ReadFile(dir + "/n" + std::to_string(i) + ".log");
+        for (size_t at = 0; (at = text.find("protected generation", at)) != std::string::npos;
+             ++at) {
+          ++n;
+        }
+      }
+      return n;
+    };
+    size_t last = count();
+    auto since = Clock::now();
+    const auto give_up = Clock::now() + std::chrono::seconds(120);
+    while (Clock::now() - since < std::chrono::seconds(8) && Clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      size_t now = count();
+      if (now != last || now < static_cast<size_t>(data)) {
+        last = now;
+        since = Clock::now();
+      }
+    }
+  }
   const int lost = 1;
   nodes[lost]->Kill();
   std::filesystem::remove_all(dir + "/n" + std::to_string(lost));
