@@ -183,18 +183,24 @@ Status WriteFileDurably(const std::string& path, const std::string& content) {
   return Status::Ok();
 }
 
-bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
-              std::vector<const uint8_t*>* out) {
+bool RunPages(std::string_view present, const uint8_t* pages, size_t size, size_t count,
+              size_t page_size, std::vector<const uint8_t*>* out) {
   out->assign(count, nullptr);
-  if (run.present.size() != count) return false;
+  if (present.size() != count) return false;
   size_t at = 0;
   for (size_t i = 0; i < count; ++i) {
-    if (!run.present[i]) continue;
-    if (run.pages.size() - at < page_size) return false;
-    (*out)[i] = reinterpret_cast<const uint8_t*>(run.pages.data() + at);
+    if (!present[i]) continue;
+    if (size - at < page_size) return false;
+    (*out)[i] = pages + at;
     at += page_size;
   }
-  return at == run.pages.size();
+  return at == size;
+}
+
+bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
+              std::vector<const uint8_t*>* out) {
+  return RunPages(run.present, reinterpret_cast<const uint8_t*>(run.pages.data()), run.pages.size(),
+                  count, page_size, out);
 }
 
 bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t* out) {

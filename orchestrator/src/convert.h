@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "ManagerService.h"
@@ -33,6 +34,9 @@ bool UnpackRun(const gen::PageRun& run, size_t count, size_t page_size, uint8_t*
 // null for an absent (all-zero) page. false when the run is malformed.
 bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
               std::vector<const uint8_t*>* out);
+// The same for a run given as its `present` bytes and its `size` bytes of pages at `pages`.
+bool RunPages(std::string_view present, const uint8_t* pages, size_t size, size_t count,
+              size_t page_size, std::vector<const uint8_t*>* out);
 
 // Keeps freed buffers of up to 32 MiB in the allocator's heap (process-wide, idempotent). A
 // rebuild answers and reads page runs of 4 MiB per call; with glibc's defaults each such buffer

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "convert.h"
+#include "page_stream.h"
 #include "parity_holder.h"
 #include "replicator.h"
 #include "tessera/rpc/rpc.h"
@@ -983,6 +984,14 @@ class Handler : public gen::ManagerServiceIf {
     Auth(token);
     r = Holder()->ReadParity(first_pgno, count);
   }
+  ParityHolder::ParityView ReadParityView(const std::string& token, int64_t first_pgno,
+                                          int32_t count) {
+    Auth(token);
+    auto h = Holder();
+    ParityHolder::ParityView v = h->ReadParityView(first_pgno, count);
+    v.holder = std::move(h);
+    return v;
+  }
 
   // The manager's parity holder; replicated, the one of the term this manager leads (0: the
   // holder of a single manager, valid whatever the term).
@@ -1286,6 +1295,29 @@ class Handler : public gen::ManagerServiceIf {
   std::atomic<uint64_t> caught_up_term_{0};
 };
 
+// The generated processor, except that ReadParity's pages go into the answer's frame from where
+// they lie in the holder's map (page_stream.h): a rebuild reads every parity page this way.
+class Processor : public gen::ManagerServiceProcessor {
+ public:
+  explicit Processor(const std::shared_ptr<Handler>& h) : ManagerServiceProcessor(h), h_(h) {}
+
+ protected:
+  bool dispatchCall(apache::thrift::protocol::TProtocol* iprot,
+                    apache::thrift::protocol::TProtocol* oprot, const std::string& fname,
+                    int32_t seqid, void* ctx) override {
+    if (fname != "ReadParity") {
+      return ManagerServiceProcessor::dispatchCall(iprot, oprot, fname, seqid, ctx);
+    }
+    ServeReadParity(iprot, oprot, fname, seqid, [&](const auto& a) {
+      return h_->ReadParityView(a.token, a.first_pgno, a.count);
+    });
+    return true;
+  }
+
+ private:
+  std::shared_ptr<Handler> h_;
+};
+
 }  // namespace
 
 Result<ProtectionSpec> ParseProtection(const std::string& text, int workers) {
@@ -1380,7 +1412,7 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
                              ParityHolder::Open(parity_dir, "xor", spec.k, 1, 0, "manager"));
     handler->SetHolder(std::move(h), 0);
   }
-  auto processor = std::make_shared<gen::ManagerServiceProcessor>(handler);
+  auto processor = std::make_shared<Processor>(handler);
   TESSERA_ASSIGN_OR_RETURN(auto server, rpc::Server::Start(ep, processor));
   const std::string self_address = ep.host + ":" + std::to_string(server->port());
   uint64_t self_id = 1;

@@ -517,26 +517,39 @@ std::vector<gen::TailEntry> ParityHolder::ReadTail(int slot, int64_t epoch, int6
 }
 
 gen::ParityPages ParityHolder::ReadParity(int64_t first_pgno, int count) {
+  ParityView v = ReadParityView(first_pgno, count);
+  gen::ParityPages out;
+  out.records = std::move(v.records);
+  out.run.present = std::move(v.present);
+  out.run.pages.reserve(v.pages.size() * kProtectionPageSize);
+  for (const uint8_t* p : v.pages) {
+    out.run.pages.append(reinterpret_cast<const char*>(p), kProtectionPageSize);
+  }
+  return out;
+}
+
+ParityHolder::ParityView ParityHolder::ReadParityView(int64_t first_pgno, int count) {
   if (first_pgno < 0 || count < 0 || count > 4096) {
     Throw(ErrorCode::INVALID_ARGUMENT, "ReadParity: bad page range", node_);
   }
-  HolderTxn t(env_, false, node_);
-  gen::ParityPages out;
+  auto t = std::make_shared<HolderTxn>(env_, false, node_);
+  ParityView out;
   for (int i = 0; i < k_; ++i) {
-    gen::GenRecord r = LoadRecord(t, records_, i, node_);
-    r.tail_last = TailLast(t, tail_, i);
+    gen::GenRecord r = LoadRecord(*t, records_, i, node_);
+    r.tail_last = TailLast(*t, tail_, i);
     out.records.push_back(r);
   }
-  out.run.present.assign(static_cast<size_t>(count), '\0');
-  out.run.pages.reserve(static_cast<size_t>(count) * kProtectionPageSize);
+  out.present.assign(static_cast<size_t>(count), '\0');
+  out.pages.reserve(static_cast<size_t>(count));
   for (int i = 0; i < count; ++i) {
     MDB_val v;
-    if (t.Get(parity_, PageKey(static_cast<uint64_t>(first_pgno + i)), &v) &&
+    if (t->Get(parity_, PageKey(static_cast<uint64_t>(first_pgno + i)), &v) &&
         v.mv_size == kProtectionPageSize) {
-      out.run.present[static_cast<size_t>(i)] = 1;
-      out.run.pages.append(static_cast<const char*>(v.mv_data), v.mv_size);
+      out.present[static_cast<size_t>(i)] = 1;
+      out.pages.push_back(static_cast<const uint8_t*>(v.mv_data));
     }
   }
+  out.txn = std::move(t);
   return out;
 }
 

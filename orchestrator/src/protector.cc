@@ -16,10 +16,12 @@
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
 
+#include "page_stream.h"
 #include "parity_holder.h"
 #include "tessera/erasure/codec.h"
 
@@ -726,7 +728,10 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
       struct Fetched {
         uint64_t count = 0;
         std::vector<gen::ParityPages> pps;
-        std::vector<gen::PageRun> runs;
+        // Survivors' answers, read in place in their connections' frames: each connection is
+        // held (not returned to the pool) until the batch has been decoded.
+        std::vector<PageRunRef> runs;
+        std::vector<std::optional<rpc::ClientPool<gen::WorkerServiceClient>::Lease>> leases;
         // Page i of shard s, where it lies in the answers (null: an all-zero page).
         std::vector<std::vector<const uint8_t*>> pages;
         std::vector<int> erased;
@@ -750,11 +755,9 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         fetched->erased.clear();
         fetched->pps.resize(static_cast<size_t>(m));
         for (auto& p : fetched->pps) p.records.clear();
-        fetched->runs.resize(static_cast<size_t>(k));
-        for (auto& r : fetched->runs) {
-          r.present.clear();
-          r.pages.clear();
-        }
+        fetched->runs.assign(static_cast<size_t>(k), PageRunRef{});
+        fetched->leases.clear();
+        fetched->leases.resize(static_cast<size_t>(k));
         fetched->pages.resize(static_cast<size_t>(k) + static_cast<size_t>(m));
         for (auto& v : fetched->pages) v.clear();
         auto& pages = fetched->pages;
@@ -822,12 +825,14 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
                 st = lease.status();
                 if (st.ok()) {
                   try {
-                    gen::PageRun& run = runs[static_cast<size_t>(i)];
-                    (*lease)->ReadImage(run, o_.token, want, static_cast<int64_t>(first),
-                                        static_cast<int32_t>(count));
+                    (*lease)->send_ReadImage(o_.token, want, static_cast<int64_t>(first),
+                                             static_cast<int32_t>(count));
+                    PageRunRef& run = runs[static_cast<size_t>(i)];
+                    run = RecvPageRun((*lease)->getInputProtocol().get(), "ReadImage");
                     if (!RunPages(run, count, ps, &pages[static_cast<size_t>(i)])) {
                       st = Status::Corruption("survivor sent a malformed page run");
                     }
+                    fetched->leases[static_cast<size_t>(i)].emplace(std::move(*lease));
                   } catch (const gen::TesseraError& e) {
                     st = FromError(e);
                   } catch (const std::exception& e) {
@@ -909,6 +914,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
           next.pop_front();
           if (!r.ok()) return r.status();
           if (batch) {
+            batch->leases.clear();  // the survivors' connections go back to the pool
             std::lock_guard<std::mutex> l(spare_mu);
             spare.push_back(std::move(batch));
           }
@@ -1233,7 +1239,7 @@ void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
   }
 }
 
-gen::PageRun Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first, int count) {
+Protector::ImageView Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first, int count) {
   if (count < 0 || count > 4096 || first < 0) {
     Throw(ErrorCode::INVALID_ARGUMENT, "ReadImage: bad page range", o_.node_id);
   }
@@ -1251,20 +1257,20 @@ gen::PageRun Protector::ReadImage(engine::Db* db, int64_t gen, int64_t first, in
     auto v = db->PageImageView(*snap, static_cast<uint64_t>(first));
     if (!v.ok()) Throw(ErrorCode::INTERNAL, v.status().ToString(), o_.node_id);
   }
-  gen::PageRun out;
+  ImageView out;
   out.present.assign(static_cast<size_t>(count), '\0');
-  // Each page is appended from the pinned snapshot in place: one copy per page, none for the
-  // all-zero ones.
   const size_t ps = db->page_size();
-  out.pages.reserve(static_cast<size_t>(count) * ps);
+  out.page_size = ps;
+  out.pages.reserve(static_cast<size_t>(count));
   for (int i = 0; i < count; ++i) {
     auto v = db->PageImageView(*snap, static_cast<uint64_t>(first + i));
     if (!v.ok()) Throw(ErrorCode::INTERNAL, v.status().ToString(), o_.node_id);
     if (*v != nullptr && !AllZero(*v, ps)) {
       out.present[static_cast<size_t>(i)] = 1;
-      out.pages.append(reinterpret_cast<const char*>(*v), ps);
+      out.pages.push_back(*v);
     }
   }
+  out.snap = std::move(snap);
   return out;
 }
 

@@ -63,7 +63,15 @@ class Protector {
   // Runs advances every protect_every commits or protect_interval_ms until stop.
   void AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop);
 
-  gen::PageRun ReadImage(engine::Db* db, int64_t gen, int64_t first, int count);
+  // Pages [first, first + count) of the pinned generation `gen`, where they lie in its snapshot
+  // (kept alive by the view): what a survivor answers to a rebuilder's ReadImage.
+  struct ImageView {
+    std::shared_ptr<engine::ReadTxn> snap;
+    std::string present;                // one byte per page: 1 when in `pages`, 0 all zeros
+    std::vector<const uint8_t*> pages;  // the present pages, in order
+    size_t page_size = 0;
+  };
+  ImageView ReadImage(engine::Db* db, int64_t gen, int64_t first, int count);
   std::string Progress() const;
 
   // Drops the pins (before the Db closes).

@@ -18,6 +18,7 @@
 
 #include "convert.h"
 #include "manager_link.h"
+#include "page_stream.h"
 #include "parity_holder.h"
 #include "protector.h"
 #include "tessera/engine/db.h"
@@ -235,10 +236,20 @@ class Handler : public gen::WorkerServiceIf {
     r = s_->node_id;
   }
 
+  // Served by Processor below without gathering the pages into `r`; this is the generated
+  // interface's form of the same answer.
   void ReadImage(gen::PageRun& r, const std::string& token, int64_t gen, int64_t first,
                  int32_t count) override {
+    Protector::ImageView v = ReadImageView(token, gen, first, count);
+    r.present = std::move(v.present);
+    r.pages.reserve(v.pages.size() * v.page_size);
+    for (const uint8_t* p : v.pages) r.pages.append(reinterpret_cast<const char*>(p), v.page_size);
+  }
+
+  Protector::ImageView ReadImageView(const std::string& token, int64_t gen, int64_t first,
+                                     int32_t count) {
     Auth(token);
-    r = s_->protector->ReadImage(s_->dbp.load(), gen, first, count);
+    return s_->protector->ReadImage(s_->dbp.load(), gen, first, count);
   }
 
   void Progress(std::string& r, const std::string& token) override {
@@ -284,6 +295,14 @@ class Handler : public gen::WorkerServiceIf {
     Auth(token);
     r = s_->Holder()->ReadParity(first_pgno, count);
   }
+  ParityHolder::ParityView ReadParityView(const std::string& token, int64_t first_pgno,
+                                          int32_t count) {
+    Auth(token);
+    auto h = s_->Holder();
+    ParityHolder::ParityView v = h->ReadParityView(first_pgno, count);
+    v.holder = std::move(h);
+    return v;
+  }
 
   void Shutdown(const std::string& token, bool cleanup) override {
     Auth(token);
@@ -327,6 +346,38 @@ class Handler : public gen::WorkerServiceIf {
   WorkerState* s_;
 };
 
+// The generated processor, except that the pages of ReadImage (from the pinned snapshot) and
+// ReadParity (from the holder's map) go into the answer's frame from where they lie
+// (page_stream.h): a rebuild reads every page of the survivors and the parity this way.
+class Processor : public gen::WorkerServiceProcessor {
+ public:
+  explicit Processor(const std::shared_ptr<Handler>& h) : WorkerServiceProcessor(h), h_(h) {}
+
+ protected:
+  bool dispatchCall(apache::thrift::protocol::TProtocol* iprot,
+                    apache::thrift::protocol::TProtocol* oprot, const std::string& fname,
+                    int32_t seqid, void* ctx) override {
+    if (fname == "ReadImage") {
+      ServeCall<gen::WorkerService_ReadImage_args>(
+          iprot, oprot, fname, seqid,
+          [&](const auto& a) { return h_->ReadImageView(a.token, a.gen, a.first_pgno, a.count); },
+          [&](const Protector::ImageView& v) {
+            WritePageRunReply(oprot, fname, seqid, v.present, v.pages, v.page_size);
+          });
+    } else if (fname == "ReadParity") {
+      ServeReadParity(iprot, oprot, fname, seqid, [&](const auto& a) {
+        return h_->ReadParityView(a.token, a.first_pgno, a.count);
+      });
+    } else {
+      return WorkerServiceProcessor::dispatchCall(iprot, oprot, fname, seqid, ctx);
+    }
+    return true;
+  }
+
+ private:
+  std::shared_ptr<Handler> h_;
+};
+
 }  // namespace
 
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
@@ -357,7 +408,7 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   s.protector = std::make_unique<Protector>(po);
 
   auto handler = std::make_shared<Handler>(&s);
-  auto server = rpc::Server::Start(ep, std::make_shared<gen::WorkerServiceProcessor>(handler));
+  auto server = rpc::Server::Start(ep, std::make_shared<Processor>(handler));
   if (!server.ok()) return server.status();
   s.address = ep.host + ":" + std::to_string((*server)->port());
   spdlog::info("worker {}: serving on {} (data {}, incarnation {})", s.node_id, s.address,

@@ -9,7 +9,16 @@
 #include <thrift/transport/TServerSocket.h>
 #include <thrift/transport/TSocket.h>
 
+#include <arpa/inet.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 namespace tessera::rpc {
 
@@ -22,6 +31,7 @@ using apache::thrift::transport::TFramedTransport;
 using apache::thrift::transport::TServerSocket;
 using apache::thrift::transport::TSocket;
 using apache::thrift::transport::TTransport;
+using apache::thrift::transport::TTransportException;
 using apache::thrift::transport::TTransportFactory;
 
 namespace {
@@ -31,11 +41,103 @@ std::shared_ptr<TConfiguration> Config() {
   return cfg;
 }
 
+// A framed transport into whose frame a writer can splice buffers that are sent from where they
+// lie (SpliceIntoFrame): the frame goes out with one sendmsg over its own buffer and the
+// spliced pieces, in order, instead of copying each piece into the frame first.
+class SplicingFramedTransport : public TFramedTransport {
+ public:
+  using TFramedTransport::TFramedTransport;
+
+  void Splice(const uint8_t* data, size_t len) {
+    splices_.push_back({static_cast<size_t>(wBase_ - wBuf_.get()), data, len});
+    spliced_ += len;
+  }
+
+  void flush() override {
+    if (splices_.empty()) {
+      TFramedTransport::flush();
+      return;
+    }
+    const size_t own = static_cast<size_t>(wBase_ - wBuf_.get());
+    const uint64_t body = own - sizeof(int32_t) + spliced_;
+    if (body > static_cast<uint64_t>(kMaxFrameBytes)) {
+      Reset();
+      throw TTransportException(TTransportException::BAD_ARGS,
+                                "a frame of " + std::to_string(body) + " bytes is over the limit");
+    }
+    const uint32_t size_nbo = htonl(static_cast<uint32_t>(body));
+    std::memcpy(wBuf_.get(), &size_nbo, sizeof size_nbo);
+    std::vector<iovec> iov;
+    iov.reserve(2 * splices_.size() + 1);
+    size_t at = 0;
+    for (const Piece& p : splices_) {
+      if (p.at > at) iov.push_back({wBuf_.get() + at, p.at - at});
+      if (p.len > 0) iov.push_back({const_cast<uint8_t*>(p.data), p.len});
+      at = p.at;
+    }
+    if (own > at) iov.push_back({wBuf_.get() + at, own - at});
+    // Reset before the write, as TFramedTransport does, so that a failed write leaves the
+    // transport clean for the next frame (the bytes stay in the buffer until it is written to).
+    Reset();
+    auto* sock = dynamic_cast<TSocket*>(transport_.get());
+    if (sock == nullptr) {
+      for (const iovec& v : iov) {
+        transport_->write(static_cast<const uint8_t*>(v.iov_base),
+                          static_cast<uint32_t>(v.iov_len));
+      }
+    } else {
+      SendAll(sock->getSocketFD(), iov);
+    }
+    transport_->flush();
+  }
+
+ private:
+  struct Piece {
+    size_t at;  // offset in the frame buffer the piece follows
+    const uint8_t* data;
+    size_t len;
+  };
+
+  void Reset() {
+    splices_.clear();
+    spliced_ = 0;
+    wBase_ = wBuf_.get() + sizeof(int32_t);
+  }
+
+  // sendmsg until every byte is sent (a blocking socket may take part of it per call).
+  static void SendAll(int fd, std::vector<iovec>& iov) {
+    size_t first = 0;
+    while (first < iov.size()) {
+      msghdr msg{};
+      msg.msg_iov = iov.data() + first;
+      msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
+      const ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        throw TTransportException(err == EAGAIN || err == EWOULDBLOCK
+                                      ? TTransportException::TIMED_OUT
+                                      : TTransportException::NOT_OPEN,
+                                  std::string("sendmsg: ") + std::strerror(err));
+      }
+      auto left = static_cast<size_t>(n);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left > 0) {
+        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
+    }
+  }
+
+  std::vector<Piece> splices_;
+  uint64_t spliced_ = 0;
+};
+
 // Framed transports that enforce our frame limit.
 class FramedFactory : public TTransportFactory {
  public:
   std::shared_ptr<TTransport> getTransport(std::shared_ptr<TTransport> trans) override {
-    return std::make_shared<TFramedTransport>(trans, Config());
+    return std::make_shared<SplicingFramedTransport>(trans, Config());
   }
 };
 
@@ -63,6 +165,13 @@ const bool kQuietThrift = [] {
   return true;
 }();
 
+bool SpliceIntoFrame(TTransport* transport, const uint8_t* data, size_t len) {
+  auto* t = dynamic_cast<SplicingFramedTransport*>(transport);
+  if (t == nullptr) return false;
+  t->Splice(data, len);
+  return true;
+}
+
 Result<Endpoint> Endpoint::Parse(const std::string& s) {
   size_t colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
@@ -81,7 +190,7 @@ Result<Endpoint> Endpoint::Parse(const std::string& s) {
 }
 
 Result<std::unique_ptr<Server>> Server::Start(const Endpoint& endpoint,
-                                              std::shared_ptr<TProcessor> processor) {
+                                              const std::shared_ptr<TProcessor>& processor) {
   auto socket = std::make_shared<ListenOnceSocket>(endpoint.host, endpoint.port);
   // A connection idle this long is closed; pooled clients reconnect transparently.
   socket->setRecvTimeout(300000);
@@ -122,7 +231,7 @@ Result<Connection> Connect(const Endpoint& endpoint, const Timeouts& timeouts) {
   socket->setRecvTimeout(static_cast<int>(timeouts.io.count()));
   socket->setSendTimeout(static_cast<int>(timeouts.io.count()));
   socket->setNoDelay(true);
-  auto transport = std::make_shared<TFramedTransport>(socket, Config());
+  auto transport = std::make_shared<SplicingFramedTransport>(socket, Config());
   try {
     transport->open();
   } catch (const std::exception& e) {

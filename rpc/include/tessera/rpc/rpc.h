@@ -51,7 +51,7 @@ struct Endpoint {
 class Server {
  public:
   static Result<std::unique_ptr<Server>> Start(
-      const Endpoint& endpoint, std::shared_ptr<apache::thrift::TProcessor> processor);
+      const Endpoint& endpoint, const std::shared_ptr<apache::thrift::TProcessor>& processor);
   ~Server();  // Stop()
   void Stop();
   int port() const { return port_; }
@@ -75,6 +75,13 @@ struct Timeouts {
 };
 
 Result<Connection> Connect(const Endpoint& endpoint, const Timeouts& timeouts);
+
+// Appends `len` bytes at `data` to the frame being written on `transport` (a transport of this
+// module's servers or connections) without copying them: they are sent from where they lie when
+// the frame is flushed, so they must stay valid and unchanged until then. false when
+// `transport` is of another kind (the caller writes the bytes normally).
+bool SpliceIntoFrame(apache::thrift::transport::TTransport* transport, const uint8_t* data,
+                     size_t len);
 
 // Idle connections per address; a failed call's connection is dropped, not returned.
 template <typename ClientT>
