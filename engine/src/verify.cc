@@ -502,6 +502,9 @@ Status Db::Restore(const std::string& path, const SnapshotDescriptor& desc,
       cv.notify_all();
     }
   }
+  // A flush still running when the last run was written may have failed since: its error must
+  // not be lost (the kernel reports a writeback error once, so the final fdatasync may not).
+  if (s.ok()) s = synced;
   if (s.ok() && ::fdatasync(fd) != 0) s = ErrnoStatus(errno, "fdatasync " + path);
   ::close(fd);
   if (!s.ok()) ::unlink(path.c_str());

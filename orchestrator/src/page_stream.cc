@@ -131,7 +131,7 @@ void ReadPages(TProtocol* iprot, PageRunRef* out) {
   auto* bin = dynamic_cast<TBinaryProtocol*>(iprot);
   if (bin == nullptr) {
     iprot->readBinary(out->owned);
-    out->pages = reinterpret_cast<const uint8_t*>(out->owned.data());
+    out->pages = nullptr;
     out->size = out->owned.size();
     return;
   }
@@ -149,8 +149,10 @@ void ReadPages(TProtocol* iprot, PageRunRef* out) {
     return;
   }
   out->owned.resize(static_cast<size_t>(len));
-  if (len > 0) trans->readAll(reinterpret_cast<uint8_t*>(out->owned.data()), got);
-  out->pages = reinterpret_cast<const uint8_t*>(out->owned.data());
+  if (len > 0) {
+    trans->readAll(reinterpret_cast<uint8_t*>(out->owned.data()), static_cast<uint32_t>(len));
+  }
+  out->pages = nullptr;
   out->size = out->owned.size();
 }
 
@@ -232,7 +234,7 @@ PageRunRef RecvPageRun(TProtocol* iprot, const std::string& method) {
 
 bool RunPages(const PageRunRef& run, size_t count, size_t page_size,
               std::vector<const uint8_t*>* out) {
-  return RunPages(run.present, run.pages, run.size, count, page_size, out);
+  return RunPages(run.present, run.data(), run.size, count, page_size, out);
 }
 
 void ServeReadParity(TProtocol* iprot, TProtocol* oprot, const std::string& method, int32_t seqid,

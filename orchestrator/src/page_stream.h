@@ -35,10 +35,14 @@ namespace tessera::orchestrator {
 // A received PageRun's pages where they lie: in the connection's frame buffer (valid until the
 // next call on that connection), or in `owned` when the protocol cannot lend its buffer.
 struct PageRunRef {
-  std::string present;  // one byte per page: nonzero when the page is in `pages`
-  const uint8_t* pages = nullptr;
-  size_t size = 0;  // bytes at `pages`: the present pages back to back
+  std::string present;             // one byte per page: nonzero when the page is in data()
+  const uint8_t* pages = nullptr;  // in the frame; null when the pages are in `owned`
+  size_t size = 0;                 // bytes at data(): the present pages back to back
   std::string owned;
+  // Where the pages are (computed on use: `owned` may have moved since it was read).
+  const uint8_t* data() const {
+    return pages != nullptr ? pages : reinterpret_cast<const uint8_t*>(owned.data());
+  }
 };
 
 // Writes the reply to call `seqid` of `method` whose success is the PageRun of `present` and the

@@ -57,8 +57,10 @@ class ParityHolder {
     std::vector<gen::GenRecord> records;
     std::string present;                // one byte per page: 1 when in `pages`, 0 none stored
     std::vector<const uint8_t*> pages;  // kProtectionPageSize bytes each, in order
-    std::shared_ptr<void> txn;
+    // Declared before `txn`, so destroyed after it: the read transaction ends before the last
+    // reference to the holder (and its environment) can go.
     std::shared_ptr<ParityHolder> holder;  // set by the caller that needs it kept
+    std::shared_ptr<void> txn;
   };
   ParityView ReadParityView(int64_t first_pgno, int count);
 

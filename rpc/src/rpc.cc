@@ -53,6 +53,13 @@ class SplicingFramedTransport : public TFramedTransport {
     spliced_ += len;
   }
 
+  // A frame abandoned part way (its writer threw) is not sent on close: its spliced pieces may
+  // already be gone.
+  void close() override {
+    if (!splices_.empty()) Reset();
+    TFramedTransport::close();
+  }
+
   void flush() override {
     if (splices_.empty()) {
       TFramedTransport::flush();
@@ -194,6 +201,9 @@ Result<std::unique_ptr<Server>> Server::Start(const Endpoint& endpoint,
   auto socket = std::make_shared<ListenOnceSocket>(endpoint.host, endpoint.port);
   // A connection idle this long is closed; pooled clients reconnect transparently.
   socket->setRecvTimeout(300000);
+  // A peer that stops reading an answer for this long loses the connection, rather than hold
+  // the answering thread (and what the answer is sent from: a snapshot, a read transaction).
+  socket->setSendTimeout(60000);
   try {
     socket->listen();
   } catch (const std::exception& e) {

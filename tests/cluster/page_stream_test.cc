@@ -184,7 +184,7 @@ TEST_F(PageStreamTest, SplicedAnswersReadByGeneratedAndInPlaceReceivers) {
               first, count);
     c->send_ReadImage("", 5, static_cast<int64_t>(first), static_cast<int32_t>(count));
     PageRunRef ref = RecvPageRun(c->getInputProtocol().get(), "ReadImage");
-    ExpectRun(ref.present, ref.pages, ref.size, first, count);
+    ExpectRun(ref.present, ref.data(), ref.size, first, count);
     EXPECT_TRUE(ref.owned.empty()) << "the pages were read in place";
     std::vector<const uint8_t*> by_index;
     ASSERT_TRUE(RunPages(ref, count, kPs, &by_index));
@@ -241,7 +241,7 @@ TEST_F(PageStreamTest, ErrorsReachBothReceiversAndTheConnectionStaysUsable) {
                apache::thrift::TApplicationException);
   c->send_ReadImage("", 5, 40, 64);
   PageRunRef ref = RecvPageRun(c->getInputProtocol().get(), "ReadImage");
-  ExpectRun(ref.present, ref.pages, ref.size, 40, 64);
+  ExpectRun(ref.present, ref.data(), ref.size, 40, 64);
 }
 
 TEST_F(PageStreamTest, InPlaceReceiverReadsTheGeneratedServersAnswers) {
@@ -250,7 +250,7 @@ TEST_F(PageStreamTest, InPlaceReceiverReadsTheGeneratedServersAnswers) {
   auto c = Client();
   c->send_ReadImage("", 5, 100, 1000);
   PageRunRef ref = RecvPageRun(c->getInputProtocol().get(), "ReadImage");
-  ExpectRun(ref.present, ref.pages, ref.size, 100, 1000);
+  ExpectRun(ref.present, ref.data(), ref.size, 100, 1000);
   c->send_ReadImage("", -1, 0, 1);
   EXPECT_THROW((void)RecvPageRun(c->getInputProtocol().get(), "ReadImage"), gen::TesseraError);
 }
