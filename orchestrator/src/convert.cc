@@ -197,6 +197,13 @@ bool RunPages(std::string_view present, const uint8_t* pages, size_t size, size_
   return at == size;
 }
 
+std::string ConcatPages(std::span<const uint8_t* const> pages, size_t page_size) {
+  std::string all;
+  all.reserve(pages.size() * page_size);
+  for (const uint8_t* p : pages) all.append(reinterpret_cast<const char*>(p), page_size);
+  return all;
+}
+
 bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
               std::vector<const uint8_t*>* out) {
   return RunPages(run.present, reinterpret_cast<const uint8_t*>(run.pages.data()), run.pages.size(),

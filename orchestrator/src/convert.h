@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -37,6 +39,8 @@ bool RunPages(const gen::PageRun& run, size_t count, size_t page_size,
 // The same for a run given as its `present` bytes and its `size` bytes of pages at `pages`.
 bool RunPages(std::string_view present, const uint8_t* pages, size_t size, size_t count,
               size_t page_size, std::vector<const uint8_t*>* out);
+// The pages (page_size bytes at each pointer) back to back: a PageRun's `pages`.
+std::string ConcatPages(std::span<const uint8_t* const> pages, size_t page_size);
 
 // Keeps freed buffers of up to 32 MiB in the allocator's heap (process-wide, idempotent). A
 // rebuild answers and reads page runs of 4 MiB per call; with glibc's defaults each such buffer

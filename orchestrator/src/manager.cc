@@ -984,13 +984,10 @@ class Handler : public gen::ManagerServiceIf {
     Auth(token);
     r = Holder()->ReadParity(first_pgno, count);
   }
-  ParityHolder::ParityView ReadParityView(const std::string& token, int64_t first_pgno,
-                                          int32_t count) {
+  // The holder, for a caller with `token` (Processor's ReadParity).
+  std::shared_ptr<ParityHolder> HolderFor(const std::string& token) {
     Auth(token);
-    auto h = Holder();
-    ParityHolder::ParityView v = h->ReadParityView(first_pgno, count);
-    v.holder = std::move(h);
-    return v;
+    return Holder();
   }
 
   // The manager's parity holder; replicated, the one of the term this manager leads (0: the
@@ -1308,9 +1305,8 @@ class Processor : public gen::ManagerServiceProcessor {
     if (fname != "ReadParity") {
       return ManagerServiceProcessor::dispatchCall(iprot, oprot, fname, seqid, ctx);
     }
-    ServeReadParity(iprot, oprot, fname, seqid, [&](const auto& a) {
-      return h_->ReadParityView(a.token, a.first_pgno, a.count);
-    });
+    ServeReadParity(iprot, oprot, fname, seqid,
+                    [&](const std::string& token) { return h_->HolderFor(token); });
     return true;
   }
 

@@ -62,10 +62,7 @@ void WritePageRun(TProtocol* oprot, const std::string& present,
       }
     }
   } else {
-    std::string all;
-    all.reserve(total);
-    for (const uint8_t* p : pages) all.append(reinterpret_cast<const char*>(p), page_size);
-    oprot->writeBinary(all);
+    oprot->writeBinary(ConcatPages(pages, page_size));
   }
   EndFieldAndStruct(oprot);
 }
@@ -238,9 +235,16 @@ bool RunPages(const PageRunRef& run, size_t count, size_t page_size,
 }
 
 void ServeReadParity(TProtocol* iprot, TProtocol* oprot, const std::string& method, int32_t seqid,
-                     const ParityViewFn& view) {
+                     const HolderFn& holder_for) {
   ServeCall<gen::ParityService_ReadParity_args>(
-      iprot, oprot, method, seqid, view, [&](const ParityHolder::ParityView& v) {
+      iprot, oprot, method, seqid,
+      [&](const gen::ParityService_ReadParity_args& a) {
+        std::shared_ptr<ParityHolder> h = holder_for(a.token);
+        ParityHolder::ParityView v = h->ReadParityView(a.first_pgno, a.count);
+        v.holder = std::move(h);
+        return v;
+      },
+      [&](const ParityHolder::ParityView& v) {
         WriteParityPagesReply(oprot, method, seqid, v.records, v.present, v.pages,
                               kProtectionPageSize);
       });

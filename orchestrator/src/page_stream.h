@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -91,13 +92,13 @@ void ServeCall(apache::thrift::protocol::TProtocol* iprot,
   write(result);
 }
 
-// Serves a ParityService ReadParity call with `view`'s pages from where they lie in the
-// holder's map.
-using ParityViewFn =
-    std::function<ParityHolder::ParityView(const gen::ParityService_ReadParity_args&)>;
+// Serves a ParityService ReadParity call from the holder `holder_for(token)` returns (it checks
+// the token and throws as a handler would), with the pages from where they lie in its map; the
+// answer keeps that holder alive until it is sent.
+using HolderFn = std::function<std::shared_ptr<ParityHolder>(const std::string& token)>;
 void ServeReadParity(apache::thrift::protocol::TProtocol* iprot,
                      apache::thrift::protocol::TProtocol* oprot, const std::string& method,
-                     int32_t seqid, const ParityViewFn& view);
+                     int32_t seqid, const HolderFn& holder_for);
 
 // Reads the reply to `method` from `iprot` (after the generated send_<method>). Throws as the
 // generated recv_<method> does: the TesseraError the server answered, TApplicationException, or

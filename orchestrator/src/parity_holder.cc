@@ -521,10 +521,7 @@ gen::ParityPages ParityHolder::ReadParity(int64_t first_pgno, int count) {
   gen::ParityPages out;
   out.records = std::move(v.records);
   out.run.present = std::move(v.present);
-  out.run.pages.reserve(v.pages.size() * kProtectionPageSize);
-  for (const uint8_t* p : v.pages) {
-    out.run.pages.append(reinterpret_cast<const char*>(p), kProtectionPageSize);
-  }
+  out.run.pages = ConcatPages(v.pages, kProtectionPageSize);
   return out;
 }
 

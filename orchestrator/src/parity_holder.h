@@ -51,15 +51,15 @@ class ParityHolder {
   std::vector<gen::TailEntry> ReadTail(int slot, int64_t epoch, int64_t after_seq, int max_entries);
   gen::ParityPages ReadParity(int64_t first_pgno, int count);
   // The same, with the pages where they lie in the map: valid while the view lives (it holds
-  // the read transaction, which must end on the thread that made the view, and the caller keeps
-  // the holder alive as long).
+  // the read transaction, which must end on the thread that made the view; the caller keeps the
+  // holder alive as long, in `holder` when it may otherwise go: ServeReadParity).
   struct ParityView {
     std::vector<gen::GenRecord> records;
     std::string present;                // one byte per page: 1 when in `pages`, 0 none stored
     std::vector<const uint8_t*> pages;  // kProtectionPageSize bytes each, in order
     // Declared before `txn`, so destroyed after it: the read transaction ends before the last
     // reference to the holder (and its environment) can go.
-    std::shared_ptr<ParityHolder> holder;  // set by the caller that needs it kept
+    std::shared_ptr<ParityHolder> holder;
     std::shared_ptr<void> txn;
   };
   ParityView ReadParityView(int64_t first_pgno, int count);

@@ -242,8 +242,7 @@ class Handler : public gen::WorkerServiceIf {
                  int32_t count) override {
     Protector::ImageView v = ReadImageView(token, gen, first, count);
     r.present = std::move(v.present);
-    r.pages.reserve(v.pages.size() * v.page_size);
-    for (const uint8_t* p : v.pages) r.pages.append(reinterpret_cast<const char*>(p), v.page_size);
+    r.pages = ConcatPages(v.pages, v.page_size);
   }
 
   Protector::ImageView ReadImageView(const std::string& token, int64_t gen, int64_t first,
@@ -295,13 +294,10 @@ class Handler : public gen::WorkerServiceIf {
     Auth(token);
     r = s_->Holder()->ReadParity(first_pgno, count);
   }
-  ParityHolder::ParityView ReadParityView(const std::string& token, int64_t first_pgno,
-                                          int32_t count) {
+  // The holder, for a caller with `token` (Processor's ReadParity).
+  std::shared_ptr<ParityHolder> HolderFor(const std::string& token) {
     Auth(token);
-    auto h = s_->Holder();
-    ParityHolder::ParityView v = h->ReadParityView(first_pgno, count);
-    v.holder = std::move(h);
-    return v;
+    return s_->Holder();
   }
 
   void Shutdown(const std::string& token, bool cleanup) override {
@@ -365,9 +361,8 @@ class Processor : public gen::WorkerServiceProcessor {
             WritePageRunReply(oprot, fname, seqid, v.present, v.pages, v.page_size);
           });
     } else if (fname == "ReadParity") {
-      ServeReadParity(iprot, oprot, fname, seqid, [&](const auto& a) {
-        return h_->ReadParityView(a.token, a.first_pgno, a.count);
-      });
+      ServeReadParity(iprot, oprot, fname, seqid,
+                      [&](const std::string& token) { return h_->HolderFor(token); });
     } else {
       return WorkerServiceProcessor::dispatchCall(iprot, oprot, fname, seqid, ctx);
     }
