@@ -18,6 +18,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 namespace tessera::rpc {
@@ -59,6 +61,11 @@ class SplicingFramedTransport : public TFramedTransport {
     if (!splices_.empty()) Reset();
     TFramedTransport::close();
   }
+
+  bool peek() override { return rBase_ < rBound_ || ahead_ < filled_ || transport_->peek(); }
+
+  // Bytes read with this frame, its size field included (what the processor reports).
+  uint32_t readEnd() override { return frame_bytes_; }
 
   void flush() override {
     if (splices_.empty()) {
@@ -136,8 +143,72 @@ class SplicingFramedTransport : public TFramedTransport {
     }
   }
 
+  // Reads the next frame with as few recv calls as the bytes arrive in: usually one for the size
+  // field and the whole frame (the base class reads the size and the body separately). Bytes that
+  // arrive past the frame are kept for the next one. The frame's bytes stay where they were read
+  // until the next frame is read, as with the base class, so a reader may borrow them in place.
+  bool readFrame() override {
+    if (ahead_ > 0) {  // bytes past the last frame move to the front
+      std::memmove(in_.get(), in_.get() + ahead_, filled_ - ahead_);
+      filled_ -= ahead_;
+      ahead_ = 0;
+    }
+    if (in_cap_ == 0) Reserve(kReadAhead);
+    while (filled_ < sizeof(int32_t)) {
+      const uint32_t got = Fill();
+      if (got == 0) {
+        if (filled_ == 0) return false;  // the peer closed between frames
+        throw TTransportException(TTransportException::END_OF_FILE,
+                                  "the connection closed inside a frame's size field");
+      }
+    }
+    uint32_t size_nbo;
+    std::memcpy(&size_nbo, in_.get(), sizeof size_nbo);
+    const auto sz = static_cast<int32_t>(ntohl(size_nbo));
+    if (sz < 0) throw TTransportException("Frame size has negative value");
+    if (sz > static_cast<int32_t>(maxFrameSize_)) {
+      throw TTransportException(TTransportException::CORRUPTED_DATA, "Received an oversized frame");
+    }
+    const size_t need = sizeof(int32_t) + static_cast<size_t>(sz);
+    if (need > in_cap_) Reserve(need);
+    while (filled_ < need) {
+      if (Fill() == 0) {
+        throw TTransportException(
+            TTransportException::END_OF_FILE,
+            "the connection closed inside a frame of " + std::to_string(sz) + " bytes");
+      }
+    }
+    ahead_ = need;
+    frame_bytes_ = static_cast<uint32_t>(need);
+    setReadBuffer(in_.get() + sizeof(int32_t), static_cast<uint32_t>(sz));
+    return true;
+  }
+
+  // One read from the socket into the free end of the buffer; 0 at end of stream.
+  uint32_t Fill() {
+    const uint32_t got =
+        transport_->read(in_.get() + filled_, static_cast<uint32_t>(in_cap_ - filled_));
+    filled_ += got;
+    return got;
+  }
+
+  void Reserve(size_t cap) {
+    auto bigger = std::make_unique<uint8_t[]>(cap);
+    if (filled_ > 0) std::memcpy(bigger.get(), in_.get(), filled_);
+    in_ = std::move(bigger);
+    in_cap_ = cap;
+  }
+
+  static constexpr size_t kReadAhead = 16 << 10;
+
   std::vector<Piece> splices_;
   uint64_t spliced_ = 0;
+  // Read side: in_[0, filled_) holds what was read; the current frame is [0, ahead_).
+  std::unique_ptr<uint8_t[]> in_;
+  size_t in_cap_ = 0;
+  size_t filled_ = 0;
+  size_t ahead_ = 0;
+  uint32_t frame_bytes_ = 0;
 };
 
 // Framed transports that enforce our frame limit.
@@ -148,19 +219,77 @@ class FramedFactory : public TTransportFactory {
   }
 };
 
+// An accepted connection that a stopping server can interrupt by shutting its socket down.
+// Thrift's own way (an interrupt pipe polled with the socket before every read) costs a poll
+// call per read; a shutdown wakes a blocked recv just the same. `mu` orders the shutdown with
+// close(), so a descriptor number reused after close() is never shut down.
+class AcceptedSocket : public TSocket {
+ public:
+  AcceptedSocket(THRIFT_SOCKET fd, std::shared_ptr<std::mutex> mu)
+      : TSocket(fd, Config()), mu_(std::move(mu)) {}
+  void close() override {
+    std::lock_guard<std::mutex> l(*mu_);
+    TSocket::close();
+  }
+  void Interrupt() {
+    std::lock_guard<std::mutex> l(*mu_);
+    if (isOpen()) ::shutdown(getSocketFD(), SHUT_RDWR);
+  }
+
+ private:
+  std::shared_ptr<std::mutex> mu_;
+};
+
 // The server's serve() calls listen() again; binding once up front lets Start report a busy
-// port and learn the port chosen for port 0.
+// port and learn the port chosen for port 0. Accepted sockets read without Thrift's interrupt
+// pipe (see AcceptedSocket); interruptChildren shuts them down instead.
 class ListenOnceSocket : public TServerSocket {
  public:
-  using TServerSocket::TServerSocket;
+  ListenOnceSocket(const std::string& host, int port) : TServerSocket(host, port) {
+    setInterruptableChildren(false);
+  }
   void listen() override {
     if (listening_) return;
     TServerSocket::listen();
     listening_ = true;
   }
+  void interruptChildren() override {
+    std::vector<std::shared_ptr<AcceptedSocket>> live;
+    {
+      std::lock_guard<std::mutex> l(*mu_);
+      stopping_ = true;
+      for (auto& w : children_) {
+        if (auto c = w.lock()) live.push_back(std::move(c));
+      }
+      children_.clear();
+    }
+    for (auto& c : live) c->Interrupt();
+  }
+
+ protected:
+  std::shared_ptr<TSocket> createSocket(THRIFT_SOCKET fd) override {
+    auto c = std::make_shared<AcceptedSocket>(fd, mu_);
+    bool stopping;
+    {
+      std::lock_guard<std::mutex> l(*mu_);
+      stopping = stopping_;
+      if (!stopping) {
+        // Forget the connections that have gone, so the list follows the live ones.
+        std::erase_if(children_,
+                      [](const std::weak_ptr<AcceptedSocket>& w) { return w.expired(); });
+        children_.push_back(c);
+      }
+    }
+    if (stopping) c->Interrupt();
+    return c;
+  }
 
  private:
   bool listening_ = false;
+  // Guards children_ and stopping_, and orders shutdowns with close() (shared with the sockets).
+  std::shared_ptr<std::mutex> mu_ = std::make_shared<std::mutex>();
+  std::vector<std::weak_ptr<AcceptedSocket>> children_;
+  bool stopping_ = false;
 };
 
 }  // namespace

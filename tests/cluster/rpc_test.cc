@@ -1,0 +1,198 @@
+// The rpc module's framed transport and server over a real Thrift server on loopback: frames
+// that arrive together, split into single bytes, large, or cut short are each read as the peer
+// sent them, and stopping a server ends its idle connections at once.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <thrift/protocol/TBinaryProtocol.h>
+#include <thrift/transport/TBufferTransports.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "WorkerService.h"
+#include "seed.h"
+#include "tessera/rpc/rpc.h"
+
+namespace tessera::rpc {
+using tessera::testing::TestSeed;
+namespace {
+
+using apache::thrift::protocol::TBinaryProtocol;
+using apache::thrift::transport::TFramedTransport;
+using apache::thrift::transport::TMemoryBuffer;
+
+// Get answers the key reversed, so an answer names the request it belongs to.
+class ReverseHandler : public gen::WorkerServiceNull {
+ public:
+  void Get(gen::GetReply& r, const std::string&, int32_t, int64_t,
+           const std::string& key) override {
+    r.found = true;
+    r.value.assign(key.rbegin(), key.rend());
+  }
+};
+
+std::unique_ptr<Server> StartServer() {
+  auto s = Server::Start(Endpoint{"127.0.0.1", 0}, std::make_shared<gen::WorkerServiceProcessor>(
+                                                       std::make_shared<ReverseHandler>()));
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return std::move(s).value();
+}
+
+// The bytes a generated client sends for Get(key): one frame, size field included.
+std::string GetFrame(const std::string& key, int32_t seqid) {
+  auto mem = std::make_shared<TMemoryBuffer>();
+  auto framed = std::make_shared<TFramedTransport>(mem);
+  auto proto = std::make_shared<TBinaryProtocol>(framed);
+  proto->writeMessageBegin("Get", apache::thrift::protocol::T_CALL, seqid);
+  gen::WorkerService_Get_pargs args;
+  std::string token = "t";
+  int32_t shard = 0;
+  int64_t epoch = 0;
+  args.token = &token;
+  args.shard = &shard;
+  args.epoch = &epoch;
+  args.key = &key;
+  args.write(proto.get());
+  proto->writeMessageEnd();
+  framed->writeEnd();
+  framed->flush();
+  return mem->getBufferAsString();
+}
+
+int RawConnect(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_GE(fd, 0);
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  return fd;
+}
+
+void SendAll(int fd, const std::string& bytes) {
+  size_t at = 0;
+  while (at < bytes.size()) {
+    ssize_t n = ::send(fd, bytes.data() + at, bytes.size() - at, MSG_NOSIGNAL);
+    ASSERT_GT(n, 0) << std::strerror(errno);
+    at += static_cast<size_t>(n);
+  }
+}
+
+// Reads one framed answer to Get from `fd` and returns its value (checks the seqid).
+std::string ReadGetAnswer(int fd, int32_t seqid) {
+  uint32_t size_nbo = 0;
+  EXPECT_EQ(::recv(fd, &size_nbo, 4, MSG_WAITALL), 4);
+  std::string body(ntohl(size_nbo), '\0');
+  EXPECT_EQ(::recv(fd, body.data(), body.size(), MSG_WAITALL), static_cast<ssize_t>(body.size()));
+  auto mem = std::make_shared<TMemoryBuffer>(reinterpret_cast<uint8_t*>(body.data()),
+                                             static_cast<uint32_t>(body.size()));
+  TBinaryProtocol proto(mem);
+  std::string name;
+  apache::thrift::protocol::TMessageType type;
+  int32_t got_seqid = -1;
+  proto.readMessageBegin(name, type, got_seqid);
+  EXPECT_EQ(name, "Get");
+  EXPECT_EQ(type, apache::thrift::protocol::T_REPLY);
+  EXPECT_EQ(got_seqid, seqid);
+  gen::GetReply reply;
+  gen::WorkerService_Get_presult result;
+  result.success = &reply;
+  result.read(&proto);
+  proto.readMessageEnd();
+  EXPECT_TRUE(result.__isset.success);
+  return reply.value;
+}
+
+std::string Reversed(std::string s) { return {s.rbegin(), s.rend()}; }
+
+TEST(RpcTest, FramesSentTogetherOrByteByByteAreEachAnswered) {
+  const uint64_t seed = TestSeed("FramesSentTogetherOrByteByByteAreEachAnswered");
+  std::mt19937_64 rng(seed);
+  auto server = StartServer();
+  // Three requests in one send: the server reads past the first frame and must keep the rest.
+  int fd = RawConnect(server->port());
+  std::vector<std::string> keys;
+  std::string together;
+  for (int i = 0; i < 3; ++i) {
+    keys.push_back("key-" + std::to_string(rng()));
+    together += GetFrame(keys.back(), i + 1);
+  }
+  SendAll(fd, together);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(ReadGetAnswer(fd, i + 1), Reversed(keys[i]));
+  // The same requests a byte at a time, with pauses so that each byte arrives on its own.
+  for (int i = 0; i < 2; ++i) {
+    std::string f = GetFrame(keys[i], 10 + i);
+    for (char c : f) {
+      SendAll(fd, std::string(1, c));
+      if (rng() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    EXPECT_EQ(ReadGetAnswer(fd, 10 + i), Reversed(keys[i]));
+  }
+  // A large frame (several MiB, over any read-ahead) followed by a small one in the same send.
+  std::string big(3u << 20, '\0');
+  for (auto& c : big) c = static_cast<char>('a' + rng() % 26);
+  SendAll(fd, GetFrame(big, 20) + GetFrame(keys[2], 21));
+  EXPECT_EQ(ReadGetAnswer(fd, 20), Reversed(big));
+  EXPECT_EQ(ReadGetAnswer(fd, 21), Reversed(keys[2]));
+  ::close(fd);
+}
+
+TEST(RpcTest, AFrameCutShortEndsOnlyItsConnection) {
+  auto server = StartServer();
+  for (size_t cut : {size_t{2}, size_t{4}, size_t{30}}) {
+    int fd = RawConnect(server->port());
+    std::string f = GetFrame("some key", 1);
+    SendAll(fd, f.substr(0, cut));
+    ::shutdown(fd, SHUT_WR);
+    char b;
+    EXPECT_EQ(::recv(fd, &b, 1, 0), 0) << "cut at " << cut << ": the server should close";
+    ::close(fd);
+  }
+  auto conn = Connect(Endpoint{"127.0.0.1", server->port()}, Timeouts{});
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  gen::WorkerServiceClient client(conn->protocol);
+  gen::GetReply r;
+  client.Get(r, "t", 0, 0, "after");
+  EXPECT_EQ(r.value, "retfa");
+}
+
+TEST(RpcTest, StopEndsIdleConnectionsAtOnce) {
+  auto server = StartServer();
+  ClientPool<gen::WorkerServiceClient> pool;
+  Endpoint ep{"127.0.0.1", server->port()};
+  {
+    // Two connections, each answered once and then left open and idle (pooled).
+    auto a = pool.Get(ep);
+    auto b = pool.Get(ep);
+    ASSERT_TRUE(a.ok() && b.ok());
+    gen::GetReply r;
+    (*a)->Get(r, "t", 0, 0, "ab");
+    EXPECT_EQ(r.value, "ba");
+    (*b)->Get(r, "t", 0, 0, "cd");
+    EXPECT_EQ(r.value, "dc");
+  }
+  // The server's threads block reading those connections (idle timeout: minutes); Stop must
+  // end them rather than wait.
+  auto t0 = std::chrono::steady_clock::now();
+  server->Stop();
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_LT(took, std::chrono::seconds(5));
+  auto lease = pool.Get(ep);
+  if (lease.ok()) {  // a pooled connection: the call on it must fail, not hang
+    gen::GetReply r;
+    EXPECT_ANY_THROW((*lease)->Get(r, "t", 0, 0, "x"));
+  }
+}
+
+}  // namespace
+}  // namespace tessera::rpc
