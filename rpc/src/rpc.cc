@@ -59,6 +59,7 @@ class SplicingFramedTransport : public TFramedTransport {
   // already be gone.
   void close() override {
     if (!splices_.empty()) Reset();
+    filled_ = ahead_ = 0;  // bytes of the old stream must not start a new one
     TFramedTransport::close();
   }
 
@@ -148,6 +149,9 @@ class SplicingFramedTransport : public TFramedTransport {
   // arrive past the frame are kept for the next one. The frame's bytes stay where they were read
   // until the next frame is read, as with the base class, so a reader may borrow them in place.
   bool readFrame() override {
+    // Borrowed reads count against the message size allowance; each frame starts afresh (the
+    // spliced flush() does not reset it as the base flush() does).
+    resetConsumedMessageSize();
     if (ahead_ > 0) {  // bytes past the last frame move to the front
       std::memmove(in_.get(), in_.get() + ahead_, filled_ - ahead_);
       filled_ -= ahead_;
@@ -155,7 +159,7 @@ class SplicingFramedTransport : public TFramedTransport {
     }
     if (in_cap_ == 0) Reserve(kReadAhead);
     while (filled_ < sizeof(int32_t)) {
-      const uint32_t got = Fill();
+      const uint32_t got = Fill(sizeof(int32_t));
       if (got == 0) {
         if (filled_ == 0) return false;  // the peer closed between frames
         throw TTransportException(TTransportException::END_OF_FILE,
@@ -172,7 +176,7 @@ class SplicingFramedTransport : public TFramedTransport {
     const size_t need = sizeof(int32_t) + static_cast<size_t>(sz);
     if (need > in_cap_) Reserve(need);
     while (filled_ < need) {
-      if (Fill() == 0) {
+      if (Fill(need) == 0) {
         throw TTransportException(
             TTransportException::END_OF_FILE,
             "the connection closed inside a frame of " + std::to_string(sz) + " bytes");
@@ -184,16 +188,18 @@ class SplicingFramedTransport : public TFramedTransport {
     return true;
   }
 
-  // One read from the socket into the free end of the buffer; 0 at end of stream.
-  uint32_t Fill() {
-    const uint32_t got =
-        transport_->read(in_.get() + filled_, static_cast<uint32_t>(in_cap_ - filled_));
+  // One read from the socket into the free end of the buffer, of at most kReadAhead bytes past
+  // `target` (so what moves to the front for the next frame stays small); 0 at end of stream.
+  uint32_t Fill(size_t target) {
+    const size_t want = std::min(in_cap_ - filled_, target - filled_ + kReadAhead);
+    const uint32_t got = transport_->read(in_.get() + filled_, static_cast<uint32_t>(want));
     filled_ += got;
     return got;
   }
 
+  // Not zero-filled: a peer that announces a large frame and sends nothing commits no memory.
   void Reserve(size_t cap) {
-    auto bigger = std::make_unique<uint8_t[]>(cap);
+    auto bigger = std::make_unique_for_overwrite<uint8_t[]>(cap);
     if (filled_ > 0) std::memcpy(bigger.get(), in_.get(), filled_);
     in_ = std::move(bigger);
     in_cap_ = cap;
@@ -221,8 +227,8 @@ class FramedFactory : public TTransportFactory {
 
 // An accepted connection that a stopping server can interrupt by shutting its socket down.
 // Thrift's own way (an interrupt pipe polled with the socket before every read) costs a poll
-// call per read; a shutdown wakes a blocked recv just the same. `mu` orders the shutdown with
-// close(), so a descriptor number reused after close() is never shut down.
+// call per read; shutting the reading side down wakes a blocked recv just the same. `mu` orders the
+// shutdown with close(), so a descriptor number reused after close() is never shut down.
 class AcceptedSocket : public TSocket {
  public:
   AcceptedSocket(THRIFT_SOCKET fd, std::shared_ptr<std::mutex> mu)
@@ -233,7 +239,9 @@ class AcceptedSocket : public TSocket {
   }
   void Interrupt() {
     std::lock_guard<std::mutex> l(*mu_);
-    if (isOpen()) ::shutdown(getSocketFD(), SHUT_RDWR);
+    // SHUT_RD wakes a blocked read (it then sees the end of the stream) and still lets a
+    // handler that is running send its answer.
+    if (isOpen()) ::shutdown(getSocketFD(), SHUT_RD);
   }
 
  private:
@@ -242,7 +250,7 @@ class AcceptedSocket : public TSocket {
 
 // The server's serve() calls listen() again; binding once up front lets Start report a busy
 // port and learn the port chosen for port 0. Accepted sockets read without Thrift's interrupt
-// pipe (see AcceptedSocket); interruptChildren shuts them down instead.
+// pipe (see AcceptedSocket); interruptChildren shuts their reading side down instead.
 class ListenOnceSocket : public TServerSocket {
  public:
   ListenOnceSocket(const std::string& host, int port) : TServerSocket(host, port) {

@@ -33,6 +33,7 @@ class ReverseHandler : public gen::WorkerServiceNull {
  public:
   void Get(gen::GetReply& r, const std::string&, int32_t, int64_t,
            const std::string& key) override {
+    if (key == "slow") std::this_thread::sleep_for(std::chrono::milliseconds(500));
     r.found = true;
     r.value.assign(key.rbegin(), key.rend());
   }
@@ -71,6 +72,9 @@ int RawConnect(int port) {
   EXPECT_GE(fd, 0);
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  // An answer that never comes fails the test instead of hanging it.
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<uint16_t>(port));
@@ -144,6 +148,29 @@ TEST(RpcTest, FramesSentTogetherOrByteByByteAreEachAnswered) {
   SendAll(fd, GetFrame(big, 20) + GetFrame(keys[2], 21));
   EXPECT_EQ(ReadGetAnswer(fd, 20), Reversed(big));
   EXPECT_EQ(ReadGetAnswer(fd, 21), Reversed(keys[2]));
+  // A small frame then a large one in one send (the buffer grows with the large one's start in
+  // it), and a send that ends inside the next frame's size field.
+  SendAll(fd, GetFrame(keys[0], 22) + GetFrame(big, 23));
+  EXPECT_EQ(ReadGetAnswer(fd, 22), Reversed(keys[0]));
+  EXPECT_EQ(ReadGetAnswer(fd, 23), Reversed(big));
+  std::string two = GetFrame(keys[1], 24) + GetFrame(keys[2], 25);
+  const size_t split = GetFrame(keys[1], 24).size() + 2;
+  SendAll(fd, two.substr(0, split));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  SendAll(fd, two.substr(split));
+  EXPECT_EQ(ReadGetAnswer(fd, 24), Reversed(keys[1]));
+  EXPECT_EQ(ReadGetAnswer(fd, 25), Reversed(keys[2]));
+  // Frames around the server's 16 KiB read-ahead, all in one send: each pair's first frame is
+  // sized so that the pair ends just before, at, or just after 16 KiB.
+  const size_t empty_frame = GetFrame("", 0).size();
+  for (size_t total : {size_t{16383}, size_t{16384}, size_t{16385}, size_t{16388}}) {
+    std::string second = GetFrame(keys[0], 31);
+    std::string first = GetFrame(std::string(total - second.size() - empty_frame, 'k'), 30);
+    ASSERT_EQ(first.size() + second.size(), total);
+    SendAll(fd, first + second);
+    EXPECT_EQ(ReadGetAnswer(fd, 30).size(), total - second.size() - empty_frame) << total;
+    EXPECT_EQ(ReadGetAnswer(fd, 31), Reversed(keys[0])) << total;
+  }
   ::close(fd);
 }
 
@@ -164,6 +191,44 @@ TEST(RpcTest, AFrameCutShortEndsOnlyItsConnection) {
   gen::GetReply r;
   client.Get(r, "t", 0, 0, "after");
   EXPECT_EQ(r.value, "retfa");
+}
+
+TEST(RpcTest, BadSizeFieldsEndOnlyTheirConnection) {
+  auto server = StartServer();
+  // A zero size, a negative one, and one over the 64 MiB frame limit (announced, never sent).
+  for (uint32_t size : {0u, 0x80000000u, (64u << 20) + 1}) {
+    int fd = RawConnect(server->port());
+    uint32_t nbo = htonl(size);
+    SendAll(fd, std::string(reinterpret_cast<const char*>(&nbo), 4) + "xxxx");
+    char b;
+    EXPECT_EQ(::recv(fd, &b, 1, 0), 0) << "size " << size << ": the server should close";
+    ::close(fd);
+  }
+  int fd = RawConnect(server->port());
+  SendAll(fd, GetFrame("still here", 7));
+  EXPECT_EQ(ReadGetAnswer(fd, 7), "ereh llits");
+  ::close(fd);
+}
+
+TEST(RpcTest, StopLetsARunningCallAnswer) {
+  auto server = StartServer();
+  auto conn = Connect(Endpoint{"127.0.0.1", server->port()}, Timeouts{});
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::string answer;
+  std::thread call([&] {
+    gen::WorkerServiceClient client(conn->protocol);
+    gen::GetReply r;
+    try {
+      client.Get(r, "t", 0, 0, "slow");  // the handler takes 500 ms
+      answer = r.value;
+    } catch (const std::exception& e) {
+      answer = std::string("error: ") + e.what();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->Stop();  // waits for the running handler, whose answer must still reach the caller
+  call.join();
+  EXPECT_EQ(answer, "wols");
 }
 
 TEST(RpcTest, StopEndsIdleConnectionsAtOnce) {
