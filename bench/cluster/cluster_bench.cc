@@ -290,13 +290,15 @@ int main(int argc, char** argv) {
     for (int threads : {1, 16}) {
       std::vector<double> ratios;
       for (int r = 0; r < kRounds; ++r) {
+        auto unprotected = [&] { return Measure(threads, per_round, bare_put_op).ops_per_sec; };
+        auto protect = [&] { return Measure(threads, per_round, put_op).ops_per_sec; };
         double u = 0, p = 0;
-        for (int k = 0; k < 2; ++k) {
-          if ((k == 0) == (r % 2 == 0)) {
-            u = Measure(threads, per_round, bare_put_op).ops_per_sec;
-          } else {
-            p = Measure(threads, per_round, put_op).ops_per_sec;
-          }
+        if (r % 2 == 0) {
+          u = unprotected();
+          p = protect();
+        } else {
+          p = protect();
+          u = unprotected();
         }
         ratios.push_back(p / u);
       }

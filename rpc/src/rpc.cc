@@ -66,7 +66,7 @@ class SplicingFramedTransport : public TFramedTransport {
   bool peek() override { return rBase_ < rBound_ || ahead_ < filled_ || transport_->peek(); }
 
   // Bytes read with this frame, its size field included (what the processor reports).
-  uint32_t readEnd() override { return frame_bytes_; }
+  uint32_t readEnd() override { return static_cast<uint32_t>(ahead_); }
 
   void flush() override {
     if (splices_.empty()) {
@@ -183,7 +183,6 @@ class SplicingFramedTransport : public TFramedTransport {
       }
     }
     ahead_ = need;
-    frame_bytes_ = static_cast<uint32_t>(need);
     setReadBuffer(in_.get() + sizeof(int32_t), static_cast<uint32_t>(sz));
     return true;
   }
@@ -214,7 +213,6 @@ class SplicingFramedTransport : public TFramedTransport {
   size_t in_cap_ = 0;
   size_t filled_ = 0;
   size_t ahead_ = 0;
-  uint32_t frame_bytes_ = 0;
 };
 
 // Framed transports that enforce our frame limit.
