@@ -160,13 +160,21 @@ struct PinGuard {
   }
 };
 
+// One Write in flight. `answered`, `stored`, `abandon`, `done` and `status` are guarded by
+// seq_mu_; the writer sleeps on `cv` until `done`, and only the thread that commits its batch
+// wakes it (never a broadcast: on two cores every needless wake-up costs a context switch).
 struct Protector::Pending {
   const std::vector<gen::Op>* ops = nullptr;
   int64_t seq = 0;
   bool sync = false;
+  size_t holders = 0;   // tail appends this batch waits for
+  size_t need = 0;      // of which must have stored the entry
+  size_t answered = 0;  // appends finished, stored or not
+  size_t stored = 0;
   bool abandon = false;
   bool done = false;
   Status status;
+  std::condition_variable cv;
 };
 
 namespace {
@@ -294,72 +302,70 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   int slot;
   int64_t epoch;
   size_t m;
+  std::vector<TailBatcher*> batchers;
   {
     std::lock_guard<std::mutex> l(mu_);
     slot = slot_.load();
     epoch = epoch_;
     m = holders_.size();
+    while (batchers_.size() < m) {
+      batchers_.push_back(std::make_unique<TailBatcher>());
+      batchers_.back()->index = batchers_.size() - 1;
+    }
+    for (size_t j = 0; j < m; ++j) batchers.push_back(batchers_[j].get());
+  }
+  p.holders = m;
+  p.need = o_.min_holders > 0 ? std::min<size_t>(static_cast<size_t>(o_.min_holders), m) : m;
+  std::vector<TailReq> reqs(m);
+  for (size_t j = 0; j < m; ++j) {
+    reqs[j].entry = &e;
+    reqs[j].sync = sync;
+    reqs[j].pending = &p;
   }
   {
+    // The seq and the queue positions are taken together, so every holder's queue is in seq
+    // order and an acknowledged group is a run of consecutive seqs: its leader can commit it.
     std::lock_guard<std::mutex> l(seq_mu_);
     p.seq = ++next_seq_;
+    e.seq = p.seq;
+    for (size_t j = 0; j < m; ++j) {
+      std::lock_guard<std::mutex> bl(batchers[j]->mu);
+      batchers[j]->queue.push_back(&reqs[j]);
+    }
+    if (m == 0) {  // nowhere to store the entry: abandoned, but its seq must still pass
+      p.abandon = true;
+      ready_[p.seq] = &p;
+    }
   }
-  e.seq = p.seq;
-  size_t stored = 0;
+  if (m == 0) CommitReady(db);
+  // Every holder's queue has the entry; drive each in turn (a leader sends every queued entry in
+  // one call, so the holders work in parallel when writers are many). The batch commits once
+  // every append has answered, by whichever thread completes the last one. Nothing here may
+  // throw before `done`: queued requests and ready_ point into this frame.
+  for (size_t j = 0; j < m; ++j) DriveTail(db, batchers[j], &reqs[j], slot, epoch);
+  size_t stored;
+  {
+    std::unique_lock<std::mutex> l(seq_mu_);
+    p.cv.wait(l, [&] { return p.done; });
+    stored = p.stored;
+  }
   bool stale = false;
   std::string missing;
-  // Queue the entry at every holder first, then drive each: the holders work in parallel and
-  // concurrent writers share calls. Whatever happens, the seq is committed or abandoned, or every
-  // later writer would wait for it forever.
-  std::vector<TailReq> reqs(m);
-  try {
-    {
+  for (size_t j = 0; j < m; ++j) {
+    const Status& st = reqs[j].status;
+    if (st.ok()) {
       std::lock_guard<std::mutex> l(mu_);
-      while (batchers_.size() < m) batchers_.push_back(std::make_unique<TailBatcher>());
-    }
-    for (size_t j = 0; j < m; ++j) {
-      reqs[j].entry = &e;
-      reqs[j].sync = sync;
-      TailBatcher* b;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        b = batchers_[j].get();
+      if (j < holders_.size() && reqs[j].recorded < holders_[j].gen) {
+        // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
+        spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
+                     o_.node_id, j, reqs[j].recorded, holders_[j].gen);
+        holders_[j].gen = -1;
       }
-      std::lock_guard<std::mutex> l(b->mu);
-      b->queue.push_back(&reqs[j]);
+    } else {
+      stale = stale || st.c_code() == -2;
+      missing += (missing.empty() ? "" : "; ") + st.message();
     }
-    for (size_t j = 0; j < m; ++j) {
-      DriveTail(j, &reqs[j], slot, epoch);
-      Status st = reqs[j].status;
-      int64_t recorded = reqs[j].recorded;
-      if (st.ok()) {
-        ++stored;
-        std::lock_guard<std::mutex> l(mu_);
-        if (recorded < holders_[j].gen) {
-          // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
-          spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
-                       o_.node_id, j, recorded, holders_[j].gen);
-          holders_[j].gen = -1;
-        }
-      } else {
-        stale = stale || st.c_code() == -2;
-        missing += (missing.empty() ? "" : "; ") + st.message();
-      }
-    }
-  } catch (...) {
-    p.abandon = true;
-    CommitInOrder(db, &p);
-    throw;
   }
-  if (crash_after_tail_ > 0 && p.seq >= crash_after_tail_) {
-    // Test failpoint (TESSERA_FAILPOINT=crash_after_tail:N): die between the tail appends and
-    // the local commit, as a power cut or SIGKILL there would.
-    spdlog::warn("{}: failpoint crash_after_tail at seq {}", o_.node_id, p.seq);
-    ::raise(SIGKILL);
-  }
-  size_t need = o_.min_holders > 0 ? std::min<size_t>(static_cast<size_t>(o_.min_holders), m) : m;
-  p.abandon = stored < need || m == 0;
-  CommitInOrder(db, &p);
   if (p.abandon) {
     Throw(stale ? ErrorCode::STALE_EPOCH : ErrorCode::UNAVAILABLE,
           "write not protected: tail entry stored at " + std::to_string(stored) + " of " +
@@ -372,91 +378,118 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   }
 }
 
-// Waits for `r` to be sent to holder j; whoever finds the holder idle sends every queued entry
-// in one AppendTail call.
-void Protector::DriveTail(size_t j, TailReq* r, int slot, int64_t epoch) {
-  TailBatcher* b;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    b = batchers_[j].get();
-  }
+// Waits for `r` to be answered by its holder; whoever finds the holder idle sends every queued
+// entry in one AppendTail call, lets the next leader go, commits what became ready and then wakes
+// exactly the writers it answered. A TailReq lives on its writer's stack until `done` is seen
+// under b->mu, so it is touched only under b->mu once answered.
+void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) {
   std::unique_lock<std::mutex> l(b->mu);
   while (!r->done) {
-    if (b->busy) {
-      b->cv.wait(l);
+    if (b->busy || r->sent) {
+      r->cv.wait(l);
       continue;
     }
     b->busy = true;
     std::vector<TailReq*> group;
     size_t bytes = 0;
-    while (!b->queue.empty() && group.size() < 1000 && bytes < (8u << 20)) {
-      group.push_back(b->queue.front());
-      bytes += b->queue.front()->entry->batch.size();
-      b->queue.erase(b->queue.begin());
+    while (b->queue.size() > group.size() && group.size() < 1000 && bytes < (8u << 20)) {
+      group.push_back(b->queue[group.size()]);
+      group.back()->sent = true;
+      bytes += group.back()->entry->batch.size();
     }
+    b->queue.erase(b->queue.begin(), b->queue.begin() + static_cast<ptrdiff_t>(group.size()));
     l.unlock();
-    std::vector<gen::TailEntry> entries;
-    bool sync = false;
-    for (TailReq* q : group) {
-      entries.push_back(*q->entry);
-      sync = sync || q->sync;
-    }
     int64_t recorded = 0;
-    Status st = CallHolder(j, [&](gen::ParityServiceClient& c) {
-      recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
-    });
+    Status st;
+    try {
+      std::vector<gen::TailEntry> entries;
+      entries.reserve(group.size());
+      bool sync = false;
+      for (TailReq* q : group) {
+        entries.push_back(*q->entry);
+        sync = sync || q->sync;
+      }
+      st = CallHolder(b->index, [&](gen::ParityServiceClient& c) {
+        recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
+      });
+    } catch (const std::exception& ex) {  // allocation: the group must still be answered
+      st = Status::Internal(std::string("tail append: ") + ex.what());
+    }
+    bool any_ready = false;
+    {
+      std::lock_guard<std::mutex> sl(seq_mu_);
+      for (TailReq* q : group) {
+        Pending* pd = q->pending;
+        ++pd->answered;
+        if (st.ok()) ++pd->stored;
+        if (pd->answered == pd->holders) {
+          pd->abandon = pd->stored < pd->need;
+          ready_[pd->seq] = pd;
+          any_ready = true;
+        }
+      }
+    }
+    l.lock();
+    b->busy = false;
+    // The next group goes out while this one commits.
+    if (!b->queue.empty()) b->queue.front()->cv.notify_one();
+    l.unlock();
+    // Commit before answering the group: its writers then wake once, already committed.
+    if (any_ready) CommitReady(db);
     l.lock();
     for (TailReq* q : group) {
       q->status = st;
       q->recorded = recorded;
       q->done = true;
+      if (q != r) q->cv.notify_one();
     }
-    b->busy = false;
-    b->cv.notify_all();
   }
 }
 
-// Commits pending batches in seq order; whoever finds the next seq ready commits every
-// consecutive ready batch in one engine write (group commit), recording the last seq.
-void Protector::CommitInOrder(engine::Db* db, Pending* p) {
+// Commits ready batches in seq order: whoever finds the next seq ready commits every
+// consecutive ready batch in one engine write (group commit), recording the last seq, and
+// loops while more became ready meanwhile; a thread finding a commit under way leaves it to
+// that thread.
+void Protector::CommitReady(engine::Db* db) {
   std::unique_lock<std::mutex> l(seq_mu_);
-  ready_[p->seq] = p;
-  while (!p->done) {
-    auto it = ready_.find(committed_seq_ + 1);
-    if (it == ready_.end() || committing_) {
-      seq_cv_.wait(l);
-      continue;
-    }
-    committing_ = true;
-    std::vector<Pending*> group;
+  while (!committing_) {
     int64_t s = committed_seq_ + 1;
+    std::vector<Pending*> group;
     for (auto g = ready_.find(s); g != ready_.end() && g->first == s; g = ready_.find(s)) {
       group.push_back(g->second);
       ready_.erase(g);
       ++s;
     }
+    if (group.empty()) return;
+    committing_ = true;
     l.unlock();
-    engine::WriteBatch b;
+    if (crash_after_tail_ > 0 && s - 1 >= crash_after_tail_) {
+      // Test failpoint (TESSERA_FAILPOINT=crash_after_tail:N): die between the tail appends and
+      // the local commit, as a power cut or SIGKILL there would.
+      spdlog::warn("{}: failpoint crash_after_tail at seq {}", o_.node_id, s - 1);
+      ::raise(SIGKILL);
+    }
+    engine::WriteBatch wb;
     bool sync = false;
     for (Pending* g : group) {
       if (g->abandon) continue;
-      AddOps(*g->ops, &b);
+      AddOps(*g->ops, &wb);
       sync = sync || g->sync;
     }
     Status st;
-    if (b.Count() > 0) {
-      b.Put(kSeqTree, kSeqKey, SeqBytes(s - 1));
-      st = db->Write(b, engine::WriteOptions{sync});
+    if (wb.Count() > 0) {
+      wb.Put(kSeqTree, kSeqKey, SeqBytes(s - 1));
+      st = db->Write(wb, engine::WriteOptions{sync});
     }
     l.lock();
     for (Pending* g : group) {
       g->status = st;
       g->done = true;
+      g->cv.notify_one();
     }
     committed_seq_ = s - 1;
     committing_ = false;
     commits_since_advance_.fetch_add(static_cast<int64_t>(group.size()));
-    seq_cv_.notify_all();
   }
 }
 

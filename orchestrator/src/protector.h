@@ -84,21 +84,25 @@ class Protector {
     int64_t gen = -1;  // the generation it records for this slot (-1: not known yet)
   };
   struct Pending;
-  // Tail appends to one holder, combined: concurrent writers' entries travel in one call.
+  // Tail appends to one holder, combined: concurrent writers' entries travel in one call. A
+  // TailReq is guarded by its batcher's mu.
   struct TailReq {
     const gen::TailEntry* entry = nullptr;
+    Pending* pending = nullptr;
     bool sync = false;
+    bool sent = false;  // taken into a call; its leader answers it
     bool done = false;
     Status status;
     int64_t recorded = 0;  // the generation the holder records
+    std::condition_variable cv;
   };
   struct TailBatcher {
+    size_t index = 0;  // the holder's position
     std::mutex mu;
-    std::condition_variable cv;
-    std::vector<TailReq*> queue;
-    bool busy = false;
+    std::vector<TailReq*> queue;  // in seq order
+    bool busy = false;            // a call is in flight
   };
-  void DriveTail(size_t j, TailReq* r, int slot, int64_t epoch);
+  void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch);
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
   Status ReplayTails(engine::Db* db, int64_t from_seq);
@@ -114,7 +118,7 @@ class Protector {
   Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
   Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
-  void CommitInOrder(engine::Db* db, Pending* p);
+  void CommitReady(engine::Db* db);
   void SetProgress(const std::string& json);
   template <typename F>
   Status CallHolder(size_t j, F&& f);
@@ -141,9 +145,8 @@ class Protector {
   rpc::ClientPool<gen::ParityServiceClient> holder_pool_;
   rpc::ClientPool<gen::WorkerServiceClient> worker_pool_;
 
-  // Commit ordering.
+  // Commit ordering (and each Pending's fields).
   std::mutex seq_mu_;
-  std::condition_variable seq_cv_;
   int64_t next_seq_ = 0;       // last seq handed out
   int64_t committed_seq_ = 0;  // every seq <= this is committed or abandoned
   std::map<int64_t, Pending*> ready_;
