@@ -65,6 +65,47 @@ bool WaitFormed(ClientT& client, std::chrono::milliseconds timeout) {
   }
 }
 
+// CPU time (user + system, in clock ticks) the process has used so far; 0 if it is gone.
+inline uint64_t CpuTicks(pid_t pid) {
+  std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  size_t close = stat.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return 0;
+  std::istringstream in(stat.substr(close + 2));
+  std::string field;
+  uint64_t utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {  // fields 14 and 15: utime, stime
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return utime + stime;
+}
+
+// Waits until the processes together have used under 5% of a core in every 250 ms window for
+// `quiet_for` (background work such as a generation advance, which starts on a timer, has
+// finished), at most `timeout`; returns the time waited.
+inline std::chrono::milliseconds WaitQuiet(const std::vector<pid_t>& pids,
+                                           std::chrono::milliseconds quiet_for,
+                                           std::chrono::milliseconds timeout) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto window = std::chrono::milliseconds(250);
+  const double ticks_per_window = static_cast<double>(sysconf(_SC_CLK_TCK)) * 0.25;
+  auto total = [&] {
+    uint64_t t = 0;
+    for (pid_t p : pids) t += CpuTicks(p);
+    return t;
+  };
+  std::chrono::milliseconds quiet{0};
+  for (;;) {
+    uint64_t before = total();
+    std::this_thread::sleep_for(window);
+    double used = static_cast<double>(total() - before);
+    quiet = used < 0.05 * ticks_per_window ? quiet + window : std::chrono::milliseconds{0};
+    auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start);
+    if (quiet >= quiet_for || waited >= timeout) return waited;
+  }
+}
+
 struct Rate {
   double ops_per_sec = 0;
   double p50_us = 0, p99_us = 0;
