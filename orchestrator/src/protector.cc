@@ -160,9 +160,10 @@ struct PinGuard {
   }
 };
 
-// One Write in flight. `answered`, `stored`, `abandon`, `done` and `status` are guarded by
-// seq_mu_; the writer sleeps on `cv` until `done`, and only the thread that commits its batch
-// wakes it (never a broadcast: on two cores every needless wake-up costs a context switch).
+// One Write in flight. `answered`, `stored`, `abandon`, `done`, `commit_turn` and `status` are
+// guarded by seq_mu_; the writer sleeps on `cv` until `done` (or its turn to commit), and only
+// the thread that commits its batch or hands it the turn wakes it (never a broadcast: on two
+// cores every needless wake-up costs a context switch).
 struct Protector::Pending {
   const std::vector<gen::Op>* ops = nullptr;
   int64_t seq = 0;
@@ -173,6 +174,7 @@ struct Protector::Pending {
   size_t stored = 0;
   bool abandon = false;
   bool done = false;
+  bool commit_turn = false;  // ready and next in seq order: its writer commits (see CommitReady)
   Status status;
   std::condition_variable cv;
 };
@@ -322,33 +324,44 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
     reqs[j].sync = sync;
     reqs[j].pending = &p;
   }
-  {
-    // The seq and the queue positions are taken together, so every holder's queue is in seq
-    // order and an acknowledged group is a run of consecutive seqs: its leader can commit it.
-    std::lock_guard<std::mutex> l(seq_mu_);
-    p.seq = ++next_seq_;
-    e.seq = p.seq;
-    for (size_t j = 0; j < m; ++j) {
-      std::lock_guard<std::mutex> bl(batchers[j]->mu);
-      batchers[j]->queue.push_back(&reqs[j]);
+  // From the seq on, queues and ready_ point into this frame until `done`, and every later
+  // writer waits for this seq to pass: nothing may throw before then (an allocation failure
+  // ends the process, and a restart replays the tails).
+  [&]() noexcept {
+    {
+      // The seq and the queue positions are taken together, so every holder's queue is in seq
+      // order: with one holder, an acknowledged group is a run of consecutive seqs.
+      std::lock_guard<std::mutex> l(seq_mu_);
+      p.seq = ++next_seq_;
+      e.seq = p.seq;
+      for (size_t j = 0; j < m; ++j) {
+        std::lock_guard<std::mutex> bl(batchers[j]->mu);
+        batchers[j]->queue.push_back(&reqs[j]);
+      }
+      if (m == 0) {  // nowhere to store the entry: abandoned, but its seq must still pass
+        p.abandon = true;
+        ready_[p.seq] = &p;
+      }
     }
-    if (m == 0) {  // nowhere to store the entry: abandoned, but its seq must still pass
-      p.abandon = true;
-      ready_[p.seq] = &p;
-    }
-  }
-  if (m == 0) CommitReady(db);
-  // Every holder's queue has the entry; drive each in turn (a leader sends every queued entry in
-  // one call, so the holders work in parallel when writers are many). The batch commits once
-  // every append has answered, by whichever thread completes the last one. Nothing here may
-  // throw before `done`: queued requests and ready_ point into this frame.
-  for (size_t j = 0; j < m; ++j) DriveTail(db, batchers[j], &reqs[j], slot, epoch);
-  size_t stored;
-  {
+    if (m == 0) CommitReady(db);
+    // Every holder's queue has the entry; drive each in turn (a leader sends every queued entry
+    // in one call, so the holders work in parallel when writers are many). The batch is ready
+    // once every append has answered; the thread that makes it ready commits it, unless a
+    // commit is under way (that committer hands the turn on) or an earlier seq is not ready.
+    for (size_t j = 0; j < m; ++j) DriveTail(db, batchers[j], &reqs[j], slot, epoch);
     std::unique_lock<std::mutex> l(seq_mu_);
-    p.cv.wait(l, [&] { return p.done; });
-    stored = p.stored;
-  }
+    while (!p.done) {
+      if (p.commit_turn) {
+        p.commit_turn = false;
+        l.unlock();
+        CommitReady(db);
+        l.lock();
+        continue;
+      }
+      p.cv.wait(l);
+    }
+  }();
+  const size_t stored = p.stored;  // p is done: nothing writes it any more
   bool stale = false;
   std::string missing;
   for (size_t j = 0; j < m; ++j) {
@@ -382,11 +395,14 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
 // entry in one AppendTail call, lets the next leader go, commits what became ready and then wakes
 // exactly the writers it answered. A TailReq lives on its writer's stack until `done` is seen
 // under b->mu, so it is touched only under b->mu once answered.
-void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) {
+void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
+                          int64_t epoch) noexcept {
   std::unique_lock<std::mutex> l(b->mu);
   while (!r->done) {
     if (b->busy || r->sent) {
+      r->waiting = true;
       r->cv.wait(l);
+      r->waiting = false;
       continue;
     }
     b->busy = true;
@@ -431,10 +447,17 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, 
     }
     l.lock();
     b->busy = false;
-    // The next group goes out while this one commits.
-    if (!b->queue.empty()) b->queue.front()->cv.notify_one();
+    // The next group goes out while this one commits: led by the first queued writer waiting
+    // here (with several holders, a writer may still be busy at another one).
+    for (TailReq* q : b->queue) {
+      if (q->waiting) {
+        q->cv.notify_one();
+        break;
+      }
+    }
     l.unlock();
-    // Commit before answering the group: its writers then wake once, already committed.
+    // Commit before answering the group (one pass, so this is bounded): with one holder its
+    // writers then usually wake once, already committed.
     if (any_ready) CommitReady(db);
     l.lock();
     for (TailReq* q : group) {
@@ -447,12 +470,13 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, 
 }
 
 // Commits ready batches in seq order: whoever finds the next seq ready commits every
-// consecutive ready batch in one engine write (group commit), recording the last seq, and
-// loops while more became ready meanwhile; a thread finding a commit under way leaves it to
-// that thread.
-void Protector::CommitReady(engine::Db* db) {
+// consecutive ready batch in one engine write (group commit), recording the last seq. One pass
+// only, so a caller answering its own group is never held for long: if the next seq became
+// ready meanwhile (its thread found this commit under way and left it), its writer gets the
+// turn and commits it.
+void Protector::CommitReady(engine::Db* db) noexcept {
   std::unique_lock<std::mutex> l(seq_mu_);
-  while (!committing_) {
+  if (!committing_) {
     int64_t s = committed_seq_ + 1;
     std::vector<Pending*> group;
     for (auto g = ready_.find(s); g != ready_.end() && g->first == s; g = ready_.find(s)) {
@@ -490,6 +514,11 @@ void Protector::CommitReady(engine::Db* db) {
     committed_seq_ = s - 1;
     committing_ = false;
     commits_since_advance_.fetch_add(static_cast<int64_t>(group.size()));
+    auto next = ready_.find(s);
+    if (next != ready_.end()) {
+      next->second->commit_turn = true;
+      next->second->cv.notify_one();
+    }
   }
 }
 

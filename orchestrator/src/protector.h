@@ -85,12 +85,14 @@ class Protector {
   };
   struct Pending;
   // Tail appends to one holder, combined: concurrent writers' entries travel in one call. A
-  // TailReq is guarded by its batcher's mu.
+  // TailReq's entry, pending and sync are set before it is queued and never change; its other
+  // fields are guarded by its batcher's mu.
   struct TailReq {
     const gen::TailEntry* entry = nullptr;
     Pending* pending = nullptr;
     bool sync = false;
-    bool sent = false;  // taken into a call; its leader answers it
+    bool sent = false;     // taken into a call; its leader answers it
+    bool waiting = false;  // its writer sleeps on cv in DriveTail
     bool done = false;
     Status status;
     int64_t recorded = 0;  // the generation the holder records
@@ -102,7 +104,7 @@ class Protector {
     std::vector<TailReq*> queue;  // in seq order
     bool busy = false;            // a call is in flight
   };
-  void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch);
+  void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) noexcept;
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
   Status ReplayTails(engine::Db* db, int64_t from_seq);
@@ -118,7 +120,7 @@ class Protector {
   Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
   Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
-  void CommitReady(engine::Db* db);
+  void CommitReady(engine::Db* db) noexcept;
   void SetProgress(const std::string& json);
   template <typename F>
   Status CallHolder(size_t j, F&& f);
