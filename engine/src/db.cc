@@ -1045,6 +1045,22 @@ Result<std::unique_ptr<ReadTxn>> Db::BeginRead() const {
   return std::unique_ptr<ReadTxn>(new ReadTxn(std::move(t)));
 }
 
+Result<std::unique_ptr<ReadTxn>> Db::BeginReadAt(const ReadTxn& snap) const {
+  const ReadTxn::Impl& s = *snap.impl_;
+  if (s.db != impl_.get()) {
+    return Status::InvalidArgument("BeginReadAt: the snapshot belongs to another database");
+  }
+  if (s.write)
+    return Status::InvalidArgument("BeginReadAt: a write transaction has no fixed snapshot");
+  auto t = std::make_unique<ReadTxn::Impl>();
+  t->db = impl_.get();
+  t->meta = s.meta;
+  // `snap`'s own reader slot holds this txnid while this registers it: no page of the snapshot
+  // can be reused in between.
+  TESSERA_ASSIGN_OR_RETURN(t->slot, impl_->AcquireReaderAt(t->meta));
+  return std::unique_ptr<ReadTxn>(new ReadTxn(std::move(t)));
+}
+
 Result<std::unique_ptr<WriteTxn>> Db::BeginWrite() { return impl_->BeginWrite(); }
 
 Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {

@@ -3,9 +3,13 @@
 #include <isa-l/erasure_code.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
+#include "protector.h"
 #include "tessera/erasure/codec.h"
 
 namespace tessera::orchestrator {
@@ -270,9 +274,34 @@ bool CheckEpoch(const gen::GenRecord& r, int slot, int64_t epoch, const std::str
 }
 }  // namespace
 
+namespace {
+// Test failpoint TESSERA_FAILPOINT=fail_append_value:V: an append carrying a put of value V
+// waits 500 ms (long enough for a test to read meanwhile), then fails without storing anything.
+const std::string& FailAppendValue() {
+  static const std::string v = [] {
+    const char* fp = std::getenv("TESSERA_FAILPOINT");
+    std::string f = fp ? fp : "", prefix = "fail_append_value:";
+    return f.rfind(prefix, 0) == 0 ? f.substr(prefix.size()) : std::string();
+  }();
+  return v;
+}
+}  // namespace
+
 int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
                                  const std::vector<gen::TailEntry>& entries, bool sync) {
   CheckSlot(slot);
+  if (!FailAppendValue().empty()) {
+    for (const auto& e : entries) {
+      auto ops = DecodeOps(e.batch);
+      if (!ops.ok()) continue;
+      for (const auto& op : *ops) {
+        if (op.put && op.value == FailAppendValue()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(500));
+          Throw(ErrorCode::UNAVAILABLE, "failpoint fail_append_value", node_);
+        }
+      }
+    }
+  }
   HolderTxn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
   if (CheckEpoch(r, slot, epoch, node_)) {

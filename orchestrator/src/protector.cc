@@ -191,6 +191,7 @@ int64_t FailpointSeq(const char* name) {
 
 Protector::Protector(ProtectorOptions o)
     : crash_after_tail_(FailpointSeq("crash_after_tail")),
+      crash_before_ack_(FailpointSeq("crash_before_ack")),
       crash_in_advance_(FailpointSeq("crash_in_advance")),
       o_(std::move(o)),
       holder_pool_(
@@ -201,8 +202,82 @@ Protector::Protector(ProtectorOptions o)
 Protector::~Protector() { Close(); }
 
 void Protector::Close() {
+  Reveal();
   std::lock_guard<std::mutex> l(mu_);
   pins_.clear();
+}
+
+Result<std::unique_ptr<engine::ReadTxn>> Protector::BeginVisibleRead(engine::Db* db) {
+  auto txn = db->BeginRead();
+  if (!txn.ok() || !hidden_.load()) return txn;
+  std::shared_ptr<engine::ReadTxn> vis;
+  {
+    std::lock_guard<std::mutex> v(visible_mu_);
+    vis = visible_;
+  }
+  // Revealed meanwhile, or taken before the hidden commit: what it sees is visible.
+  if (!vis || (*txn)->txnid() <= vis->txnid()) return txn;
+  return db->BeginReadAt(*vis);
+}
+
+Status Protector::VisibleGet(engine::Db* db, std::string_view tree, std::string_view key,
+                             std::string* value) {
+  if (!hidden_.load()) {
+    Status st = db->Get(tree, key, value);
+    if (!hidden_.load()) return st;  // still nothing hidden: the read saw only visible commits
+  }
+  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginVisibleRead(db));
+  TESSERA_ASSIGN_OR_RETURN(std::string_view v, txn->Get(tree, key));
+  value->assign(v.data(), v.size());
+  return Status::Ok();
+}
+
+Status Protector::HideAndCommit(engine::Db* db, const engine::WriteBatch& batch, bool sync) {
+  {
+    std::lock_guard<std::mutex> v(visible_mu_);
+    if (!visible_) {
+      auto r = db->BeginRead();
+      if (!r.ok()) return r.status();
+      visible_ = std::shared_ptr<engine::ReadTxn>(std::move(r).value());
+    }
+    hidden_.store(true);  // before the commit is published (seq_cst, as the engine's publish)
+  }
+  return db->Write(batch, engine::WriteOptions{sync});
+}
+
+void Protector::Reveal() {
+  std::lock_guard<std::mutex> v(visible_mu_);
+  hidden_.store(false);
+  visible_.reset();
+}
+
+Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq,
+                       bool sync) {
+  std::shared_ptr<engine::ReadTxn> vis;
+  {
+    std::lock_guard<std::mutex> v(visible_mu_);
+    vis = visible_;
+  }
+  TESSERA_ASSERT(vis != nullptr, "undo of a commit that was not hidden");
+  TESSERA_ASSIGN_OR_RETURN(auto seen, db->BeginReadAt(*vis));
+  engine::WriteBatch b;
+  for (const TailReq* q : group) {
+    for (const auto& op : *q->pending->ops) {
+      std::string tree = ShardTree(op.shard);
+      auto v = seen->Get(tree, op.key);
+      if (v.ok()) {
+        b.Put(tree, op.key, *v);
+      } else if (v.status().IsNotFound()) {
+        b.Delete(tree, op.key);
+      } else {
+        return v.status();
+      }
+    }
+  }
+  // The seq stays recorded: a restart must not replay this group from a holder that stored it
+  // after all (its answer lost): readers never saw it.
+  b.Put(kSeqTree, kSeqKey, SeqBytes(last_seq));
+  return db->Write(b, engine::WriteOptions{sync});
 }
 
 void Protector::ApplyMap(const ShardMap& map) {
@@ -415,8 +490,25 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     b->queue.erase(b->queue.begin(), b->queue.begin() + static_cast<ptrdiff_t>(group.size()));
     l.unlock();
+    // Overlap: with one holder, and this group next in seq order with no commit under way, its
+    // local commit goes ahead while the append is in flight (one round trip instead of a round
+    // trip plus a commit), hidden from readers until acknowledged. Not while the
+    // crash_after_tail failpoint is armed for these seqs: it needs the commit after the append.
+    const int64_t last = group.back()->pending->seq;
+    bool overlap = false;
+    {
+      std::lock_guard<std::mutex> sl(seq_mu_);
+      overlap =
+          !committing_ && ready_.empty() && !(crash_after_tail_ > 0 && last >= crash_after_tail_);
+      for (size_t i = 0; overlap && i < group.size(); ++i) {
+        const Pending* pd = group[i]->pending;
+        overlap = pd->holders == 1 && pd->seq == committed_seq_ + 1 + static_cast<int64_t>(i);
+      }
+      if (overlap) committing_ = true;
+    }
     int64_t recorded = 0;
-    Status st;
+    Status st, local;
+    bool committed_locally = false, batch_sync = false;
     try {
       std::vector<gen::TailEntry> entries;
       entries.reserve(group.size());
@@ -425,14 +517,70 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         entries.push_back(*q->entry);
         sync = sync || q->sync;
       }
+      engine::WriteBatch wb;
+      if (overlap) {
+        for (TailReq* q : group) AddOps(*q->pending->ops, &wb);
+        wb.Put(kSeqTree, kSeqKey, SeqBytes(last));
+        batch_sync = sync;
+      }
       st = CallHolder(b->index, [&](gen::ParityServiceClient& c) {
-        recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
+        if (!overlap) {
+          recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
+          return;
+        }
+        c.send_AppendTail(o_.token, slot, epoch, entries, sync);
+        if (!committed_locally) {  // once, whatever attempt the call succeeds at
+          committed_locally = true;
+          local = HideAndCommit(db, wb, sync);
+          if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
+            // Test failpoint (TESSERA_FAILPOINT=crash_before_ack:N): die between the local
+            // commit and the tail acknowledgement.
+            spdlog::warn("{}: failpoint crash_before_ack at seq {}", o_.node_id, last);
+            ::raise(SIGKILL);
+          }
+        }
+        recorded = c.recv_AppendTail();
       });
     } catch (const std::exception& ex) {  // allocation: the group must still be answered
       st = Status::Internal(std::string("tail append: ") + ex.what());
     }
     bool any_ready = false;
-    {
+    if (overlap) {
+      if (committed_locally && !local.ok()) Reveal();  // nothing was committed: nothing hidden
+      if (committed_locally && local.ok()) {
+        Status undone;
+        if (!st.ok()) {
+          undone = Undo(db, group, last, batch_sync);
+          if (undone.ok()) {
+            spdlog::warn("{}: tail append of seqs up to {} failed ({}): its local commit undone",
+                         o_.node_id, last, st.message());
+          } else {
+            // The engine now refuses writes (or cannot read): readers keep the hidden view.
+            spdlog::error("{}: undo of seqs up to {} after a failed tail append: {}", o_.node_id,
+                          last, undone.ToString());
+          }
+        }
+        if (undone.ok()) Reveal();  // the latest commit: this group, or the undo of it
+      }
+      std::lock_guard<std::mutex> sl(seq_mu_);
+      for (TailReq* q : group) {
+        Pending* pd = q->pending;
+        ++pd->answered;
+        if (st.ok()) ++pd->stored;
+        pd->abandon = pd->stored < pd->need;
+        if (committed_locally) pd->status = local;
+        pd->done = true;
+        pd->cv.notify_one();
+      }
+      committed_seq_ = last;
+      committing_ = false;
+      commits_since_advance_.fetch_add(static_cast<int64_t>(group.size()));
+      auto next = ready_.find(committed_seq_ + 1);
+      if (next != ready_.end()) {
+        next->second->commit_turn = true;
+        next->second->cv.notify_one();
+      }
+    } else {
       std::lock_guard<std::mutex> sl(seq_mu_);
       for (TailReq* q : group) {
         Pending* pd = q->pending;
@@ -1173,7 +1321,8 @@ Status Protector::Advance(engine::Db* db, bool force) {
   std::lock_guard<std::mutex> one(advance_mu_);
   if (!enabled_.load()) return Status::Ok();
   if (!force && frozen_.load()) return Status::Ok();
-  auto snap = db->BeginRead();
+  // Only what readers may see is protected: a commit awaiting its acknowledgement may be undone.
+  auto snap = BeginVisibleRead(db);
   if (!snap.ok()) return snap.status();
   const int64_t g = static_cast<int64_t>((*snap)->txnid());
   size_t m;

@@ -4,9 +4,12 @@
 // rebuild of a lost engine from the survivors' images and the parity.
 //
 // Invariants:
-//  - a batch is committed locally (and so visible to readers and acknowledged) only after its
-//    tail entry is stored at every parity holder (or at least min_holders of them); local
-//    commits happen in tail-seq order, and each records its seq in the engine (tree "_p").
+//  - a batch is visible to readers and acknowledged only after its tail entry is stored at every
+//    parity holder (or at least min_holders of them). With several holders it is committed
+//    locally only then; with one, the local commit of the next group in seq order goes ahead
+//    while its append is in flight, hidden from readers (visible_) until the acknowledgement,
+//    and undone by a new local commit if the append fails. Local commits happen in tail-seq
+//    order, and each records its seq in the engine (tree "_p").
 //  - a generation's snapshot stays pinned while any holder records it; it is listed in
 //    DATA/protected (written durably before a holder can record it), so a restart pins it again.
 //  - nothing is served after a restart until everything the engine holds is protected.
@@ -54,9 +57,17 @@ class Protector {
   // `rebuild`, rebuilds it from parity; replays the tails; protects; then returns the Db.
   Result<std::unique_ptr<engine::Db>> Recover(bool rebuild, const std::atomic<bool>& stop);
 
-  // The log-first write: tail appends at the holders, then a local commit in seq order.
-  // Throws TesseraError (UNAVAILABLE naming the holder that could not store the entry).
+  // The log-first write: tail appends at the holders and a local commit in seq order; readers
+  // see the batch only once every append is acknowledged. Throws TesseraError (UNAVAILABLE
+  // naming the holder that could not store the entry).
   void Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync);
+
+  // A read transaction on what readers may see: the last commit whose tail appends are all
+  // acknowledged. Every read the worker serves, and every generation advance, goes through it.
+  Result<std::unique_ptr<engine::ReadTxn>> BeginVisibleRead(engine::Db* db);
+  // Db::Get of what readers may see (no allocation unless a commit awaits acknowledgement).
+  Status VisibleGet(engine::Db* db, std::string_view tree, std::string_view key,
+                    std::string* value);
 
   // Advances the protected generation if anything changed (skipped while frozen unless force).
   Status Advance(engine::Db* db, bool force);
@@ -121,11 +132,19 @@ class Protector {
   Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
   void CommitReady(engine::Db* db) noexcept;
+  // The overlapped commit of a group with one holder (see DriveTail): hides the latest commit
+  // from readers, then commits the group locally while its append is in flight.
+  Status HideAndCommit(engine::Db* db, const engine::WriteBatch& batch, bool sync);
+  void Reveal();
+  // Puts back, in a new local commit, what the hidden group changed (its values in the visible
+  // snapshot), recording `last_seq`: the engine then holds what readers saw.
+  Status Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq, bool sync);
   void SetProgress(const std::string& json);
   template <typename F>
   Status CallHolder(size_t j, F&& f);
 
   const int64_t crash_after_tail_;  // test failpoints: 0 when off
+  const int64_t crash_before_ack_;
   const int64_t crash_in_advance_;
   int64_t advances_ = 0;  // guarded by advance_mu_
   ProtectorOptions o_;
@@ -154,6 +173,15 @@ class Protector {
   std::map<int64_t, Pending*> ready_;
   bool committing_ = false;  // a thread is committing a group
   std::atomic<int64_t> commits_since_advance_{0};
+
+  // Readers' view. Null: the latest commit is visible (no commit awaits its acknowledgement).
+  // Otherwise the snapshot readers see; set before a commit that is not yet acknowledged, and
+  // cleared once it is (or once it is undone). hidden_ mirrors "visible_ is set" and is set
+  // before the hidden commit is published: a reader that took the latest snapshot and then
+  // finds hidden_ false saw nothing hidden (or it has been revealed since).
+  std::mutex visible_mu_;
+  std::shared_ptr<engine::ReadTxn> visible_;
+  std::atomic<bool> hidden_{false};
 
   std::mutex advance_mu_;
   mutable std::mutex progress_mu_;

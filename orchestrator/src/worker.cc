@@ -162,7 +162,10 @@ class Handler : public gen::WorkerServiceIf {
     Auth(token);
     s_->CheckShard(shard, epoch);
     std::string v;
-    Status st = s_->Db()->Get(ShardTree(shard), key, &v);
+    // With protection, only what every parity holder has acknowledged (a commit may await it).
+    Status st = s_->protector->enabled()
+                    ? s_->protector->VisibleGet(s_->Db(), ShardTree(shard), key, &v)
+                    : s_->Db()->Get(ShardTree(shard), key, &v);
     if (st.ok()) {
       r.found = true;
       r.value = std::move(v);
@@ -207,7 +210,8 @@ class Handler : public gen::WorkerServiceIf {
       Throw(ErrorCode::INVALID_ARGUMENT, "scan limit must be 1 to " + std::to_string(kMaxScanLimit),
             s_->node_id);
     }
-    auto txn = s_->Db()->BeginRead();
+    auto txn = s_->protector->enabled() ? s_->protector->BeginVisibleRead(s_->Db())
+                                        : s_->Db()->BeginRead();
     if (!txn.ok()) Fail(txn.status());
     auto cur = (*txn)->NewCursor(ShardTree(shard));
     if (!cur.ok()) {

@@ -162,14 +162,19 @@ TEST(EngineTest, NosyncSinglePutsReuseTheirOwnPagesWithoutFlushing) {
 // A snapshot held for a long time (protection pins one for minutes) keeps the pages it reaches,
 // not every page freed after it: pages written after the snapshot are reused meanwhile, and the
 // snapshot still reads exactly what it saw.
+// 2000 keys of 100-byte values ending in "old", in one nosync commit.
+void FillOld(Db* db, const std::string& val) {
+  WriteBatch fill;
+  for (int i = 0; i < 2000; ++i) fill.Put(Key(i), val + "old");
+  ASSERT_TRUE(db->Write(fill, WriteOptions{false}).ok());
+}
+
 TEST(EngineTest, LongHeldSnapshotHoldsOnlyItsOwnPages) {
   TempDir dir;
   auto db = MustOpen(dir.File("db"), NosyncOptions());
   ASSERT_TRUE(db);
   std::string val(100, 'v');
-  WriteBatch fill;
-  for (int i = 0; i < 2000; ++i) fill.Put(Key(i), val + "old");
-  ASSERT_TRUE(db->Write(fill, WriteOptions{false}).ok());
+  FillOld(db.get(), val);
   auto snap = db->BeginRead();
   ASSERT_TRUE(snap.ok());
   auto before = db->GetStats();
@@ -283,6 +288,45 @@ TEST(EngineTest, SnapshotsDoNotSeeLaterWrites) {
   EXPECT_TRUE((*snap)->Get(Key(5)).status().IsNotFound());
   auto now = db->BeginRead();
   EXPECT_EQ(*(*now)->Get("a"), "2");
+}
+
+TEST(EngineTest, BeginReadAtOpensTheSameSnapshotWhichOutlivesTheFirst) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"), NosyncOptions());
+  ASSERT_TRUE(db);
+  std::string val(100, 'v');
+  FillOld(db.get(), val);
+  auto first = db->BeginRead();
+  ASSERT_TRUE(first.ok());
+  WriteBatch b;
+  b.Put(Key(7), "newer");
+  ASSERT_TRUE(db->Write(b, WriteOptions{false}).ok());
+  auto second = db->BeginReadAt(**first);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ((*second)->txnid(), (*first)->txnid());
+  first->reset();  // the second handle alone keeps the snapshot's pages from reuse
+  for (int i = 0; i < 3000; ++i) {
+    WriteBatch w;
+    w.Put(Key(i % 2000), val + std::to_string(i));
+    ASSERT_TRUE(db->Write(w, WriteOptions{false}).ok()) << "commit " << i;
+  }
+  for (int i = 0; i < 2000; i += 7) {
+    auto v = (*second)->Get(Key(i));
+    ASSERT_TRUE(v.ok()) << i;
+    EXPECT_EQ(*v, val + "old") << i;
+  }
+  EXPECT_TRUE(db->VerifySnapshot(**second).ok);
+  // A write transaction has no fixed snapshot; another Db's snapshot is not this one's.
+  {
+    auto w = db->BeginWrite();
+    ASSERT_TRUE(w.ok());
+    EXPECT_TRUE(db->BeginReadAt(**w).status().IsInvalidArgument());
+  }
+  auto other = MustOpen(dir.File("other"), NosyncOptions());
+  ASSERT_TRUE(other);
+  auto foreign = other->BeginRead();
+  ASSERT_TRUE(foreign.ok());
+  EXPECT_TRUE(db->BeginReadAt(**foreign).status().IsInvalidArgument());
 }
 
 TEST(EngineTest, AbortDiscardsChanges) {

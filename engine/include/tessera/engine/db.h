@@ -225,6 +225,12 @@ class Db {
   Status Write(const WriteBatch& batch);
 
   Result<std::unique_ptr<ReadTxn>> BeginRead() const;
+  // A new read transaction on the snapshot `snap` reads, not on the latest commit: a second
+  // handle on an open snapshot, for another thread (a ReadTxn is used by one thread at a time,
+  // but only `snap`'s fixed snapshot identity is read here, so another thread may be using it).
+  // `snap` must stay open until this returns; afterwards each keeps the snapshot on its own.
+  // InvalidArgument for a WriteTxn or a transaction of another Db.
+  Result<std::unique_ptr<ReadTxn>> BeginReadAt(const ReadTxn& snap) const;
   Result<std::unique_ptr<WriteTxn>> BeginWrite();
 
   // Flushes everything committed so far (makes nosync commits durable).
