@@ -202,31 +202,32 @@ Protector::Protector(ProtectorOptions o)
 Protector::~Protector() { Close(); }
 
 void Protector::Close() {
-  Reveal();
+  Reveal(/*closing=*/true);  // the snapshot must go before the Db does
   std::lock_guard<std::mutex> l(mu_);
   pins_.clear();
 }
 
 Result<std::unique_ptr<engine::ReadTxn>> Protector::BeginVisibleRead(engine::Db* db) {
-  auto txn = db->BeginRead();
-  if (!txn.ok() || !hidden_.load()) return txn;
-  std::shared_ptr<engine::ReadTxn> vis;
-  {
-    std::lock_guard<std::mutex> v(visible_mu_);
-    vis = visible_;
-  }
-  // Revealed meanwhile, or taken before the hidden commit: what it sees is visible.
-  if (!vis || (*txn)->txnid() <= vis->txnid()) return txn;
-  return db->BeginReadAt(*vis);
+  // Under the lock: with visible_ null no commit can be hidden before this read begins.
+  std::lock_guard<std::mutex> v(visible_mu_);
+  return visible_ ? db->BeginReadAt(*visible_) : db->BeginRead();
 }
 
 Status Protector::VisibleGet(engine::Db* db, std::string_view tree, std::string_view key,
                              std::string* value) {
-  if (!hidden_.load()) {
+  const uint64_t g = hide_gen_.load();
+  if ((g & 1) == 0) {
     Status st = db->Get(tree, key, value);
-    if (!hidden_.load()) return st;  // still nothing hidden: the read saw only visible commits
+    if (hide_gen_.load() == g) return st;  // nothing was hidden before or during the read
   }
-  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginVisibleRead(db));
+  std::shared_ptr<engine::ReadTxn> vis;
+  {
+    std::lock_guard<std::mutex> v(visible_mu_);
+    if (!visible_) return db->Get(tree, key, value);
+    vis = visible_;
+  }
+  // A visible snapshot, perhaps revealed past by now: still a state readers may see.
+  TESSERA_ASSIGN_OR_RETURN(auto txn, db->BeginReadAt(*vis));
   TESSERA_ASSIGN_OR_RETURN(std::string_view v, txn->Get(tree, key));
   value->assign(v.data(), v.size());
   return Status::Ok();
@@ -235,20 +236,28 @@ Status Protector::VisibleGet(engine::Db* db, std::string_view tree, std::string_
 Status Protector::HideAndCommit(engine::Db* db, const engine::WriteBatch& batch, bool sync) {
   {
     std::lock_guard<std::mutex> v(visible_mu_);
+    if (!poison_.ok()) return poison_;
     if (!visible_) {
       auto r = db->BeginRead();
       if (!r.ok()) return r.status();
       visible_ = std::shared_ptr<engine::ReadTxn>(std::move(r).value());
     }
-    hidden_.store(true);  // before the commit is published (seq_cst, as the engine's publish)
+    // Odd from before the commit is published (seq_cst, as the engine's publish) until Reveal.
+    if ((hide_gen_.load() & 1) == 0) hide_gen_.fetch_add(1);
   }
   return db->Write(batch, engine::WriteOptions{sync});
 }
 
-void Protector::Reveal() {
+void Protector::Reveal(bool closing) {
   std::lock_guard<std::mutex> v(visible_mu_);
-  hidden_.store(false);
+  if (!poison_.ok() && !closing) return;  // what is hidden stays hidden for good
   visible_.reset();
+  if ((hide_gen_.load() & 1) != 0) hide_gen_.fetch_add(1);
+}
+
+Status Protector::Poisoned() {
+  std::lock_guard<std::mutex> v(visible_mu_);
+  return poison_;
 }
 
 Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq,
@@ -259,12 +268,13 @@ Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64
     vis = visible_;
   }
   TESSERA_ASSERT(vis != nullptr, "undo of a commit that was not hidden");
-  TESSERA_ASSIGN_OR_RETURN(auto seen, db->BeginReadAt(*vis));
+  // Read through the visible snapshot itself (this thread is its only user; readers only open
+  // second handles on it): no reader slot is needed, so running out of them cannot stop an undo.
   engine::WriteBatch b;
   for (const TailReq* q : group) {
     for (const auto& op : *q->pending->ops) {
       std::string tree = ShardTree(op.shard);
-      auto v = seen->Get(tree, op.key);
+      auto v = vis->Get(tree, op.key);
       if (v.ok()) {
         b.Put(tree, op.key, *v);
       } else if (v.status().IsNotFound()) {
@@ -371,6 +381,9 @@ Status Protector::CallHolder(size_t j, F&& f) {
 // ---- the write path -------------------------------------------------------------------------
 
 void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync) {
+  if (Status poison = Poisoned(); !poison.ok()) {
+    Throw(ErrorCode::INTERNAL, poison.message(), o_.node_id);
+  }
   gen::TailEntry e;
   e.batch = EncodeOps(ops);
   Pending p;
@@ -508,7 +521,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     int64_t recorded = 0;
     Status st, local;
-    bool committed_locally = false, batch_sync = false;
+    bool commit_tried = false, batch_sync = false;
     try {
       std::vector<gen::TailEntry> entries;
       entries.reserve(group.size());
@@ -529,9 +542,13 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
           return;
         }
         c.send_AppendTail(o_.token, slot, epoch, entries, sync);
-        if (!committed_locally) {  // once, whatever attempt the call succeeds at
-          committed_locally = true;
-          local = HideAndCommit(db, wb, sync);
+        if (!commit_tried) {  // once, whatever attempt the call succeeds at
+          commit_tried = true;
+          try {
+            local = HideAndCommit(db, wb, sync);
+          } catch (const std::exception& ex) {  // not a transport error: no retry, no commit
+            local = Status::Internal(std::string("local commit: ") + ex.what());
+          }
           if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
             // Test failpoint (TESSERA_FAILPOINT=crash_before_ack:N): die between the local
             // commit and the tail acknowledgement.
@@ -546,21 +563,31 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     bool any_ready = false;
     if (overlap) {
-      if (committed_locally && !local.ok()) Reveal();  // nothing was committed: nothing hidden
-      if (committed_locally && local.ok()) {
+      if (commit_tried && !local.ok()) Reveal();  // nothing was committed: nothing hidden
+      if (commit_tried && local.ok()) {
         Status undone;
         if (!st.ok()) {
-          undone = Undo(db, group, last, batch_sync);
+          try {
+            undone = Undo(db, group, last, batch_sync);
+          } catch (const std::exception& ex) {
+            undone = Status::Internal(std::string("undo: ") + ex.what());
+          }
           if (undone.ok()) {
             spdlog::warn("{}: tail append of seqs up to {} failed ({}): its local commit undone",
                          o_.node_id, last, st.message());
           } else {
-            // The engine now refuses writes (or cannot read): readers keep the hidden view.
-            spdlog::error("{}: undo of seqs up to {} after a failed tail append: {}", o_.node_id,
-                          last, undone.ToString());
+            // The engine holds a write no holder stored. Readers keep the visible snapshot for
+            // good and every later write is refused: revealing anything would expose it.
+            spdlog::error(
+                "{}: undo of seqs up to {} after a failed tail append: {}; refusing "
+                "writes until restarted",
+                o_.node_id, last, undone.ToString());
+            std::lock_guard<std::mutex> v(visible_mu_);
+            poison_ = Status::Internal("an unprotected local commit could not be undone (" +
+                                       undone.message() + "); restart the worker");
           }
         }
-        if (undone.ok()) Reveal();  // the latest commit: this group, or the undo of it
+        Reveal();  // the latest commit: this group, or the undo of it (not when poisoned)
       }
       std::lock_guard<std::mutex> sl(seq_mu_);
       for (TailReq* q : group) {
@@ -568,7 +595,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         ++pd->answered;
         if (st.ok()) ++pd->stored;
         pd->abandon = pd->stored < pd->need;
-        if (committed_locally) pd->status = local;
+        if (commit_tried) pd->status = local;
         pd->done = true;
         pd->cv.notify_one();
       }
@@ -648,8 +675,8 @@ void Protector::CommitReady(engine::Db* db) noexcept {
       AddOps(*g->ops, &wb);
       sync = sync || g->sync;
     }
-    Status st;
-    if (wb.Count() > 0) {
+    Status st = wb.Count() > 0 ? Poisoned() : Status::Ok();  // a hidden write must stay so
+    if (wb.Count() > 0 && st.ok()) {
       wb.Put(kSeqTree, kSeqKey, SeqBytes(s - 1));
       st = db->Write(wb, engine::WriteOptions{sync});
     }

@@ -65,7 +65,7 @@ class Protector {
   // A read transaction on what readers may see: the last commit whose tail appends are all
   // acknowledged. Every read the worker serves, and every generation advance, goes through it.
   Result<std::unique_ptr<engine::ReadTxn>> BeginVisibleRead(engine::Db* db);
-  // Db::Get of what readers may see (no allocation unless a commit awaits acknowledgement).
+  // Db::Get of what readers may see (Db::Get itself unless a commit awaits acknowledgement).
   Status VisibleGet(engine::Db* db, std::string_view tree, std::string_view key,
                     std::string* value);
 
@@ -135,7 +135,9 @@ class Protector {
   // The overlapped commit of a group with one holder (see DriveTail): hides the latest commit
   // from readers, then commits the group locally while its append is in flight.
   Status HideAndCommit(engine::Db* db, const engine::WriteBatch& batch, bool sync);
-  void Reveal();
+  // Makes the latest commit visible again (not once poisoned, unless closing).
+  void Reveal(bool closing = false);
+  Status Poisoned();
   // Puts back, in a new local commit, what the hidden group changed (its values in the visible
   // snapshot), recording `last_seq`: the engine then holds what readers saw.
   Status Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq, bool sync);
@@ -176,12 +178,15 @@ class Protector {
 
   // Readers' view. Null: the latest commit is visible (no commit awaits its acknowledgement).
   // Otherwise the snapshot readers see; set before a commit that is not yet acknowledged, and
-  // cleared once it is (or once it is undone). hidden_ mirrors "visible_ is set" and is set
-  // before the hidden commit is published: a reader that took the latest snapshot and then
-  // finds hidden_ false saw nothing hidden (or it has been revealed since).
+  // cleared once it is (or once it is undone). hide_gen_ is odd while a commit is hidden, made
+  // odd before that commit is published, and only grows: a read that began and ended with the
+  // same even value saw nothing hidden. poison_: an undo failed; the engine holds a write no
+  // holder stored, so nothing is revealed again and writes are refused. All three change only
+  // under visible_mu_.
   std::mutex visible_mu_;
   std::shared_ptr<engine::ReadTxn> visible_;
-  std::atomic<bool> hidden_{false};
+  std::atomic<uint64_t> hide_gen_{0};
+  Status poison_;
 
   std::mutex advance_mu_;
   mutable std::mutex progress_mu_;
