@@ -88,6 +88,22 @@
 (*                    until the next delta for that worker; needed for     *)
 (*                    M >= 2 (see tla/README.md, Protection finding 4;    *)
 (*                    not needed for M = 1: FALSE in Protection.cfg).     *)
+(*  CommitFirst       with ONE holder (M = 1): commit locally while the    *)
+(*                    tail append is in flight, HIDDEN from readers (they  *)
+(*                    and advances use the state before it) until the      *)
+(*                    holder acknowledges; if the worker gives up on the   *)
+(*                    append it undoes the commit in a new local commit    *)
+(*                    that keeps the seq (GiveUp).  No effect for M > 1.   *)
+(*                    (orchestrator/src/protector.cc DriveTail, since the  *)
+(*                    overlapped commit.)                                  *)
+(*  SyncUndo          [CommitFirst] the undo commit is durable at once (a  *)
+(*                    power cut cannot lose it while keeping the hidden    *)
+(*                    commit before it)            (needed: see README)    *)
+(* Environment switch:                                                     *)
+(*  AnswerLost        [CommitFirst] the worker may give up on an append    *)
+(*                    the holder did store (its answer lost: a timeout, a  *)
+(*                    holder restart); otherwise a given-up append is one  *)
+(*                    no holder stores (refused, holder gone, unreachable). *)
 (***************************************************************************)
 EXTENDS Naturals, Integers, FiniteSets, TLC
 
@@ -100,12 +116,14 @@ CONSTANTS
     MaxCrash,          \* disk-intact crashes in total
     MaxLoss,           \* disk losses (workers or holders) in total
     Zombies,           \* a worker whose disk is declared lost may live on
-    VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck, KeepPrevParity
+    VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck, KeepPrevParity,
+    CommitFirst, SyncUndo, AnswerLost
 
 ASSUME K \in 1..3 /\ M \in 1..2 /\ MaxSeq \in 1..4
 ASSUME Prime \in Nat /\ Prime > K * MaxSeq /\ Prime > K
 ASSUME {Zombies, VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck,
-        KeepPrevParity} \subseteq BOOLEAN
+        KeepPrevParity, CommitFirst, SyncUndo, AnswerLost} \subseteq BOOLEAN
+ASSUME ~(VisibleFirst /\ CommitFirst)
 
 Workers  == 1..K
 Holders  == 1..M
@@ -127,8 +145,6 @@ RECURSIVE SumOver(_, _)
 SumOver(f, S) == IF S = {} THEN 0
                  ELSE LET x == CHOOSE x \in S : TRUE IN f[x] + SumOver(f, S \ {x})
 
-\* The page image of worker w after batches 1..s.
-Img(w, s) == IF s = 0 THEN 0 ELSE ((w - 1) * MaxSeq + s) % Prime
 \* Coefficient of worker i in holder j's parity (xor: all 1; rs: rows 1 and i).
 Coef(j, i) == IF j = 1 THEN 1 ELSE i % Prime
 
@@ -168,13 +184,40 @@ VARIABLES
     ackedMax,  \* highest seq of w acknowledged to a client (writes are sequential)
     seen,      \* highest seq of w that has been visible to readers
     base,      \* seq the latest incarnation of w resumed from (after replay)
-    rebuilt    \* <<gen, decoded image>> of w's last rebuild, or <<NoGen, 0>>
+    rebuilt,   \* <<gen, decoded image>> of w's last rebuild, or <<NoGen, 0>>
+    \* ---- CommitFirst (constant {} and FALSE without it) ----
+    dropped,   \* seqs of w whose write was given up and undone (reported failed)
+    undos,     \* those whose hidden commit and (not yet durable) undo are both
+               \* in w's engine: a power cut may keep the one and lose the other
+    revived    \* ghost: w's engine holds the batch of a write in `dropped`
 
 workerVars == <<wst, ep, iep, applied, wr, wacks, pg, ng, gacks, dfrom, cut>>
 holderVars == <<par, rec, prev, dpar, tail, hep, hdown>>
 zombieVars == <<zst, zw, ze, zapplied, zwr, zacks>>
 histVars   == <<crashes, losses, advances, ackedMax, seen, base, rebuilt>>
-vars == <<workerVars, holderVars, zombieVars, histVars>>
+cfVars     == <<dropped, undos, revived>>
+vars == <<workerVars, holderVars, zombieVars, histVars, cfVars>>
+
+\* The page image of worker w after the batches 1..s that were not given up
+\* (a given-up seq changes nothing: its undo restored the previous values).
+\* When s is given up nothing records generation s or later yet (advances pin
+\* only the visible state), so no parity changes meaning.
+RECURSIVE Img(_, _)
+Img(w, s) == IF s = 0 THEN 0
+             ELSE IF s \in dropped[w] THEN Img(w, s - 1)
+             ELSE ((w - 1) * MaxSeq + s) % Prime
+
+\* [CommitFirst] with one holder the worker's latest local commit is hidden
+\* while its append is in flight; readers and advances use the state before.
+CF           == CommitFirst /\ M = 1
+Hidden(w)    == CF /\ wr[w] # 0 /\ applied[w] = wr[w]
+VisibleSeq(w) == IF Hidden(w) THEN applied[w] - 1 ELSE applied[w]
+
+\* Replaying the tail entries T after seq b: a given-up seq that no holder
+\* stored is no gap (the replay simply has no entry for it); one that a
+\* holder did store (AnswerLost) is replayed, reviving the failed write.
+Replay(w, b, T)  == Extend(b, T \cup dropped[w])
+Revives(w, b, T) == \E s \in dropped[w] \cap T : b < s /\ s <= Replay(w, b, T)
 
 Live(w)   == wst[w] = "up"
 \* Nodes that count as failed: a worker from the loss of its disk until it
@@ -205,6 +248,9 @@ TypeOK ==
     /\ ackedMax \in [Workers -> Seqs]
     /\ seen \in [Workers -> Seqs] /\ base \in [Workers -> Seqs]
     /\ rebuilt \in [Workers -> ({NoGen} \cup Seqs) \X F_p]
+    /\ dropped \in [Workers -> SUBSET (1..MaxSeq)]
+    /\ undos \in [Workers -> SUBSET (1..MaxSeq)]
+    /\ revived \in [Workers -> BOOLEAN]
 
 Init ==
     /\ wst = [w \in Workers |-> "up"]
@@ -226,6 +272,9 @@ Init ==
     /\ crashes = 0 /\ losses = 0 /\ advances = 0
     /\ ackedMax = [w \in Workers |-> 0] /\ seen = [w \in Workers |-> 0] /\ base = [w \in Workers |-> 0]
     /\ rebuilt = [w \in Workers |-> <<NoGen, 0>>]
+    /\ dropped = [w \in Workers |-> {}]
+    /\ undos = [w \in Workers |-> {}]
+    /\ revived = [w \in Workers |-> FALSE]
 
 (***************************************************************************)
 (* Decoding and the recovery function                                      *)
@@ -277,9 +326,17 @@ TailsOf(w, FH) == UNION {tail[j][w] : j \in Holders \ FH}
 \* correct decode, followed by the replay of the surviving tails.  NoGen:
 \* nothing can be recovered.
 Recover(w, FW, FH) ==
-    IF w \notin FW THEN Extend(applied[w], TailsOf(w, FH))
+    IF w \notin FW THEN Replay(w, applied[w], TailsOf(w, FH))
     ELSE LET good == {o \in Options(w, FW, FH) : o[2] = Img(w, o[1])}
-         IN IF good = {} THEN NoGen ELSE Max({Extend(o[1], TailsOf(w, FH)) : o \in good})
+         IN IF good = {} THEN NoGen ELSE Max({Replay(w, o[1], TailsOf(w, FH)) : o \in good})
+
+\* That recovery replays a tail entry of a write that was given up.
+RecoverRevives(w, FW, FH) ==
+    dropped[w] # {} /\
+    IF w \notin FW THEN Revives(w, applied[w], TailsOf(w, FH))
+    ELSE \E o \in {o \in Options(w, FW, FH) : o[2] = Img(w, o[1])} :
+            /\ Replay(w, o[1], TailsOf(w, FH)) = Recover(w, FW, FH)
+            /\ Revives(w, o[1], TailsOf(w, FH))
 
 \* Every failure pattern of at most M nodes that includes the nodes that are
 \* down now (lost and not yet recovered).
@@ -293,6 +350,8 @@ Failures == {f \in (SUBSET Workers) \X (SUBSET Holders) :
 
 \* The worker takes the next seq and sends AppendTail(w, epoch, s) to every
 \* holder.  [VisibleFirst] it commits locally first (readers see s now).
+\* [CommitFirst, one holder] it commits locally while the append is in
+\* flight, hidden: readers keep seeing the state before (Hidden, VisibleSeq).
 BeginWrite(w) ==
     /\ wst[w] = "up" /\ wr[w] = 0 /\ applied[w] < MaxSeq
     /\ wr' = [wr EXCEPT ![w] = applied[w] + 1]
@@ -300,9 +359,12 @@ BeginWrite(w) ==
     /\ IF VisibleFirst
          THEN /\ applied' = [applied EXCEPT ![w] = @ + 1]
               /\ seen' = [seen EXCEPT ![w] = Max({@, applied[w] + 1})]
+         ELSE IF CF
+         THEN /\ applied' = [applied EXCEPT ![w] = @ + 1]
+              /\ UNCHANGED seen
          ELSE UNCHANGED <<applied, seen>>
     /\ UNCHANGED <<wst, ep, iep, cut, pg, ng, gacks, dfrom, holderVars, zombieVars,
-                   crashes, losses, advances, ackedMax, base, rebuilt>>
+                   crashes, losses, advances, ackedMax, base, rebuilt, cfVars>>
 
 \* Holder j stores the append (epoch not stale) and acknowledges.  Also for a
 \* dead incarnation's append still in flight, until its successor fences j.
@@ -314,11 +376,12 @@ DeliverAppend(w, j) ==
     /\ hep' = [hep EXCEPT ![j][w] = IF iep[w] > @ THEN iep[w] ELSE @]
     /\ wacks' = [wacks EXCEPT ![w] = @ \cup {j}]
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, pg, ng, gacks, dfrom,
-                   par, rec, prev, dpar, hdown, zombieVars, histVars>>
+                   par, rec, prev, dpar, hdown, zombieVars, histVars, cfVars>>
 
 \* Every holder acknowledged: commit locally, which makes s visible to readers
 \* (`seen`: a reader may read any visible state, so the model assumes one
-\* does), and acknowledge the client.
+\* does), and acknowledge the client.  [CommitFirst, one holder] the commit
+\* is there already: the acknowledgement reveals it.
 CommitWrite(w) ==
     /\ wst[w] = "up" /\ wr[w] # 0 /\ wacks[w] = Holders
     /\ applied' = [applied EXCEPT ![w] = wr[w]]
@@ -327,7 +390,31 @@ CommitWrite(w) ==
     /\ ackedMax' = [ackedMax EXCEPT ![w] = Max({@, wr[w]})]
     /\ seen' = [seen EXCEPT ![w] = Max({@, wr[w]})]
     /\ UNCHANGED <<wst, ep, iep, cut, pg, ng, gacks, dfrom, holderVars,
-                   zombieVars, crashes, losses, advances, base, rebuilt>>
+                   zombieVars, crashes, losses, advances, base, rebuilt, cfVars>>
+
+\* [CommitFirst, one holder] The worker gives up on its append before the
+\* holder acknowledged it (refused, the holder gone or unreachable past the
+\* timeout): it undoes the hidden commit by a new local commit that restores
+\* the previous values and keeps the seq as recorded (Protector::Undo: a
+\* restart does not replay s from a tail), reveals that commit (readers see
+\* no change) and reports the write failed.  The seq is consumed: the next
+\* write takes s + 1, and the content at s is that at s - 1 (Img).  The
+\* holder did not store the append, or [AnswerLost] it did and the answer was
+\* lost.  [~SyncUndo] the undo is not durable yet (as a write without sync).
+GiveUp(w) ==
+    /\ Live(w) /\ Hidden(w) /\ wacks[w] # Holders
+    /\ dropped' = [dropped EXCEPT ![w] = @ \cup {wr[w]}]
+    /\ undos' = IF SyncUndo THEN undos ELSE [undos EXCEPT ![w] = @ \cup {wr[w]}]
+    /\ wr' = [wr EXCEPT ![w] = 0]
+    /\ wacks' = [wacks EXCEPT ![w] = {}]
+    /\ \/ UNCHANGED <<tail, hep>>
+       \/ /\ AnswerLost
+          /\ \E j \in Holders \ wacks[w] :
+               /\ ~EpochCheck \/ iep[w] >= hep[j][w]
+               /\ tail' = [tail EXCEPT ![j][w] = IF wr[w] > rec[j][w] THEN @ \cup {wr[w]} ELSE @]
+               /\ hep' = [hep EXCEPT ![j][w] = IF iep[w] > @ THEN iep[w] ELSE @]
+    /\ UNCHANGED <<wst, ep, iep, cut, applied, pg, ng, gacks, dfrom, par, rec, prev,
+                   dpar, hdown, zombieVars, histVars, revived>>
 
 (***************************************************************************)
 (* Generation advance                                                      *)
@@ -336,16 +423,17 @@ CommitWrite(w) ==
 \* Pin a snapshot at the applied seq and send Delta(from = pg, to = applied) to
 \* every holder.  Not while the manager has advances frozen (a worker is being
 \* rebuilt) or a holder is still being re-protected by this worker.
+\* [CommitFirst] the snapshot is the visible one: before a hidden commit.
 BeginAdvance(w) ==
     /\ wst[w] = "up" /\ pg[w] = ng[w] /\ gacks[w] = Holders
-    /\ applied[w] > ng[w] /\ advances < MaxAdv
+    /\ VisibleSeq(w) > ng[w] /\ advances < MaxAdv
     /\ \A v \in Workers : wst[v] # "lost"
-    /\ ng' = [ng EXCEPT ![w] = applied[w]]
+    /\ ng' = [ng EXCEPT ![w] = VisibleSeq(w)]
     /\ gacks' = [gacks EXCEPT ![w] = {}]
     /\ dfrom' = [dfrom EXCEPT ![w] = [j \in Holders |-> pg[w]]]
     /\ advances' = advances + 1
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, pg, holderVars, zombieVars,
-                   crashes, losses, ackedMax, seen, base, rebuilt>>
+                   crashes, losses, ackedMax, seen, base, rebuilt, cfVars>>
 
 \* Holder j handles Delta(w, epoch, from = dfrom[w][j], to = ng[w]).  If it
 \* records `from` (or [~FromCheck] regardless), in one atomic step: parity +=
@@ -377,7 +465,7 @@ DeliverDelta(w, j) ==
                          /\ UNCHANGED gacks
                /\ UNCHANGED <<par, rec, prev, dpar, tail, hep>>
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, pg, ng, hdown, zombieVars,
-                   histVars>>
+                   histVars, cfVars>>
 
 \* Every holder acknowledged (or [ReleaseOnFirstAck] one did): release the
 \* old snapshot.
@@ -386,7 +474,7 @@ ReleaseOld(w) ==
     /\ IF ReleaseOnFirstAck THEN gacks[w] # {} ELSE gacks[w] = Holders
     /\ pg' = [pg EXCEPT ![w] = ng[w]]
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, ng, gacks, dfrom, holderVars,
-                   zombieVars, histVars>>
+                   zombieVars, histVars, cfVars>>
 
 (***************************************************************************)
 (* Crash with the disk intact, and restart                                 *)
@@ -397,16 +485,25 @@ ReleaseOld(w) ==
 \* were not synced (they are in the tails).  Losing commits counts as a failure
 \* until the restart has brought the holders up to date.  Its messages in
 \* flight stay deliverable until the restart fences the holders.
+\* [CommitFirst] A hidden commit survives or is lost like any other.  For a
+\* given-up seq a whose undo is not durable (`undos`, above the pinned
+\* generation), the power cut may also keep a's hidden commit and lose the
+\* undo after it (lostUndo): the engine then holds the failed write's batch.
+\* After any crash what survived is durable (`undos` empties).
 Crash(w) ==
     /\ wst[w] = "up" /\ crashes < MaxCrash
     /\ crashes' = crashes + 1
     /\ wst' = [wst EXCEPT ![w] = "crashed"]
-    /\ \E a \in ng[w]..applied[w] :
+    /\ \E a \in ng[w]..applied[w], lostUndo \in BOOLEAN :
+         LET lost == a < applied[w] \/ lostUndo IN
+         /\ lostUndo => a \in undos[w] /\ a > ng[w]
          /\ applied' = [applied EXCEPT ![w] = a]
-         /\ a < applied[w] => ~cut[w] /\ NumDown < M
-         /\ cut' = [cut EXCEPT ![w] = @ \/ a < applied[w]]
+         /\ lost => ~cut[w] /\ NumDown < M
+         /\ cut' = [cut EXCEPT ![w] = @ \/ lost]
+         /\ revived' = [revived EXCEPT ![w] = @ \/ lostUndo]
+    /\ undos' = [undos EXCEPT ![w] = {}]
     /\ UNCHANGED <<ep, iep, wr, wacks, pg, ng, gacks, dfrom, holderVars, zombieVars,
-                   losses, advances, ackedMax, seen, base, rebuilt>>
+                   losses, advances, ackedMax, seen, base, rebuilt, dropped>>
 
 \* After a restart or rebuild: the delta still owed to holder j starts from
 \* the generation j records (0 = none owed: j records the newest).
@@ -414,7 +511,9 @@ PendFrom(w, j, recs) == IF rec[j][w] = Max(recs) THEN 0 ELSE rec[j][w]
 
 \* Holder j's tail after the worker brings it up to seq a: its batches after
 \* the lowest generation it re-pinned (j keeps those above what it records).
-CaughtUp(w, j, lo, a) == tail[j][w] \cup {s \in (lo + 1)..a : s > rec[j][w]}
+\* (A given-up seq has nothing to append.)
+CaughtUp(w, j, lo, a) ==
+    tail[j][w] \cup {s \in (lo + 1)..a : s > rec[j][w] /\ s \notin dropped[w]}
 
 \* Restart on the intact disk: a new incarnation (new epoch); it contacts every
 \* holder first (raising the epoch it has seen: the dead incarnation's messages
@@ -428,7 +527,7 @@ CaughtUp(w, j, lo, a) == tail[j][w] \cup {s \in (lo + 1)..a : s > rec[j][w]}
 Restart(w) ==
     /\ wst[w] = "crashed"
     /\ LET e    == ep[w] + 1
-           a    == Extend(applied[w], TailsOf(w, {}))
+           a    == Replay(w, applied[w], TailsOf(w, {}))
            recs == {rec[j][w] : j \in Holders}
        IN /\ \A g \in recs : Avail(w, g) \/ g \in applied[w]..a
           /\ ep' = [ep EXCEPT ![w] = e]
@@ -441,12 +540,13 @@ Restart(w) ==
           /\ gacks' = [gacks EXCEPT ![w] = {j \in Holders : rec[j][w] = Max(recs)}]
           /\ dfrom' = [dfrom EXCEPT ![w] = [j \in Holders |-> PendFrom(w, j, recs)]]
           /\ tail' = [j \in Holders |-> [tail[j] EXCEPT ![w] = CaughtUp(w, j, Min(recs), a)]]
+          /\ revived' = [revived EXCEPT ![w] = @ \/ Revives(w, applied[w], TailsOf(w, {}))]
     /\ wst' = [wst EXCEPT ![w] = "up"]
     /\ cut' = [cut EXCEPT ![w] = FALSE]
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ UNCHANGED <<par, rec, prev, dpar, hdown, zombieVars, crashes, losses,
-                   advances, ackedMax, base, rebuilt>>
+                   advances, ackedMax, base, rebuilt, dropped, undos>>
 
 (***************************************************************************)
 (* Disk loss of a worker, rebuild, zombie                                  *)
@@ -468,8 +568,10 @@ LoseWorker(w) ==
           /\ zst' = "alive" /\ zw' = w /\ ze' = iep[w]
           /\ zapplied' = applied[w] /\ zwr' = wr[w] /\ zacks' = wacks[w]
           /\ wr' = [wr EXCEPT ![w] = 0]
+    /\ undos' = [undos EXCEPT ![w] = {}]
+    /\ revived' = [revived EXCEPT ![w] = FALSE]
     /\ UNCHANGED <<iep, cut, wacks, pg, ng, gacks, dfrom, holderVars,
-                   crashes, advances, ackedMax, seen, base, rebuilt>>
+                   crashes, advances, ackedMax, seen, base, rebuilt, dropped>>
 
 \* The new incarnation of a lost worker: it fences every holder (raises the
 \* epoch it has seen for w), decodes its image from the parity and the
@@ -482,11 +584,11 @@ Rebuild(w) ==
     /\ wst[w] = "lost"
     /\ LET opts  == Options(w, {v \in Workers : wst[v] = "lost"}, {})
            T     == TailsOf(w, {})
-           best  == Max({Extend(o[1], T) : o \in opts} \cup {NoGen})
+           best  == Max({Replay(w, o[1], T) : o \in opts} \cup {NoGen})
            recs  == {rec[j][w] : j \in Holders}
            e     == ep[w]
        IN \E o \in opts :
-            LET a == Extend(o[1], T) IN
+            LET a == Replay(w, o[1], T) IN
             /\ a = best
             /\ \A g \in recs : g = 0 \/ g \in o[1]..a \/ g \in {p[1] : p \in opts}
             /\ rebuilt' = [rebuilt EXCEPT ![w] = o]
@@ -500,17 +602,18 @@ Rebuild(w) ==
             /\ gacks' = [gacks EXCEPT ![w] = {j \in Holders : rec[j][w] = Max(recs)}]
             /\ dfrom' = [dfrom EXCEPT ![w] = [j \in Holders |-> PendFrom(w, j, recs)]]
             /\ tail' = [j \in Holders |-> [tail[j] EXCEPT ![w] = CaughtUp(w, j, Min(recs), a)]]
+            /\ revived' = [revived EXCEPT ![w] = Revives(w, o[1], T)]
     /\ wst' = [wst EXCEPT ![w] = "up"]
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ UNCHANGED <<ep, cut, par, rec, prev, dpar, hdown, zombieVars, crashes, losses,
-                   advances, ackedMax>>
+                   advances, ackedMax, dropped, undos>>
 
 \* The zombie keeps writing with its old epoch ...
 ZBegin ==
     /\ zst = "alive" /\ zwr = 0 /\ zapplied < MaxSeq
     /\ zwr' = zapplied + 1 /\ zacks' = {}
-    /\ UNCHANGED <<workerVars, holderVars, zst, zw, ze, zapplied, histVars>>
+    /\ UNCHANGED <<workerVars, holderVars, zst, zw, ze, zapplied, histVars, cfVars>>
 
 \* ... holder j stores its append if the epoch is not stale; otherwise it
 \* refuses and the zombie learns that it has been replaced and stops.
@@ -523,7 +626,8 @@ ZDeliver(j) ==
               /\ UNCHANGED zst
          ELSE /\ zst' = "fenced"
               /\ UNCHANGED <<tail, hep, zacks>>
-    /\ UNCHANGED <<workerVars, par, rec, prev, dpar, hdown, zw, ze, zapplied, zwr, histVars>>
+    /\ UNCHANGED <<workerVars, par, rec, prev, dpar, hdown, zw, ze, zapplied, zwr, histVars,
+                   cfVars>>
 
 \* ... and commits (readers may see it) and acknowledges when every holder
 \* acknowledged.
@@ -533,7 +637,7 @@ ZCommit ==
     /\ ackedMax' = [ackedMax EXCEPT ![zw] = Max({@, zwr})]
     /\ seen' = [seen EXCEPT ![zw] = Max({@, zwr})]
     /\ UNCHANGED <<workerVars, holderVars, zst, zw, ze, crashes, losses, advances,
-                   base, rebuilt>>
+                   base, rebuilt, cfVars>>
 
 (***************************************************************************)
 (* Disk loss of a parity holder                                            *)
@@ -557,7 +661,8 @@ LoseHolder(j) ==
     /\ prev' = [prev EXCEPT ![j] = [w \in Workers |-> 0]]
     /\ dpar' = [dpar EXCEPT ![j] = [w \in Workers |-> 0]]
     /\ tail' = [tail EXCEPT ![j] = [w \in Workers |->
-                   IF Live(w) THEN (pg[w] + 1)..applied[w] ELSE {}]]
+                   IF Live(w) THEN {s \in (pg[w] + 1)..VisibleSeq(w) : s \notin dropped[w]}
+                   ELSE {}]]
     /\ hep' = [hep EXCEPT ![j] = ep]
     /\ wacks' = [w \in Workers |-> IF Live(w) THEN wacks[w] \ {j}
                                    ELSE IF wr[w] # 0 THEN wacks[w] \cup {j} ELSE wacks[w]]
@@ -566,7 +671,7 @@ LoseHolder(j) ==
                                    ELSE [dfrom[w] EXCEPT ![j] = 0]]
     /\ zacks' = zacks \ {j}
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, pg, ng, zst, zw, ze, zapplied, zwr,
-                   crashes, advances, ackedMax, seen, base, rebuilt>>
+                   crashes, advances, ackedMax, seen, base, rebuilt, cfVars>>
 
 \* The replacement is fully protected again: every worker is up, has re-
 \* protected to it and brought its tail up to date.
@@ -574,11 +679,12 @@ HolderRecovered(j) ==
     /\ hdown[j]
     /\ \A w \in Workers : wst[w] = "up" /\ j \in gacks[w]
     /\ hdown' = [hdown EXCEPT ![j] = FALSE]
-    /\ UNCHANGED <<workerVars, par, rec, prev, dpar, tail, hep, zombieVars, histVars>>
+    /\ UNCHANGED <<workerVars, par, rec, prev, dpar, tail, hep, zombieVars, histVars,
+                   cfVars>>
 
 Next ==
     \/ \E w \in Workers :
-         \/ BeginWrite(w) \/ CommitWrite(w)
+         \/ BeginWrite(w) \/ CommitWrite(w) \/ GiveUp(w)
          \/ BeginAdvance(w) \/ ReleaseOld(w)
          \/ Crash(w) \/ Restart(w)
          \/ LoseWorker(w) \/ Rebuild(w)
@@ -633,6 +739,19 @@ Fencing ==
 HolderGenPinned ==
     \A w \in Workers : wst[w] # "lost" =>
         \A j \in Holders : Avail(w, rec[j][w])
+
+\* [CommitFirst] A write that was given up (undone and reported failed) is
+\* never served afterwards: no serving worker's engine holds its batch, and
+\* no recovery possible now (any failure pattern) replays it from a tail.
+\* (Under a later write, that takes away values readers saw after the undo.)
+NoFailedWriteRevived ==
+    /\ \A w \in Workers : wst[w] = "up" => ~revived[w]
+    /\ \A f \in Failures : \A w \in Workers : ~RecoverRevives(w, f[1], f[2])
+
+\* Model sanity: a given-up seq is never taken again by a serving worker (Img
+\* gives seq s one content: that of s - 1).
+DroppedNotReused ==
+    \A w \in Workers : wst[w] = "up" => \A s \in dropped[w] : s <= applied[w]
 
 (***************************************************************************)
 (* Liveness                                                                *)

@@ -260,8 +260,7 @@ Status Protector::Poisoned() {
   return poison_;
 }
 
-Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq,
-                       bool sync) {
+Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq) {
   std::shared_ptr<engine::ReadTxn> vis;
   {
     std::lock_guard<std::mutex> v(visible_mu_);
@@ -287,7 +286,11 @@ Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64
   // The seq stays recorded: a restart must not replay this group from a holder that stored it
   // after all (its answer lost): readers never saw it.
   b.Put(kSeqTree, kSeqKey, SeqBytes(last_seq));
-  return db->Write(b, engine::WriteOptions{sync});
+  // Always durable before the failure is reported: the hidden commit may already be on disk
+  // (a reclaim flush, an advance's Sync, the kernel's writeback), and a power cut that kept it
+  // but lost the undo would bring the failed write back with its seq recorded (the TLA+ model
+  // found this: tla/findings/Protection_commit_first_unsynced_undo.cfg).
+  return db->Write(b, engine::WriteOptions{true});
 }
 
 void Protector::ApplyMap(const ShardMap& map) {
@@ -521,7 +524,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     int64_t recorded = 0;
     Status st, local;
-    bool commit_tried = false, batch_sync = false;
+    bool commit_tried = false;
     try {
       std::vector<gen::TailEntry> entries;
       entries.reserve(group.size());
@@ -534,7 +537,6 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       if (overlap) {
         for (TailReq* q : group) AddOps(*q->pending->ops, &wb);
         wb.Put(kSeqTree, kSeqKey, SeqBytes(last));
-        batch_sync = sync;
       }
       st = CallHolder(b->index, [&](gen::ParityServiceClient& c) {
         if (!overlap) {
@@ -568,7 +570,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         Status undone;
         if (!st.ok()) {
           try {
-            undone = Undo(db, group, last, batch_sync);
+            undone = Undo(db, group, last);
           } catch (const std::exception& ex) {
             undone = Status::Internal(std::string("undo: ") + ex.what());
           }

@@ -140,7 +140,7 @@ class Protector {
   Status Poisoned();
   // Puts back, in a new local commit, what the hidden group changed (its values in the visible
   // snapshot), recording `last_seq`: the engine then holds what readers saw.
-  Status Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq, bool sync);
+  Status Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq);
   void SetProgress(const std::string& json);
   template <typename F>
   Status CallHolder(size_t j, F&& f);
