@@ -192,6 +192,7 @@ int64_t FailpointSeq(const char* name) {
 Protector::Protector(ProtectorOptions o)
     : crash_after_tail_(FailpointSeq("crash_after_tail")),
       crash_before_ack_(FailpointSeq("crash_before_ack")),
+      fail_undo_(FailpointSeq("fail_undo")),
       crash_in_advance_(FailpointSeq("crash_in_advance")),
       o_(std::move(o)),
       holder_pool_(
@@ -233,19 +234,17 @@ Status Protector::VisibleGet(engine::Db* db, std::string_view tree, std::string_
   return Status::Ok();
 }
 
-Status Protector::HideAndCommit(engine::Db* db, const engine::WriteBatch& batch, bool sync) {
-  {
-    std::lock_guard<std::mutex> v(visible_mu_);
-    if (!poison_.ok()) return poison_;
-    if (!visible_) {
-      auto r = db->BeginRead();
-      if (!r.ok()) return r.status();
-      visible_ = std::shared_ptr<engine::ReadTxn>(std::move(r).value());
-    }
-    // Odd from before the commit is published (seq_cst, as the engine's publish) until Reveal.
-    if ((hide_gen_.load() & 1) == 0) hide_gen_.fetch_add(1);
+Status Protector::Hide(engine::Db* db) {
+  std::lock_guard<std::mutex> v(visible_mu_);
+  if (!poison_.ok()) return poison_;
+  if (!visible_) {
+    auto r = db->BeginRead();
+    if (!r.ok()) return r.status();
+    visible_ = std::shared_ptr<engine::ReadTxn>(std::move(r).value());
   }
-  return db->Write(batch, engine::WriteOptions{sync});
+  // Odd from before the commit is published (seq_cst, as the engine's publish) until Reveal.
+  if ((hide_gen_.load() & 1) == 0) hide_gen_.fetch_add(1);
+  return Status::Ok();
 }
 
 void Protector::Reveal(bool closing) {
@@ -267,6 +266,10 @@ Status Protector::Undo(engine::Db* db, const std::vector<TailReq*>& group, int64
     vis = visible_;
   }
   TESSERA_ASSERT(vis != nullptr, "undo of a commit that was not hidden");
+  if (fail_undo_ > 0 && last_seq >= fail_undo_) {
+    // Test failpoint (TESSERA_FAILPOINT=fail_undo:N): the undo fails, as a full disk would.
+    return Status::IoError("failpoint fail_undo at seq " + std::to_string(last_seq));
+  }
   // Read through the visible snapshot itself (this thread is its only user; readers only open
   // second handles on it): no reader slot is needed, so running out of them cannot stop an undo.
   engine::WriteBatch b;
@@ -522,6 +525,12 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       }
       if (overlap) committing_ = true;
     }
+    if (overlap && !Hide(db).ok()) {  // no reader slot, or poisoned: the plain path decides
+      Reveal();
+      std::lock_guard<std::mutex> sl(seq_mu_);
+      committing_ = false;
+      overlap = false;
+    }
     int64_t recorded = 0;
     Status st, local;
     bool commit_tried = false;
@@ -547,8 +556,10 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         if (!commit_tried) {  // once, whatever attempt the call succeeds at
           commit_tried = true;
           try {
-            local = HideAndCommit(db, wb, sync);
-          } catch (const std::exception& ex) {  // not a transport error: no retry, no commit
+            local = db->Write(wb, engine::WriteOptions{sync});
+          } catch (const std::exception& ex) {  // not a transport error: no retry. (Db::Write
+                                                // throws only allocation failures, before it
+                                                // publishes anything.)
             local = Status::Internal(std::string("local commit: ") + ex.what());
           }
           if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
@@ -582,11 +593,21 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
             // good and every later write is refused: revealing anything would expose it.
             spdlog::error(
                 "{}: undo of seqs up to {} after a failed tail append: {}; refusing "
-                "writes until restarted",
+                "writes; the next start rebuilds from parity",
                 o_.node_id, last, undone.ToString());
+            // The engine may make that commit durable before long (a flush, a clean close):
+            // the next start must not trust it, and rebuilds from parity instead.
+            Status marked = WriteFileDurably(o_.data_dir + "/unprotected", undone.message() + "\n");
+            if (!marked.ok()) {
+              spdlog::error(
+                  "{}: cannot mark the engine untrusted ({}): a restart may serve the "
+                  "failed write",
+                  o_.node_id, marked.ToString());
+            }
             std::lock_guard<std::mutex> v(visible_mu_);
             poison_ = Status::Internal("an unprotected local commit could not be undone (" +
-                                       undone.message() + "); restart the worker");
+                                       undone.message() +
+                                       "); restart the worker: it rebuilds from parity");
           }
         }
         Reveal();  // the latest commit: this group, or the undo of it (not when poisoned)
@@ -797,6 +818,22 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq,
 Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
                                                        const std::atomic<bool>& stop) {
   const std::string path = o_.data_dir + "/data.tdb";
+  const std::string marker = o_.data_dir + "/unprotected";
+  std::error_code mec;
+  if (!rebuild && std::filesystem::exists(marker, mec)) {
+    // An earlier run could not undo a write whose tail append failed (Protector::DriveTail):
+    // its engine may hold that write. Only the parity and the tails are trusted.
+    spdlog::warn("{}: {} says the engine holds an unprotected write: rebuilding from parity",
+                 o_.node_id, marker);
+    std::error_code rec;
+    if (std::filesystem::exists(path, rec)) {
+      std::filesystem::rename(path, path + ".unprotected", rec);
+      if (rec) return Status::IoError("move " + path + " aside: " + rec.message());
+    }
+    auto rebuilt = Rebuild(stop);
+    if (rebuilt.ok()) std::filesystem::remove(marker, rec);  // kept until the rebuild is done
+    return rebuilt;
+  }
   if (rebuild) return Rebuild(stop);
   // The snapshots holders may record, listed before they could record them.
   std::vector<engine::SnapshotDescriptor> descs;

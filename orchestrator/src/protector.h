@@ -68,6 +68,9 @@ class Protector {
   // Db::Get of what readers may see (Db::Get itself unless a commit awaits acknowledgement).
   Status VisibleGet(engine::Db* db, std::string_view tree, std::string_view key,
                     std::string* value);
+  // Not OK once an undo failed: the engine then holds a write no holder stored; writes are
+  // refused, and the next start rebuilds from parity (DATA/unprotected marks it).
+  Status Poisoned();
 
   // Advances the protected generation if anything changed (skipped while frozen unless force).
   Status Advance(engine::Db* db, bool force);
@@ -132,12 +135,12 @@ class Protector {
   Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
   void CommitReady(engine::Db* db) noexcept;
-  // The overlapped commit of a group with one holder (see DriveTail): hides the latest commit
-  // from readers, then commits the group locally while its append is in flight.
-  Status HideAndCommit(engine::Db* db, const engine::WriteBatch& batch, bool sync);
+  // The overlapped commit of a group with one holder (see DriveTail): Hide makes readers use
+  // the latest commit's snapshot (before the append is sent: it needs a reader slot), then the
+  // group is committed locally while its append is in flight.
+  Status Hide(engine::Db* db);
   // Makes the latest commit visible again (not once poisoned, unless closing).
   void Reveal(bool closing = false);
-  Status Poisoned();
   // Puts back, in a new local commit, what the hidden group changed (its values in the visible
   // snapshot), recording `last_seq`: the engine then holds what readers saw.
   Status Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq);
@@ -147,6 +150,7 @@ class Protector {
 
   const int64_t crash_after_tail_;  // test failpoints: 0 when off
   const int64_t crash_before_ack_;
+  const int64_t fail_undo_;
   const int64_t crash_in_advance_;
   int64_t advances_ = 0;  // guarded by advance_mu_
   ProtectorOptions o_;

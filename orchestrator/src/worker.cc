@@ -162,10 +162,9 @@ class Handler : public gen::WorkerServiceIf {
     Auth(token);
     s_->CheckShard(shard, epoch);
     std::string v;
-    // With protection, only what every parity holder has acknowledged (a commit may await it).
-    Status st = s_->protector->enabled()
-                    ? s_->protector->VisibleGet(s_->Db(), ShardTree(shard), key, &v)
-                    : s_->Db()->Get(ShardTree(shard), key, &v);
+    // Only what every parity holder has acknowledged (a commit may await it; also right after
+    // protection is turned off). Without a hidden commit this is Db::Get.
+    Status st = s_->protector->VisibleGet(s_->Db(), ShardTree(shard), key, &v);
     if (st.ok()) {
       r.found = true;
       r.value = std::move(v);
@@ -195,6 +194,7 @@ class Handler : public gen::WorkerServiceIf {
       s_->protector->Write(s_->Db(), ops, sync || s_->opts.sync);
       return;
     }
+    if (Status poison = s_->protector->Poisoned(); !poison.ok()) Fail(poison);
     engine::WriteBatch b;
     AddOps(ops, &b);
     Status st = s_->Db()->Write(b, engine::WriteOptions{sync || s_->opts.sync});
@@ -210,8 +210,7 @@ class Handler : public gen::WorkerServiceIf {
       Throw(ErrorCode::INVALID_ARGUMENT, "scan limit must be 1 to " + std::to_string(kMaxScanLimit),
             s_->node_id);
     }
-    auto txn = s_->protector->enabled() ? s_->protector->BeginVisibleRead(s_->Db())
-                                        : s_->Db()->BeginRead();
+    auto txn = s_->protector->BeginVisibleRead(s_->Db());
     if (!txn.ok()) Fail(txn.status());
     auto cur = (*txn)->NewCursor(ShardTree(shard));
     if (!cur.ok()) {

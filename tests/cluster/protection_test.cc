@@ -397,6 +397,50 @@ TEST(ProtectionTest, ReadersSeeAWriteOnlyOnceItsTailIsAcknowledged) {
   ExpectScrubClean(c);
 }
 
+// The undo of a failed append fails too: the worker keeps serving the old value, refuses writes,
+// and its next start rebuilds from parity rather than trust an engine holding the failed write.
+TEST(ProtectionTest, AFailedUndoRefusesWritesAndTheRestartRebuilds) {
+  PCluster c("rs:2+1", 2, 1);
+  c.StartManager();
+  c.StartNode(0, {"TESSERA_FAILPOINT=fail_undo:1"});
+  c.StartNode(1, {"TESSERA_FAILPOINT=fail_undo:1"});
+  c.StartNode(2, {"TESSERA_FAILPOINT=fail_append_value:BAD"});  // the parity holder
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("k", "v1").ok());
+  {
+    auto short_client = c.NewClient(1500);
+    EXPECT_FALSE(short_client->Put("k", "BAD").ok());
+  }
+  auto v = client->Get("k");
+  ASSERT_TRUE(v.ok() && v->has_value()) << v.status().ToString();
+  EXPECT_EQ(**v, "v1");
+  size_t poisoned = 2;
+  for (size_t i : {0, 1}) {
+    if (c.NodeLogs(i).find("refusing writes") != std::string::npos) poisoned = i;
+  }
+  ASSERT_LT(poisoned, 2u) << c.Logs();
+  {
+    auto short_client = c.NewClient(1500);
+    EXPECT_FALSE(short_client->Put("k", "v2").ok());  // refused: the worker is poisoned
+  }
+  c.node(poisoned).Kill(SIGKILL);
+  c.node(poisoned).Wait(std::chrono::milliseconds(5000));
+  c.StartNode(poisoned);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  EXPECT_NE(c.NodeLogs(poisoned).find("rebuilding from parity"), std::string::npos)
+      << c.NodeLogs(poisoned);
+  client = c.NewClient();
+  v = client->Get("k");
+  ASSERT_TRUE(v.ok() && v->has_value()) << v.status().ToString();
+  EXPECT_EQ(**v, "v1");
+  ASSERT_TRUE(client->Put("k", "v3").ok());  // rebuilt, it takes writes again
+  v = client->Get("k");
+  ASSERT_TRUE(v.ok() && v->has_value());
+  EXPECT_EQ(**v, "v3");
+  ExpectScrubClean(c);
+}
+
 TEST(ProtectionTest, LostManagerParityIsReprotectedThenServesARebuild) {
   PCluster c("xor", 3, 0);
   c.Start();
