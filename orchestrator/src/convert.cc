@@ -7,6 +7,7 @@
 #include <xxhash.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -161,6 +162,12 @@ void KeepLargeBuffersInHeap() {
     return true;
   }();
   (void)done;
+}
+
+std::string FailpointArg(const char* name) {
+  const char* fp = std::getenv("TESSERA_FAILPOINT");
+  std::string f = fp ? fp : "", prefix = std::string(name) + ":";
+  return f.rfind(prefix, 0) == 0 ? f.substr(prefix.size()) : std::string();
 }
 
 Status WriteFileDurably(const std::string& path, const std::string& content) {

@@ -51,6 +51,8 @@ void KeepLargeBuffersInHeap();
 // Replaces `path` with `content` atomically and durably (temp file, fsync, rename, fsync of the
 // directory).
 Status WriteFileDurably(const std::string& path, const std::string& content);
+// Test failpoints: with TESSERA_FAILPOINT=name:ARG, ARG; otherwise "".
+std::string FailpointArg(const char* name);
 
 // Creates `dir` if needed and holds an exclusive lock on DIR/lock until destroyed: one process
 // per data directory (Busy when another holds it).

@@ -4,7 +4,6 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -278,11 +277,7 @@ namespace {
 // Test failpoint TESSERA_FAILPOINT=fail_append_value:V: an append carrying a put of value V
 // waits 500 ms (long enough for a test to read meanwhile), then fails without storing anything.
 const std::string& FailAppendValue() {
-  static const std::string v = [] {
-    const char* fp = std::getenv("TESSERA_FAILPOINT");
-    std::string f = fp ? fp : "", prefix = "fail_append_value:";
-    return f.rfind(prefix, 0) == 0 ? f.substr(prefix.size()) : std::string();
-  }();
+  static const std::string v = FailpointArg("fail_append_value");
   return v;
 }
 }  // namespace

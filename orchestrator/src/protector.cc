@@ -180,13 +180,7 @@ struct Protector::Pending {
 };
 
 namespace {
-int64_t FailpointSeq(const char* name) {
-  const char* fp = std::getenv("TESSERA_FAILPOINT");
-  if (!fp) return 0;
-  std::string f(fp), prefix = std::string(name) + ":";
-  if (f.rfind(prefix, 0) != 0) return 0;
-  return std::atoll(f.c_str() + prefix.size());
-}
+int64_t FailpointSeq(const char* name) { return std::atoll(FailpointArg(name).c_str()); }
 }  // namespace
 
 Protector::Protector(ProtectorOptions o)
@@ -622,14 +616,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         pd->done = true;
         pd->cv.notify_one();
       }
-      committed_seq_ = last;
-      committing_ = false;
-      commits_since_advance_.fetch_add(static_cast<int64_t>(group.size()));
-      auto next = ready_.find(committed_seq_ + 1);
-      if (next != ready_.end()) {
-        next->second->commit_turn = true;
-        next->second->cv.notify_one();
-      }
+      EndCommit(last, group.size());
     } else {
       std::lock_guard<std::mutex> sl(seq_mu_);
       for (TailReq* q : group) {
@@ -709,14 +696,21 @@ void Protector::CommitReady(engine::Db* db) noexcept {
       g->done = true;
       g->cv.notify_one();
     }
-    committed_seq_ = s - 1;
-    committing_ = false;
-    commits_since_advance_.fetch_add(static_cast<int64_t>(group.size()));
-    auto next = ready_.find(s);
-    if (next != ready_.end()) {
-      next->second->commit_turn = true;
-      next->second->cv.notify_one();
-    }
+    EndCommit(s - 1, group.size());
+  }
+}
+
+// With seq_mu_ held, after the committer answered seqs up to `last` (`count` batches): the
+// next seq, if it became ready meanwhile (its thread found this commit under way and left it),
+// gets its writer's turn to commit.
+void Protector::EndCommit(int64_t last, size_t count) {
+  committed_seq_ = last;
+  committing_ = false;
+  commits_since_advance_.fetch_add(static_cast<int64_t>(count));
+  auto next = ready_.find(last + 1);
+  if (next != ready_.end()) {
+    next->second->commit_turn = true;
+    next->second->cv.notify_one();
   }
 }
 
@@ -815,6 +809,21 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq,
   return Status::Ok();
 }
 
+// Moves the engine file at `path` (if any: a rebuild cut short left none) aside to path +
+// `suffix`, then rebuilds it from parity and the tails.
+Result<std::unique_ptr<engine::Db>> Protector::RebuildInstead(const std::string& path,
+                                                              const std::string& suffix,
+                                                              const std::atomic<bool>& stop) {
+  std::error_code rec;
+  if (std::filesystem::exists(path, rec)) {
+    std::filesystem::rename(path, path + suffix, rec);
+    if (rec) return Status::IoError("move " + path + " aside: " + rec.message());
+    spdlog::warn("{}: moved {} aside to {}{}; rebuilding from parity", o_.node_id, path, path,
+                 suffix);
+  }
+  return Rebuild(stop);
+}
+
 Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
                                                        const std::atomic<bool>& stop) {
   const std::string path = o_.data_dir + "/data.tdb";
@@ -825,12 +834,8 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
     // its engine may hold that write. Only the parity and the tails are trusted.
     spdlog::warn("{}: {} says the engine holds an unprotected write: rebuilding from parity",
                  o_.node_id, marker);
+    auto rebuilt = RebuildInstead(path, ".unprotected", stop);
     std::error_code rec;
-    if (std::filesystem::exists(path, rec)) {
-      std::filesystem::rename(path, path + ".unprotected", rec);
-      if (rec) return Status::IoError("move " + path + " aside: " + rec.message());
-    }
-    auto rebuilt = Rebuild(stop);
     if (rebuilt.ok()) std::filesystem::remove(marker, rec);  // kept until the rebuild is done
     return rebuilt;
   }
@@ -884,12 +889,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
     // the parity and the tails hold (they cover every acknowledged write).
     Close();
     db->reset();
-    std::string aside = path + ".unprotectable";
-    std::error_code rec;
-    std::filesystem::rename(path, aside, rec);
-    if (rec) return Status::IoError("move " + path + " aside: " + rec.message());
-    spdlog::warn("{}: moved {} aside to {}; rebuilding from parity", o_.node_id, path, aside);
-    return Rebuild(stop);
+    return RebuildInstead(path, ".unprotectable", stop);
   }
   int64_t local = 0;
   {

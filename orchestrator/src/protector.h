@@ -124,6 +124,9 @@ class Protector {
   Status ReplayTails(engine::Db* db, int64_t from_seq);
   Status CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std::atomic<bool>& stop);
   Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
+  Result<std::unique_ptr<engine::Db>> RebuildInstead(const std::string& path,
+                                                     const std::string& suffix,
+                                                     const std::atomic<bool>& stop);
   // What one advance cost: pages the engine reported changed, and deltas sent (non-zero).
   struct AdvanceCost {
     size_t changed = 0;
@@ -135,6 +138,7 @@ class Protector {
   Status SavePins(const std::set<int64_t>& except = {});
   void AuditHolders();
   void CommitReady(engine::Db* db) noexcept;
+  void EndCommit(int64_t last, size_t count);
   // The overlapped commit of a group with one holder (see DriveTail): Hide makes readers use
   // the latest commit's snapshot (before the append is sent: it needs a reader slot), then the
   // group is committed locally while its append is in flight.
