@@ -26,6 +26,10 @@ struct Cursor::Impl {
   bool valid = false;
   std::string prefix;
   std::string_view value;
+  // The leaf after the current one (in the direction of the last descent) and how much of it has
+  // been prefetched so far; see PrefetchNextLeaf.
+  const uint8_t* pf_page = nullptr;
+  uint32_t pf_off = 0;
 
   Status Invalidated() const {
     if (txn->finished) return Status::InvalidArgument("cursor used after its transaction ended");
@@ -67,9 +71,15 @@ struct Cursor::Impl {
 
   // A scan reads a leaf's cells in key order, which is not their order in the page, and the
   // next leaf lives anywhere in the file: without help every cell and every leaf is a cache miss.
-  // On entering a leaf, ask for the whole of the leaf after it (the parent's next child) so it
-  // arrives while this one is read. Prefetches never fault, and a bad number is only skipped.
+  // On entering a leaf, start fetching the leaf after it (the parent's next child): its first
+  // lines now, a few more with every step through this leaf (ContinuePrefetch), so the whole page
+  // is in cache when the scan reaches it. Asking for all of a page at once did much worse (a scan
+  // of 1M entries ran at 16M entries/s that way, 27M spread out): most of a burst of 64
+  // prefetches was lost. Prefetches never fault, and a bad number is only skipped.
+  static constexpr uint32_t kPrefetchFirst = 8;  // lines of the next leaf on entering a leaf
+  static constexpr uint32_t kPrefetchStep = 4;   // further lines with each step inside it
   void PrefetchNextLeaf(bool forward) {
+    pf_page = nullptr;
     if (stack.size() < 2) return;
     const Level& parent = stack[stack.size() - 2];
     PageView pv{parent.page};
@@ -77,8 +87,15 @@ struct Cursor::Impl {
     if (next >= pv.count()) return;
     uint64_t pg = BranchCell{pv.cell(next)}.child();
     if (pg >= txn->meta.last_page) return;
-    const uint8_t* p = txn->db->Page(pg);
-    for (uint32_t off = 0; off < txn->db->page_size; off += 64) __builtin_prefetch(p + off);
+    pf_page = txn->db->Page(pg);
+    pf_off = 0;
+    ContinuePrefetch(kPrefetchFirst);
+  }
+  void ContinuePrefetch(uint32_t lines) {
+    const uint32_t ps = txn->db->page_size;
+    for (uint32_t k = 0; k < lines && pf_off < ps; ++k, pf_off += 64) {
+      __builtin_prefetch(pf_page + pf_off);
+    }
   }
 
   // Sets `valid` and `value` from the current position, honouring the prefix.
@@ -118,7 +135,10 @@ struct Cursor::Impl {
       PageView v{l.page};
       if (forward ? l.idx + 1 < v.count() : l.idx > 0) {
         l.idx = forward ? l.idx + 1 : l.idx - 1;
-        if (v.type() == kLeaf) return Settle();
+        if (v.type() == kLeaf) {
+          if (pf_page != nullptr) ContinuePrefetch(kPrefetchStep);
+          return Settle();
+        }
         BranchCell bc{v.cell(l.idx)};
         TESSERA_RETURN_IF_ERROR(DescendEdge(bc.child(), bc.child_txnid(), !forward));
         return Settle();
