@@ -39,8 +39,7 @@ uint64_t NewDbId() {
   return id != 0 ? id : 1;
 }
 
-uint32_t Crc32c(const uint8_t* data, size_t len) {
-  uint32_t crc = 0;
+uint32_t Crc32c(const uint8_t* data, size_t len, uint32_t crc) {
   // ISA-L takes an int length; feed large buffers in pieces.
   while (len > 0) {
     int n = static_cast<int>(std::min<size_t>(len, size_t{1} << 30));
@@ -64,8 +63,9 @@ uint32_t MetaCrc(const Meta& m) {
 }
 
 bool MetaLooksValid(const Meta& m, uint32_t page_size) {
-  return m.magic == kMagic && m.version == format::kFormatVersion && m.page_size == page_size &&
-         m.crc == MetaCrc(m) && m.last_page >= kMetaPages;
+  return m.magic == kMagic && m.version >= format::kMinFormatVersion &&
+         m.version <= format::kFormatVersion && m.page_size == page_size && m.crc == MetaCrc(m) &&
+         m.last_page >= kMetaPages;
 }
 
 Status CheckKey(std::string_view key) {
@@ -207,6 +207,16 @@ Result<uint32_t> DetectPageSize(const std::string& path) {
 // Db::Impl helpers
 
 uint32_t Db::Impl::PageCrc(const uint8_t* page, uint64_t npages) const {
+  if (crc_skips_gap && npages == 1) {
+    PageView v{const_cast<uint8_t*>(page)};
+    // A malformed header (lower past upper or the page) gets the whole-page checksum, which
+    // cannot match what a commit stored for a well-formed one: Corruption, not a wild read.
+    if ((v.type() == kBranch || v.type() == format::kLeaf) && v.lower() <= v.upper() &&
+        v.upper() <= page_size) {
+      uint32_t crc = Crc32c(page + 4, v.lower() - 4);
+      return Crc32c(page + v.upper(), page_size - v.upper(), crc);
+    }
+  }
   return Crc32c(page + 4, npages * page_size - 4);
 }
 
@@ -802,6 +812,12 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
         .WithCCode(TESSERA_BAD_PAGE_SIZE);
   }
   if (options.max_readers == 0) return Status::InvalidArgument("max_readers must be at least 1");
+  if (options.format_version != 0 && (options.format_version < format::kMinFormatVersion ||
+                                      options.format_version > format::kFormatVersion)) {
+    return Status::InvalidArgument("format_version " + std::to_string(options.format_version) +
+                                   " is not one this build writes (1 to " +
+                                   std::to_string(format::kFormatVersion) + ", 0 for the newest)");
+  }
   struct stat st;
   bool exists = ::stat(path.c_str(), &st) == 0;
   if (!exists && errno != ENOENT) return ErrnoStatus(errno, "stat " + path);
@@ -866,6 +882,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     for (uint32_t s = 0; s < 2; ++s) {
       Meta m;
       m.page_size = ps;
+      m.version = options.format_version != 0 ? options.format_version : format::kFormatVersion;
       m.db_id = db_id;
       m.txnid = s;
       m.commit_seq = 0;
@@ -893,6 +910,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     bool found = false;
     for (uint32_t s : order) {
       if (!valid[s]) continue;
+      impl->crc_skips_gap = m[s].version >= format::kGapFreeCrcVersion;
       Status vs = ValidateMeta(impl.get(), m[s]);
       if (vs.ok()) {
         chosen = m[s];
@@ -933,6 +951,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     if (!options.read_only) TESSERA_RETURN_IF_ERROR(impl->region->Flush());
   }
   impl->meta = chosen;
+  impl->crc_skips_gap = chosen.version >= format::kGapFreeCrcVersion;
   impl->meta_slot = chosen_slot;
   impl->durable_txn = chosen.txnid;
   impl->durable_slot = chosen_slot;

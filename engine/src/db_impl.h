@@ -44,7 +44,8 @@ using format::Meta;
 using format::PageView;
 using format::TreeInfo;
 
-uint32_t Crc32c(const uint8_t* data, size_t len);
+// CRC32C of data[0, len), continuing from `crc` (0 for a fresh checksum).
+uint32_t Crc32c(const uint8_t* data, size_t len, uint32_t crc = 0);
 // A random nonzero id for a new file (Meta::db_id).
 uint64_t NewDbId();
 
@@ -61,6 +62,8 @@ struct Db::Impl {
   Options opts;
   std::unique_ptr<vmem::Region> region;
   uint32_t page_size = 0;
+  // The file's format version allows a branch or leaf checksum to skip the page's gap.
+  bool crc_skips_gap = false;
 
   // Pages whose checksum has been verified (or that this process wrote) since open.
   std::unique_ptr<std::atomic<uint64_t>[]> verified;

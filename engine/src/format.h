@@ -6,7 +6,10 @@
 //
 // Invariants (checked by Verify and, where cheap, asserted on every access):
 //  - PageHeader.crc is CRC32C of bytes [4, page_size) of the page (of all npages pages for an
-//    overflow run), computed when the writing transaction commits.
+//    overflow run), computed when the writing transaction commits. In a version 2 file a branch
+//    or leaf page's crc covers bytes [4, lower) followed by [upper, page_size) instead: the gap
+//    between the slots and the cell heap holds leftovers that nothing reads, so a commit neither
+//    copies nor checksums it. A file keeps the version it was created with (Meta.version).
 //  - PageHeader.pgno equals the page's own number; PageHeader.txnid is the transaction that
 //    wrote it, never larger than the txnid of any page that points to it (copy-on-write).
 //  - A branch cell (child pgno, child txnid, child crc, key) names its child's txnid and checksum
@@ -32,7 +35,10 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the engine file format
 namespace tessera::engine::format {
 
 inline constexpr uint64_t kMagic = 0x3141524553534554ULL;  // "TESSERA1"
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;              // what new files are created with
+inline constexpr uint32_t kMinFormatVersion = 1;           // the oldest version this build opens
+// From this version on a branch or leaf page's checksum skips the gap (see the invariants above).
+inline constexpr uint32_t kGapFreeCrcVersion = 2;
 inline constexpr uint32_t kHeaderSize = 32;
 inline constexpr uint64_t kMetaPages = 2;
 inline constexpr uint64_t kInvalidPage = 0;  // page 0 is a meta page, never a tree page

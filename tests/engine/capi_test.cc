@@ -17,6 +17,20 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=4096;bogus=1", &db), TESSERA_BAD_OPTIONS);
   EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=1000", &db), TESSERA_BAD_PAGE_SIZE);
   EXPECT_EQ(tessera_db_open(path.c_str(), "create=0", &db), TESSERA_NOTFOUND);
+  EXPECT_EQ(tessera_db_open(path.c_str(), "format_version=3", &db), TESSERA_BAD_OPTIONS);
+  tessera_db* v1 = nullptr;  // the first format is still written on request, and reads back
+  ASSERT_EQ(tessera_db_open(dir.File("v1").c_str(), "format_version=1;sync=0", &v1), TESSERA_OK);
+  tessera_txn* t1 = nullptr;
+  ASSERT_EQ(tessera_txn_begin(v1, 0, &t1), TESSERA_OK);
+  EXPECT_EQ(tessera_put(t1, "k", 1, "v", 1), TESSERA_OK);
+  EXPECT_EQ(tessera_txn_commit(t1), TESSERA_OK);
+  ASSERT_EQ(tessera_txn_begin(v1, 1, &t1), TESSERA_OK);
+  const void* v1val = nullptr;
+  size_t v1len = 0;
+  EXPECT_EQ(tessera_get(t1, "k", 1, &v1val, &v1len), TESSERA_OK);
+  EXPECT_EQ(std::string(static_cast<const char*>(v1val), v1len), "v");
+  tessera_txn_abort(t1);
+  tessera_db_close(v1);
   ASSERT_EQ(tessera_db_open(path.c_str(), "page_size=8192;sync=0", &db), TESSERA_OK);
   tessera_db* second = nullptr;
   EXPECT_EQ(tessera_db_open(path.c_str(), nullptr, &second), TESSERA_BUSY);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <string>
 #include <thread>
@@ -468,6 +469,74 @@ TEST(EngineTest, FlippedBitInDataPageIsCorruptionNamingThePage) {
   auto rep = db->Verify();
   EXPECT_FALSE(rep.ok);
   EXPECT_NE(rep.ToString().find("checksum mismatch"), std::string::npos) << rep.ToString();
+}
+
+uint32_t FileFormatVersion(const std::string& path, int slot) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  uint32_t v = 0;
+  EXPECT_EQ(::pread(fd, &v, sizeof v, slot * 4096 + 8), 4);  // Meta.version follows the magic
+  ::close(fd);
+  return v;
+}
+
+// Version 2 leaves the gap between a page's slots and its cells out of the checksum (a commit
+// neither copies nor checksums it); version 1 covers the whole page. Both open, and a file keeps
+// its version across later commits.
+TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
+  TempDir dir;
+  for (uint32_t version : {1u, 2u}) {
+    SCOPED_TRACE("format_version " + std::to_string(version));
+    std::string path = dir.File("db" + std::to_string(version));
+    Options o;
+    o.format_version = version;
+    {
+      auto db = MustOpen(path, o);
+      for (int i = 0; i < 10; ++i) ASSERT_TRUE(db->Put(Key(i), "v").ok());
+    }
+    {
+      auto db = MustOpen(path);  // default options: the file's own version stays
+      ASSERT_TRUE(db->Put(Key(10), "v").ok());
+    }
+    EXPECT_EQ(FileFormatVersion(path, 0), version);
+    EXPECT_EQ(FileFormatVersion(path, 1), version);
+    // The only leaf (11 short cells at the end of the page) has nothing at byte 1024.
+    int fd = ::open(path.c_str(), O_RDONLY);
+    struct stat st;
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    std::vector<uint64_t> leaves;
+    for (uint64_t p = 2; p < static_cast<uint64_t>(st.st_size) / 4096; ++p) {
+      uint8_t hdr[32];
+      ASSERT_EQ(::pread(fd, hdr, sizeof hdr, static_cast<off_t>(p * 4096)), 32);
+      uint32_t upper;
+      std::memcpy(&upper, hdr + 24, 4);
+      if (hdr[4] == 2 && hdr[6] == 11) {  // a leaf with the 11 keys
+        ASSERT_GT(upper, 1024u);
+        leaves.push_back(p);
+      }
+    }
+    ::close(fd);
+    ASSERT_FALSE(leaves.empty());
+    for (uint64_t p : leaves) FlipByte(path, p * 4096 + 1024);
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    std::string v;
+    Status s = db->Get(Key(3), &v);
+    if (version == 1) {
+      EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+      EXPECT_FALSE(db->Verify().ok);
+    } else {
+      EXPECT_TRUE(s.ok()) << s.ToString();
+      EXPECT_EQ(v, "v");
+      auto rep = db->Verify();
+      EXPECT_TRUE(rep.ok) << rep.ToString();
+    }
+  }
+  Options bad;
+  bad.format_version = 3;
+  auto db = Db::Open(dir.File("db3"), bad);
+  ASSERT_FALSE(db.ok());
+  EXPECT_TRUE(db.status().IsInvalidArgument()) << db.status().ToString();
+  EXPECT_NE(db.status().message().find("format_version 3"), std::string::npos);
 }
 
 // A commit whose pages do not all match what the meta expects is treated as torn: the database

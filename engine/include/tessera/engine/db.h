@@ -52,6 +52,9 @@ struct Options {
   // operations to the commit log `<path>-log` and flushes that small file instead of the data
   // file's scattered pages; Open replays it. false: every sync commit flushes the data file.
   bool commit_log = true;
+  // Format of a file this Open creates (an existing file keeps its own): 0 the newest (2);
+  // 1 the first format, whose checksums cover every byte of a page (slower commits).
+  uint32_t format_version = 0;
 };
 
 struct WriteOptions {

@@ -39,6 +39,8 @@ typedef struct tessera_cursor tessera_cursor;
  *   map_size=N     bytes of address space reserved; the file's size limit (default 64 GiB)
  *   commit_log=0|1 let a sync commit append to `<path>-log` instead of flushing the file's
  *                  pages when no unflushed commit precedes it; replayed at open (default 1)
+ *   format_version=N  format of a file this call creates: 2 (the default, also 0) or 1, the
+ *                  first format (whole-page checksums); an existing file keeps its own
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
  * value), TESSERA_BAD_PAGE_SIZE, TESSERA_BUSY (another writer has the file open),
  * TESSERA_NOTFOUND (missing and create=0), TESSERA_CORRUPTION (not a Tessera file, or no valid
