@@ -583,30 +583,18 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
       p = txn.txn_reusable.back();
       txn.txn_reusable.pop_back();
     } else if (!r.empty()) {
-      p = *r.begin();
-      r.erase(r.begin());
+      p = r.take_lowest();
       txn.taken.push_back(p);
       txn.freelist_changed = true;
     }
   } else if (r.size() >= n) {
     // A run of n consecutive free pages among the lowest ones; past a bounded search the run
     // comes from the end of the file instead.
-    uint64_t start = 0, len = 0;
-    int steps = 0;
-    for (auto it = r.begin(); it != r.end() && steps < 4096; ++it, ++steps) {
-      if (len > 0 && *it == start + len) {
-        ++len;
-      } else {
-        start = *it;
-        len = 1;
-      }
-      if (len == n) {
-        p = start;
-        r.erase(r.lower_bound(start), r.upper_bound(start + n - 1));
-        for (uint64_t k = 0; k < n; ++k) txn.taken.push_back(start + k);
-        txn.freelist_changed = true;
-        break;
-      }
+    uint64_t start;
+    if (r.take_run(n, 4096, &start)) {
+      p = start;
+      for (uint64_t k = 0; k < n; ++k) txn.taken.push_back(start + k);
+      txn.freelist_changed = true;
     }
   }
   if (p == kInvalidPage) {

@@ -586,7 +586,7 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
     now_freed->insert(now_freed->end(), t.txn_reusable.begin(), t.txn_reusable.end());
     if (dump) {
       now_freed->insert(now_freed->end(), db->freelist_chain.begin(), db->freelist_chain.end());
-      for (uint64_t p : db->reusable) entries.emplace_back(0, p);
+      db->reusable.for_each([&entries](uint64_t p) { entries.emplace_back(0, p); });
       for (const auto* pend : {&db->pending, &db->pending_young}) {
         for (const auto& [txn, batch] : *pend) {
           for (uint64_t p : batch.pages) entries.emplace_back(txn, p);
@@ -945,7 +945,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
         ++impl->pending_count;
         ++impl->pending_old_count;
       } else {
-        impl->reusable.insert(impl->reusable.end(), f.first);
+        impl->reusable.insert(f.first);
       }
     }
     if (!options.read_only) TESSERA_RETURN_IF_ERROR(impl->region->Flush());

@@ -28,13 +28,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "commit_log.h"
 #include "format.h"
+#include "page_set.h"
 #include "tessera/engine/db.h"
 #include "tessera/vmem/region.h"
 
@@ -82,7 +82,7 @@ struct Db::Impl {
   uint32_t meta_slot = 0;
   uint64_t durable_txn = 0;
   uint32_t durable_slot = 0;
-  std::set<uint64_t> reusable;  // free pages any transaction may take
+  PageSet reusable;  // free pages any transaction may take
   // Pages one commit freed, and the oldest txn that wrote any of them: only snapshots in
   // [wmin, freeing txn) can reach them (0: not known, every older snapshot may).
   struct FreedBatch {
