@@ -113,7 +113,7 @@ struct Walker {
       return 0;
     }
     for (unsigned i = 0; i < v.count(); ++i) {
-      if (v.slot(i) < v.lower() || v.slot(i) >= ps) {
+      if (v.slot(i) < v.upper() || v.slot(i) >= ps) {  // cells live in [upper, page size)
         Problem(what + ": " + Pg(p) + " slot " + std::to_string(i) + " out of range");
         return 0;
       }

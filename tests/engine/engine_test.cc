@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "db_impl.h"
+#include "format.h"
 #include "subprocess.h"
 #include "tessera/common/errors.h"
 #include "tessera/engine/db.h"
@@ -537,6 +539,51 @@ TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
   ASSERT_FALSE(db.ok());
   EXPECT_TRUE(db.status().IsInvalidArgument()) << db.status().ToString();
   EXPECT_NE(db.status().message().find("format_version 3"), std::string::npos);
+}
+
+// A crafted version 2 page whose slot points into the uncovered middle of the page, with every
+// checksum up to the meta made to match, is Corruption: cells must lie in [upper, page size).
+TEST(EngineTest, ACellInThePagesUncheckedMiddleIsCorruption) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(db->Put(Key(i), "v").ok());
+  }
+  int fd = ::open(path.c_str(), O_RDWR);
+  format::Meta m[2];
+  ASSERT_EQ(::pread(fd, &m[0], sizeof m[0], 0), static_cast<ssize_t>(sizeof m[0]));
+  ASSERT_EQ(::pread(fd, &m[1], sizeof m[1], 4096), static_cast<ssize_t>(sizeof m[1]));
+  format::Meta& cur = m[0].txnid > m[1].txnid ? m[0] : m[1];
+  const int slot = &cur == &m[0] ? 0 : 1;
+  ASSERT_EQ(cur.main.depth, 1u);  // the root is the only leaf
+  std::vector<uint8_t> page(4096);
+  const off_t at = static_cast<off_t>(cur.main.root * 4096);
+  ASSERT_EQ(::pread(fd, page.data(), 4096, at), 4096);
+  format::PageView v{page.data()};
+  format::LeafCell c0{v.cell(0)};
+  const uint32_t size = c0.size();
+  const uint32_t moved = v.upper() - size;  // in the gap, below upper
+  ASSERT_GE(moved, v.lower());
+  std::memmove(page.data() + moved, v.cell(0), size);
+  v.set_slot(0, static_cast<uint16_t>(moved));
+  uint32_t crc = Crc32c(page.data() + 4, v.lower() - 4);
+  crc = Crc32c(page.data() + v.upper(), 4096 - v.upper(), crc);
+  v.set_crc(crc);
+  ASSERT_EQ(::pwrite(fd, page.data(), 4096, at), 4096);
+  cur.main.root_crc = crc;
+  cur.durable_txn = cur.txnid;  // no open-time walk: the read path must catch it
+  cur.crc = 0;
+  cur.crc = Crc32c(reinterpret_cast<const uint8_t*>(&cur), sizeof cur);
+  ASSERT_EQ(::pwrite(fd, &cur, sizeof cur, slot * 4096), static_cast<ssize_t>(sizeof cur));
+  ::close(fd);
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v0;
+  Status s = db->Get(Key(0), &v0);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("outside the page"), std::string::npos) << s.message();
+  EXPECT_FALSE(db->Verify().ok);
 }
 
 // A commit whose pages do not all match what the meta expects is treated as torn: the database
