@@ -152,6 +152,13 @@ struct Db::Impl {
   // Checks page p (its checksum once per open, its number and, when given, type) within a
   // snapshot whose high-water mark is last_page. Corruption names the page.
   Status CheckPage(uint64_t p, uint64_t last_page, int expect_type, uint64_t expect_txnid) const;
+  // CheckPage's common case, inline and without a Status: page p is in range, its checksum was
+  // verified since open, and it names itself and the expected writer. False: ask CheckPage.
+  bool QuickChecked(uint64_t p, uint64_t last_page, uint64_t expect_txnid) const {
+    if (p < format::kMetaPages || p >= last_page || !IsVerified(p)) return false;
+    PageView v{Page(p)};
+    return v.pgno() == p && (expect_txnid == 0 || v.txnid() == expect_txnid);
+  }
   Status VerifyChecksum(uint64_t p) const;
   uint32_t PageCrc(const uint8_t* page, uint64_t npages) const;
 

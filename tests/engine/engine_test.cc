@@ -727,6 +727,52 @@ TEST(EngineTest, BackupWhileWriting) {
   EXPECT_TRUE(copy->Verify().ok);
 }
 
+// Keys order as unsigned bytes, shorter first on a common prefix, whatever their length and
+// wherever they differ (the comparison goes eight bytes at a time).
+TEST(EngineTest, KeysOrderAsUnsignedBytes) {
+  TempDir dir;
+  auto db = MustOpen(dir.File("db"), NosyncOptions());
+  std::vector<std::string> keys = {
+      "\x01", "\x7f", "\x80", "\xff", std::string("\xff\x00", 2), "a", std::string("a\x00", 2),
+      "ab",   "b"};
+  for (size_t len : {7, 8, 9, 15, 16, 17, 24, 33}) {
+    for (size_t at : {size_t{0}, len / 2, len - 1}) {
+      for (char c : {'\x00', '\x01', '\x7f', '\x80', '\xfe'}) {
+        std::string k(len, 'm');
+        k[at] = c;
+        keys.push_back(k);
+      }
+    }
+  }
+  std::map<std::string, std::string> want;
+  WriteBatch b;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string& k = keys[(i * 37) % keys.size()];  // not in order
+    b.Put(k, "v" + std::to_string(i));
+    want[k] = "v" + std::to_string(i);
+  }
+  ASSERT_TRUE(db->Write(b).ok());
+  auto r = db->BeginRead();
+  ASSERT_TRUE(r.ok());
+  auto c = (*r)->NewCursor();
+  ASSERT_TRUE(c.ok());
+  auto it = want.begin();
+  for (Status s = (*c)->First(); (*c)->Valid(); s = (*c)->Next(), ++it) {
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_NE(it, want.end());
+    EXPECT_EQ((*c)->key(), it->first);
+  }
+  EXPECT_EQ(it, want.end());
+  for (const auto& [k, v] : want) {
+    std::string got;
+    ASSERT_TRUE(db->Get(k, &got).ok()) << k.size();
+    EXPECT_EQ(got, v);
+    ASSERT_TRUE((*c)->Seek(k).ok());
+    ASSERT_TRUE((*c)->Valid());
+    EXPECT_EQ((*c)->key(), k);
+  }
+}
+
 TEST(EngineTest, CursorDirectionsAndPrefix) {
   TempDir dir;
   auto db = MustOpen(dir.File("db"));
