@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <thread>
 
 #include "protector.h"
@@ -280,22 +281,30 @@ const std::string& FailAppendValue() {
   static const std::string v = FailpointArg("fail_append_value");
   return v;
 }
+// Test failpoint TESSERA_FAILPOINT=lose_answer_value:V: an append carrying a put of value V is
+// stored, and then its answer is lost (the caller gets a transport-level error, not a refusal).
+const std::string& LoseAnswerValue() {
+  static const std::string v = FailpointArg("lose_answer_value");
+  return v;
+}
+bool CarriesValue(const std::vector<gen::TailEntry>& entries, const std::string& value) {
+  for (const auto& e : entries) {
+    auto ops = DecodeOps(e.batch);
+    if (!ops.ok()) continue;
+    for (const auto& op : *ops) {
+      if (op.put && op.value == value) return true;
+    }
+  }
+  return false;
+}
 }  // namespace
 
 int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
                                  const std::vector<gen::TailEntry>& entries, bool sync) {
   CheckSlot(slot);
-  if (!FailAppendValue().empty()) {
-    for (const auto& e : entries) {
-      auto ops = DecodeOps(e.batch);
-      if (!ops.ok()) continue;
-      for (const auto& op : *ops) {
-        if (op.put && op.value == FailAppendValue()) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(500));
-          Throw(ErrorCode::UNAVAILABLE, "failpoint fail_append_value", node_);
-        }
-      }
-    }
+  if (!FailAppendValue().empty() && CarriesValue(entries, FailAppendValue())) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    Throw(ErrorCode::UNAVAILABLE, "failpoint fail_append_value", node_);
   }
   HolderTxn t(env_, true, node_);
   gen::GenRecord r = LoadRecord(t, records_, slot, node_);
@@ -309,6 +318,9 @@ int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
   }
   t.Commit();
   if (sync) mdb_env_sync(env_, 1);
+  if (!LoseAnswerValue().empty() && CarriesValue(entries, LoseAnswerValue())) {
+    throw std::runtime_error("failpoint lose_answer_value: stored, answer lost");
+  }
   return r.gen;
 }
 

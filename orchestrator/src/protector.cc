@@ -330,7 +330,7 @@ std::string Protector::Progress() const {
 }
 
 template <typename F>
-Status Protector::CallHolder(size_t j, F&& f) {
+Status Protector::CallHolder(size_t j, F&& f, bool* no_answer) {
   std::string addr, node;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -365,6 +365,7 @@ Status Protector::CallHolder(size_t j, F&& f) {
         }
         return s;
       } catch (const std::exception& e) {
+        if (no_answer != nullptr) *no_answer = true;
         lease->Broken();
         holder_pool_.Clear();  // the other pooled connections are likely dead too (a restart)
         std::string msg = "parity holder " + node;
@@ -467,15 +468,34 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
       missing += (missing.empty() ? "" : "; ") + st.message();
     }
   }
+  // A holder that stored the entry, or gave no answer, may replay it in a rebuild.
+  bool maybe_stored = false;
+  for (size_t j = 0; j < m; ++j)
+    maybe_stored = maybe_stored || reqs[j].status.ok() || reqs[j].no_answer;
   if (p.abandon) {
+    // The seq is recorded locally as passed (Undo, or CommitReady for an abandoned batch): no
+    // restart replays it. A holder may still keep the entry, and a rebuild of this worker would
+    // replay it: the failure is reported only once every holder's generation covers the seq.
+    if (maybe_stored && !SettleGivenUp(db, p.seq)) {
+      Throw(ErrorCode::UNAVAILABLE,
+            "write outcome unknown: not applied on this worker, but a parity holder may keep its "
+            "tail entry and could not be told to drop it yet (" +
+                missing +
+                "); if this worker's disk is lost before that, its rebuild may apply the write",
+            o_.node_id);
+    }
     Throw(stale ? ErrorCode::STALE_EPOCH : ErrorCode::UNAVAILABLE,
-          "write not protected: tail entry stored at " + std::to_string(stored) + " of " +
+          "write not applied: tail entry stored at " + std::to_string(stored) + " of " +
               std::to_string(m) + " parity holders (" + missing + ")",
           o_.node_id);
   }
   if (!p.status.ok()) {
+    // The engine refused the commit, but every holder keeps the entry: a restart replays it.
     Throw(p.status.IsInvalidArgument() ? ErrorCode::INVALID_ARGUMENT : ErrorCode::INTERNAL,
-          p.status.ToString(), o_.node_id);
+          p.status.ToString() +
+              (maybe_stored ? " (the parity holders keep its tail entry: a restart may apply it)"
+                            : ""),
+          o_.node_id);
   }
 }
 
@@ -528,6 +548,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     int64_t recorded = 0;
     Status st, local;
     bool commit_tried = false;
+    bool no_answer = false;
     try {
       std::vector<gen::TailEntry> entries;
       entries.reserve(group.size());
@@ -541,30 +562,33 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         for (TailReq* q : group) AddOps(*q->pending->ops, &wb);
         wb.Put(kSeqTree, kSeqKey, SeqBytes(last));
       }
-      st = CallHolder(b->index, [&](gen::ParityServiceClient& c) {
-        if (!overlap) {
-          recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
-          return;
-        }
-        c.send_AppendTail(o_.token, slot, epoch, entries, sync);
-        if (!commit_tried) {  // once, whatever attempt the call succeeds at
-          commit_tried = true;
-          try {
-            local = db->Write(wb, engine::WriteOptions{sync});
-          } catch (const std::exception& ex) {  // not a transport error: no retry. (Db::Write
-                                                // throws only allocation failures, before it
-                                                // publishes anything.)
-            local = Status::Internal(std::string("local commit: ") + ex.what());
-          }
-          if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
-            // Test failpoint (TESSERA_FAILPOINT=crash_before_ack:N): die between the local
-            // commit and the tail acknowledgement.
-            spdlog::warn("{}: failpoint crash_before_ack at seq {}", o_.node_id, last);
-            ::raise(SIGKILL);
-          }
-        }
-        recorded = c.recv_AppendTail();
-      });
+      st = CallHolder(
+          b->index,
+          [&](gen::ParityServiceClient& c) {
+            if (!overlap) {
+              recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
+              return;
+            }
+            c.send_AppendTail(o_.token, slot, epoch, entries, sync);
+            if (!commit_tried) {  // once, whatever attempt the call succeeds at
+              commit_tried = true;
+              try {
+                local = db->Write(wb, engine::WriteOptions{sync});
+              } catch (const std::exception& ex) {  // not a transport error: no retry. (Db::Write
+                                                    // throws only allocation failures, before it
+                                                    // publishes anything.)
+                local = Status::Internal(std::string("local commit: ") + ex.what());
+              }
+              if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
+                // Test failpoint (TESSERA_FAILPOINT=crash_before_ack:N): die between the local
+                // commit and the tail acknowledgement.
+                spdlog::warn("{}: failpoint crash_before_ack at seq {}", o_.node_id, last);
+                ::raise(SIGKILL);
+              }
+            }
+            recorded = c.recv_AppendTail();
+          },
+          &no_answer);
     } catch (const std::exception& ex) {  // allocation: the group must still be answered
       st = Status::Internal(std::string("tail append: ") + ex.what());
     }
@@ -647,6 +671,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     l.lock();
     for (TailReq* q : group) {
       q->status = st;
+      q->no_answer = no_answer;
       q->recorded = recorded;
       q->done = true;
       if (q != r) q->cv.notify_one();
@@ -679,16 +704,23 @@ void Protector::CommitReady(engine::Db* db) noexcept {
       ::raise(SIGKILL);
     }
     engine::WriteBatch wb;
-    bool sync = false;
+    bool sync = false, abandoned = false;
     for (Pending* g : group) {
-      if (g->abandon) continue;
+      if (g->abandon) {
+        abandoned = true;
+        continue;
+      }
       AddOps(*g->ops, &wb);
       sync = sync || g->sync;
     }
-    Status st = wb.Count() > 0 ? Poisoned() : Status::Ok();  // a hidden write must stay so
-    if (wb.Count() > 0 && st.ok()) {
+    // An abandoned batch's seq is recorded too, durably before its failure is reported: a holder
+    // may have stored its entry after all (the answer lost), and a restart that replayed the
+    // tail from an older seq would apply a write its client was told failed.
+    const bool write = wb.Count() > 0 || abandoned;
+    Status st = write ? Poisoned() : Status::Ok();  // a hidden write must stay so
+    if (write && st.ok()) {
       wb.Put(kSeqTree, kSeqKey, SeqBytes(s - 1));
-      st = db->Write(wb, engine::WriteOptions{sync});
+      st = db->Write(wb, engine::WriteOptions{sync || abandoned});
     }
     l.lock();
     for (Pending* g : group) {
@@ -712,6 +744,18 @@ void Protector::EndCommit(int64_t last, size_t count) {
     next->second->commit_turn = true;
     next->second->cv.notify_one();
   }
+}
+
+bool Protector::SettleGivenUp(engine::Db* db, int64_t seq) {
+  int64_t g = given_up_.load();
+  while (g < seq && !given_up_.compare_exchange_weak(g, seq)) {
+  }
+  Status st = Advance(db, true);
+  if (!st.ok()) {
+    spdlog::warn("{}: given-up seq {} may still be in a holder's tail: advance: {}", o_.node_id,
+                 seq, st.message());
+  }
+  return covered_.load() >= seq;
 }
 
 // ---- recovery -------------------------------------------------------------------------------
@@ -1391,17 +1435,23 @@ Status Protector::Advance(engine::Db* db, bool force) {
   auto snap = BeginVisibleRead(db);
   if (!snap.ok()) return snap.status();
   const int64_t g = static_cast<int64_t>((*snap)->txnid());
+  const int64_t covered = SeqOf(**snap);
+  auto note_covered = [this, covered] {
+    int64_t c = covered_.load();
+    while (c < covered && !covered_.compare_exchange_weak(c, covered)) {
+    }
+  };
   size_t m;
   {
     std::lock_guard<std::mutex> l(mu_);
     m = holders_.size();
-    bool current = true;
+    bool current = m > 0;
     for (const auto& h : holders_) current = current && h.gen == g;
-    if (current) return Status::Ok();
+    if (current) note_covered();
+    if (current || m == 0) return Status::Ok();
   }
   // The snapshot must be durable before a holder records it: a restart pins it again.
   TESSERA_RETURN_IF_ERROR(db->Sync());
-  const int64_t covered = SeqOf(**snap);
   const engine::ReadTxn* pinned = snap->get();
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -1433,6 +1483,7 @@ Status Protector::Advance(engine::Db* db, bool force) {
     }
   }
   if (first_error.ok()) {
+    note_covered();
     // The cost follows the pages changed since the holders' generation, not the data size.
     spdlog::info(
         "{}: protected generation {}: {} changed pages, {} deltas ({:.1f} MB) to {} "
@@ -1505,10 +1556,13 @@ void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
       for (const auto& h : holders_) holder_unknown = holder_unknown || h.gen < 0;
     }
     int64_t n = commits_since_advance_.load();
+    // A given-up write a holder may keep stays replayable by a rebuild until a generation
+    // covers it (SettleGivenUp): retry like an unknown holder.
+    const bool unsettled = given_up_.load() > covered_.load();
     bool due =
         n >= o_.protect_every ||
         (n > 0 && Clock::now() - last >= std::chrono::milliseconds(o_.protect_interval_ms)) ||
-        (holder_unknown && Clock::now() - last >= std::chrono::milliseconds(500));
+        ((holder_unknown || unsettled) && Clock::now() - last >= std::chrono::milliseconds(500));
     if (!due) continue;
     Status st = Advance(db, false);
     last = Clock::now();

@@ -109,7 +109,8 @@ class Protector {
     bool waiting = false;  // its writer sleeps on cv in DriveTail
     bool done = false;
     Status status;
-    int64_t recorded = 0;  // the generation the holder records
+    bool no_answer = false;  // failed without the holder's answer: it may have stored the entry
+    int64_t recorded = 0;    // the generation the holder records
     std::condition_variable cv;
   };
   struct TailBatcher {
@@ -149,8 +150,14 @@ class Protector {
   // snapshot), recording `last_seq`: the engine then holds what readers saw.
   Status Undo(engine::Db* db, const std::vector<TailReq*>& group, int64_t last_seq);
   void SetProgress(const std::string& json);
+  // Calls f on a connection to holder j, retrying transport errors. *no_answer (when given) is
+  // set when an attempt failed after sending and without an answer: the holder may have acted.
   template <typename F>
-  Status CallHolder(size_t j, F&& f);
+  Status CallHolder(size_t j, F&& f, bool* no_answer = nullptr);
+  // After a write was given up that a holder may have stored: a forced advance of the visible
+  // snapshot (whose recorded seq includes the given-up one) makes every holder drop the entry.
+  // True when a generation covering `seq` is recorded by every holder.
+  bool SettleGivenUp(engine::Db* db, int64_t seq);
 
   const int64_t crash_after_tail_;  // test failpoints: 0 when off
   const int64_t crash_before_ack_;
@@ -183,6 +190,11 @@ class Protector {
   std::map<int64_t, Pending*> ready_;
   bool committing_ = false;  // a thread is committing a group
   std::atomic<int64_t> commits_since_advance_{0};
+  // The seq every holder's recorded generation covers (as far as this process knows), and the
+  // newest given-up seq a holder may have stored: while given_up_ > covered_ the advance loop
+  // retries, since a rebuild could replay that entry until then.
+  std::atomic<int64_t> covered_{0};
+  std::atomic<int64_t> given_up_{0};
 
   // Readers' view. Null: the latest commit is visible (no commit awaits its acknowledgement).
   // Otherwise the snapshot readers see; set before a commit that is not yet acknowledged, and

@@ -49,6 +49,8 @@ class PCluster {
     nodes_.resize(ports_.size());
   }
 
+  int protect_interval_ms = 200;  // --protect-interval-ms of the nodes started after
+
   void StartManager() {
     std::vector<std::string> argv{TESSERA_BIN,    "manager",
                                   "--listen",     manager(),
@@ -74,7 +76,7 @@ class PCluster {
                                      "--protect-every",
                                      "300",
                                      "--protect-interval-ms",
-                                     "200"};
+                                     std::to_string(protect_interval_ms)};
     argv.insert(argv.end(), extra.begin(), extra.end());
     nodes_[i] = std::make_unique<Process>(
         argv, dir_.File("node" + std::to_string(i) + "-" + std::to_string(++starts_) + ".log"),
@@ -395,6 +397,61 @@ TEST(ProtectionTest, ReadersSeeAWriteOnlyOnceItsTailIsAcknowledged) {
   EXPECT_EQ(get("fresh"), "<absent>");
   EXPECT_EQ(get("later-7"), "x");
   ExpectScrubClean(c);
+}
+
+// A holder stores an append and its answer is lost. The worker gives the write up (with one
+// holder it undoes its overlapped local commit; with two, the other holder stored the entry but
+// not all did) and reports the failure only after a generation covering that seq reached every
+// holder, which then drops the entry. So neither a restart nor a rebuild right after the failure
+// (no periodic advance in between: the interval is a minute) applies the write its client was
+// told failed.
+void LostAnswerIsNotRevived(const std::string& scheme, int parity) {
+  PCluster c(scheme, 2, parity);
+  c.protect_interval_ms = 60000;
+  c.StartManager();
+  c.StartNode(0);
+  c.StartNode(1);
+  c.StartNode(2, {"TESSERA_FAILPOINT=lose_answer_value:LOST"});  // a parity holder
+  for (int i = 3; i < 2 + parity; ++i) c.StartNode(static_cast<size_t>(i));
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("k", "v1").ok());
+  {
+    auto short_client = c.NewClient(3000);
+    tessera::Status lost = short_client->Put("k", "LOST");
+    ASSERT_FALSE(lost.ok());
+    EXPECT_NE(lost.message().find("not applied"), std::string::npos) << lost.ToString();
+    EXPECT_EQ(lost.message().find("outcome unknown"), std::string::npos) << lost.ToString();
+  }
+  auto expect_v1 = [&] {
+    auto v = c.NewClient()->Get("k");
+    ASSERT_TRUE(v.ok() && v->has_value()) << v.status().ToString();
+    EXPECT_EQ(**v, "v1");
+  };
+  expect_v1();
+  auto map = client->GetShardMap(true);
+  ASSERT_TRUE(map.ok());
+  const std::string owner = map->shards[ShardOf("k", map->num_shards)].owner;
+  const size_t victim = owner == c.NodeId(0) ? 0 : 1;
+  ASSERT_EQ(owner, c.NodeId(victim));
+  for (bool wipe : {false, true}) {  // a restart with the disk intact, then a lost disk
+    c.node(victim).Kill(SIGKILL);
+    c.node(victim).Wait(std::chrono::milliseconds(5000));
+    if (wipe) c.Wipe(victim);
+    c.StartNode(victim);
+    ASSERT_TRUE(c.WaitServing()) << c.Logs();
+    expect_v1();
+  }
+  EXPECT_NE(c.NodeLogs(victim).find("rebuilt"), std::string::npos) << c.NodeLogs(victim);
+  ExpectScrubClean(c);
+}
+
+TEST(ProtectionTest, AWriteWhoseAnswerWasLostIsNotRevivedOneHolder) {
+  LostAnswerIsNotRevived("rs:2+1", 1);
+}
+
+TEST(ProtectionTest, AWriteWhoseAnswerWasLostIsNotRevivedTwoHolders) {
+  LostAnswerIsNotRevived("rs:2+2", 2);
 }
 
 // The undo of a failed append fails too: the worker keeps serving the old value, refuses writes,
