@@ -173,6 +173,7 @@ struct Protector::Pending {
   size_t answered = 0;  // appends finished, stored or not
   size_t stored = 0;
   bool abandon = false;
+  bool maybe_stored = false;  // a holder stored the entry or gave no answer (may have stored it)
   bool done = false;
   bool commit_turn = false;  // ready and next in seq order: its writer commits (see CommitReady)
   Status status;
@@ -594,7 +595,16 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     bool any_ready = false;
     if (overlap) {
-      if (commit_tried && !local.ok()) Reveal();  // nothing was committed: nothing hidden
+      if (!commit_tried || !local.ok()) {
+        Reveal();  // nothing was committed: nothing hidden
+        if (!st.ok() && no_answer) {
+          // Given up, and the holder may have stored it: record the seq as passed, as
+          // CommitReady does for an abandoned batch (a failure here leaves the outcome unknown).
+          Status rec = RecordSeq(db, last);
+          if (!rec.ok())
+            spdlog::warn("{}: recording given-up seq {}: {}", o_.node_id, last, rec.message());
+        }
+      }
       if (commit_tried && local.ok()) {
         Status undone;
         if (!st.ok()) {
@@ -647,6 +657,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         Pending* pd = q->pending;
         ++pd->answered;
         if (st.ok()) ++pd->stored;
+        if (st.ok() || no_answer) pd->maybe_stored = true;
         if (pd->answered == pd->holders) {
           pd->abandon = pd->stored < pd->need;
           ready_[pd->seq] = pd;
@@ -707,7 +718,7 @@ void Protector::CommitReady(engine::Db* db) noexcept {
     bool sync = false, abandoned = false;
     for (Pending* g : group) {
       if (g->abandon) {
-        abandoned = true;
+        abandoned = abandoned || g->maybe_stored;  // nothing to record when no holder has it
         continue;
       }
       AddOps(*g->ops, &wb);
@@ -746,11 +757,27 @@ void Protector::EndCommit(int64_t last, size_t count) {
   }
 }
 
+Status Protector::RecordSeq(engine::Db* db, int64_t seq) {
+  TESSERA_RETURN_IF_ERROR(Poisoned());
+  engine::WriteBatch wb;
+  wb.Put(kSeqTree, kSeqKey, SeqBytes(seq));
+  return db->Write(wb, engine::WriteOptions{true});
+}
+
 bool Protector::SettleGivenUp(engine::Db* db, int64_t seq) {
   int64_t g = given_up_.load();
   while (g < seq && !given_up_.compare_exchange_weak(g, seq)) {
   }
-  Status st = Advance(db, true);
+  if (covered_.load() >= seq) return true;
+  // Writers that fail together settle together: whoever waited for another's attempt takes its
+  // verdict instead of running (and waiting out an unreachable holder) again.
+  const uint64_t seen = settle_attempts_.load();
+  std::lock_guard<std::mutex> one(settle_mu_);
+  if (covered_.load() >= seq) return true;
+  if (settle_attempts_.load() != seen) return false;
+  // Not forced: while a rebuild has advances frozen the outcome is reported unknown instead.
+  Status st = Advance(db, false);
+  settle_attempts_.fetch_add(1);
   if (!st.ok()) {
     spdlog::warn("{}: given-up seq {} may still be in a holder's tail: advance: {}", o_.node_id,
                  seq, st.message());
@@ -1450,6 +1477,25 @@ Status Protector::Advance(engine::Db* db, bool force) {
     if (current) note_covered();
     if (current || m == 0) return Status::Ok();
   }
+  // Every failed advance can leave its snapshot pinned (a holder not reached may record nothing
+  // newer), each holding a reader slot: past kMaxPins no new generation starts until some are
+  // released, so an outage cannot use up the engine's readers.
+  bool full;
+  int64_t newest = 0;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    full = !pins_.count(g) && pins_.size() >= kMaxPins;
+    if (full) newest = pins_.rbegin()->first;
+  }
+  if (full) {
+    TESSERA_RETURN_IF_ERROR(ReleasePins(newest));
+    std::lock_guard<std::mutex> l(mu_);
+    if (pins_.size() >= kMaxPins) {
+      return Status::Unavailable(std::to_string(pins_.size()) +
+                                 " protected snapshots are pinned and not every parity holder is "
+                                 "known to record one: no new generation until it is");
+    }
+  }
   // The snapshot must be durable before a holder records it: a restart pins it again.
   TESSERA_RETURN_IF_ERROR(db->Sync());
   const engine::ReadTxn* pinned = snap->get();
@@ -1491,8 +1537,13 @@ Status Protector::Advance(engine::Db* db, bool force) {
         o_.node_id, g, cost.changed, cost.deltas, cost.deltas * db->page_size() / 1e6, m,
         std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
-  // Release the snapshots no holder records any more (all known), keeping the newest. The list
-  // on disk shrinks first: a crash in between must not leave a listed snapshot unpinned.
+  TESSERA_RETURN_IF_ERROR(ReleasePins(g));
+  return first_error;
+}
+
+Status Protector::ReleasePins(int64_t keep) {
+  // Release the snapshots no holder records any more (all known), keeping `keep`. The list on
+  // disk shrinks first: a crash in between must not leave a listed snapshot unpinned.
   std::set<int64_t> drop;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -1500,7 +1551,7 @@ Status Protector::Advance(engine::Db* db, bool force) {
     for (const auto& h : holders_) all_known = all_known && h.gen >= 0;
     if (all_known) {
       for (const auto& [pg, snap] : pins_) {
-        bool used = pg == g;
+        bool used = pg == keep;
         for (const auto& h : holders_) used = used || h.gen == pg;
         if (!used) drop.insert(pg);
       }
@@ -1511,7 +1562,7 @@ Status Protector::Advance(engine::Db* db, bool force) {
     std::lock_guard<std::mutex> l(mu_);
     for (int64_t pg : drop) pins_.erase(pg);
   }
-  return first_error;
+  return Status::Ok();
 }
 
 void Protector::AuditHolders() {

@@ -137,6 +137,9 @@ class Protector {
                    int64_t* base, AdvanceCost* cost = nullptr);
   Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
   Status SavePins(const std::set<int64_t>& except = {});
+  // Drops the pins no holder records, keeping `keep` (only once every holder's is known).
+  Status ReleasePins(int64_t keep);
+  static constexpr size_t kMaxPins = 32;
   void AuditHolders();
   void CommitReady(engine::Db* db) noexcept;
   void EndCommit(int64_t last, size_t count);
@@ -158,6 +161,8 @@ class Protector {
   // snapshot (whose recorded seq includes the given-up one) makes every holder drop the entry.
   // True when a generation covering `seq` is recorded by every holder.
   bool SettleGivenUp(engine::Db* db, int64_t seq);
+  // Records `seq` as passed in the engine, durably (a given-up batch that committed nothing).
+  Status RecordSeq(engine::Db* db, int64_t seq);
 
   const int64_t crash_after_tail_;  // test failpoints: 0 when off
   const int64_t crash_before_ack_;
@@ -195,6 +200,8 @@ class Protector {
   // retries, since a rebuild could replay that entry until then.
   std::atomic<int64_t> covered_{0};
   std::atomic<int64_t> given_up_{0};
+  std::mutex settle_mu_;  // one SettleGivenUp advance at a time
+  std::atomic<uint64_t> settle_attempts_{0};
 
   // Readers' view. Null: the latest commit is visible (no commit awaits its acknowledgement).
   // Otherwise the snapshot readers see; set before a commit that is not yet acknowledged, and
