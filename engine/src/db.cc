@@ -1317,6 +1317,7 @@ Status Db::Backup(const std::string& path) const {
   Options o;
   o.page_size = impl_->page_size;
   o.reserve_bytes = impl_->opts.reserve_bytes;
+  o.format_version = snap->impl_->meta.version;  // a backup opens wherever the original does
   TESSERA_ASSIGN_OR_RETURN(auto out, Db::Open(path, o));
   TESSERA_ASSIGN_OR_RETURN(auto names, snap->ListTrees());
   names.insert(names.begin(), std::string());

@@ -498,9 +498,12 @@ TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
     {
       auto db = MustOpen(path);  // default options: the file's own version stays
       ASSERT_TRUE(db->Put(Key(10), "v").ok());
+      ASSERT_TRUE(db->Backup(path + "-backup").ok());  // and a backup has it too
     }
     EXPECT_EQ(FileFormatVersion(path, 0), version);
     EXPECT_EQ(FileFormatVersion(path, 1), version);
+    EXPECT_EQ(FileFormatVersion(path + "-backup", 0), version);
+    EXPECT_TRUE(MustOpen(path + "-backup")->Verify().ok);
     // The only leaf (11 short cells at the end of the page) has nothing at byte 1024.
     int fd = ::open(path.c_str(), O_RDONLY);
     struct stat st;
