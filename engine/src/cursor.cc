@@ -30,6 +30,7 @@ struct Cursor::Impl {
   // been prefetched so far; see PrefetchNextLeaf.
   const uint8_t* pf_page = nullptr;
   uint32_t pf_off = 0;
+  bool pf_forward = true;
 
   Status Invalidated() const {
     if (txn->finished) return Status::InvalidArgument("cursor used after its transaction ended");
@@ -89,6 +90,7 @@ struct Cursor::Impl {
     if (pg >= txn->meta.last_page) return;
     pf_page = txn->db->Page(pg);
     pf_off = 0;
+    pf_forward = forward;
     ContinuePrefetch(kPrefetchFirst);
   }
   void ContinuePrefetch(uint32_t lines) {
@@ -136,7 +138,7 @@ struct Cursor::Impl {
       if (forward ? l.idx + 1 < v.count() : l.idx > 0) {
         l.idx = forward ? l.idx + 1 : l.idx - 1;
         if (v.type() == kLeaf) {
-          if (pf_page != nullptr) ContinuePrefetch(kPrefetchStep);
+          if (pf_page != nullptr && pf_forward == forward) ContinuePrefetch(kPrefetchStep);
           return Settle();
         }
         BranchCell bc{v.cell(l.idx)};
