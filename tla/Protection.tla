@@ -99,6 +99,18 @@
 (*  SyncUndo          [CommitFirst] the undo commit is durable at once (a  *)
 (*                    power cut cannot lose it while keeping the hidden    *)
 (*                    commit before it)            (needed: see README)    *)
+(*  SettleBeforeFail  [CommitFirst] a give-up is reported as a failure at  *)
+(*                    once only if every holder that did not store the     *)
+(*                    append refused it (an answer: it did not store it).  *)
+(*                    If some holder gave no answer, the worker first tries *)
+(*                    a forced advance of the visible snapshot (which       *)
+(*                    records the given-up seq): the write is reported     *)
+(*                    FAILED if every holder then records a generation     *)
+(*                    covering the seq (its tail entry is dropped), else   *)
+(*                    its OUTCOME UNKNOWN (it may be revived by a rebuild), *)
+(*                    and the worker retries such advances until covered.  *)
+(*                    (Protector::SettleGivenUp; FALSE: reported failed at *)
+(*                    once, the code before: tla/README.md finding 7.)     *)
 (* Environment switch:                                                     *)
 (*  AnswerLost        [CommitFirst] the worker may give up on an append    *)
 (*                    the holder did store (its answer lost: a timeout, a  *)
@@ -117,12 +129,12 @@ CONSTANTS
     MaxLoss,           \* disk losses (workers or holders) in total
     Zombies,           \* a worker whose disk is declared lost may live on
     VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck, KeepPrevParity,
-    CommitFirst, SyncUndo, AnswerLost
+    CommitFirst, SyncUndo, AnswerLost, SettleBeforeFail
 
 ASSUME K \in 1..3 /\ M \in 1..2 /\ MaxSeq \in 1..4
 ASSUME Prime \in Nat /\ Prime > K * MaxSeq /\ Prime > K
 ASSUME {Zombies, VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck,
-        KeepPrevParity, CommitFirst, SyncUndo, AnswerLost} \subseteq BOOLEAN
+        KeepPrevParity, CommitFirst, SyncUndo, AnswerLost, SettleBeforeFail} \subseteq BOOLEAN
 ASSUME ~(VisibleFirst /\ CommitFirst)
 
 Workers  == 1..K
@@ -186,25 +198,37 @@ VARIABLES
     base,      \* seq the latest incarnation of w resumed from (after replay)
     rebuilt,   \* <<gen, decoded image>> of w's last rebuild, or <<NoGen, 0>>
     \* ---- CommitFirst (constant {} and FALSE without it) ----
-    dropped,   \* seqs of w whose write was given up and undone (reported failed)
-    undos,     \* those whose hidden commit and (not yet durable) undo are both
-               \* in w's engine: a power cut may keep the one and lose the other
+    \* A given-up seq (its write undone locally) is in exactly one of dropped,
+    \* settling and unsure (GivenUp).
+    dropped,   \* seqs of w whose write was given up and reported FAILED
+    settling,  \* [SettleBeforeFail] given up, not reported yet: the worker is
+               \* trying to make every holder drop its possible tail entry
+    unsure,    \* [SettleBeforeFail] given up and reported as of UNKNOWN outcome
+               \* (or not reported at all: the worker died while settling)
+    undos,     \* given-up seqs whose hidden commit and (not yet durable) undo
+               \* are both in w's engine: a power cut may keep the one and lose
+               \* the other
     revived    \* ghost: w's engine holds the batch of a write in `dropped`
 
 workerVars == <<wst, ep, iep, applied, wr, wacks, pg, ng, gacks, dfrom, cut>>
 holderVars == <<par, rec, prev, dpar, tail, hep, hdown>>
 zombieVars == <<zst, zw, ze, zapplied, zwr, zacks>>
 histVars   == <<crashes, losses, advances, ackedMax, seen, base, rebuilt>>
-cfVars     == <<dropped, undos, revived>>
+cfVars     == <<dropped, settling, unsure, undos, revived>>
 vars == <<workerVars, holderVars, zombieVars, histVars, cfVars>>
+
+\* The seqs of w whose write was given up, whatever the client was told.
+GivenUp(w) == dropped[w] \cup settling[w] \cup unsure[w]
 
 \* The page image of worker w after the batches 1..s that were not given up
 \* (a given-up seq changes nothing: its undo restored the previous values).
 \* When s is given up nothing records generation s or later yet (advances pin
-\* only the visible state), so no parity changes meaning.
+\* only the visible state), so no parity changes meaning.  (A write of unknown
+\* outcome that a rebuild revives keeps this labelling: only seqs matter to
+\* the invariants, and every node computes with the same Img.)
 RECURSIVE Img(_, _)
 Img(w, s) == IF s = 0 THEN 0
-             ELSE IF s \in dropped[w] THEN Img(w, s - 1)
+             ELSE IF s \in GivenUp(w) THEN Img(w, s - 1)
              ELSE ((w - 1) * MaxSeq + s) % Prime
 
 \* [CommitFirst] with one holder the worker's latest local commit is hidden
@@ -215,9 +239,12 @@ VisibleSeq(w) == IF Hidden(w) THEN applied[w] - 1 ELSE applied[w]
 
 \* Replaying the tail entries T after seq b: a given-up seq that no holder
 \* stored is no gap (the replay simply has no entry for it); one that a
-\* holder did store (AnswerLost) is replayed, reviving the failed write.
-Replay(w, b, T)  == Extend(b, T \cup dropped[w])
-Revives(w, b, T) == \E s \in dropped[w] \cap T : b < s /\ s <= Replay(w, b, T)
+\* holder did store (AnswerLost) is replayed, reviving the given-up write.
+\* RevivesOf: it revives one of the given-up seqs S; Revives: a write reported
+\* FAILED (one of unknown outcome may be revived).
+Replay(w, b, T)  == Extend(b, T \cup GivenUp(w))
+RevivesOf(S, w, b, T) == \E s \in S \cap T : b < s /\ s <= Replay(w, b, T)
+Revives(w, b, T) == RevivesOf(dropped[w], w, b, T)
 
 Live(w)   == wst[w] = "up"
 \* Nodes that count as failed: a worker from the loss of its disk until it
@@ -249,6 +276,10 @@ TypeOK ==
     /\ seen \in [Workers -> Seqs] /\ base \in [Workers -> Seqs]
     /\ rebuilt \in [Workers -> ({NoGen} \cup Seqs) \X F_p]
     /\ dropped \in [Workers -> SUBSET (1..MaxSeq)]
+    /\ settling \in [Workers -> SUBSET (1..MaxSeq)]
+    /\ unsure \in [Workers -> SUBSET (1..MaxSeq)]
+    /\ \A w \in Workers : dropped[w] \cap settling[w] = {} /\ dropped[w] \cap unsure[w] = {}
+                         /\ settling[w] \cap unsure[w] = {}
     /\ undos \in [Workers -> SUBSET (1..MaxSeq)]
     /\ revived \in [Workers -> BOOLEAN]
 
@@ -273,6 +304,8 @@ Init ==
     /\ ackedMax = [w \in Workers |-> 0] /\ seen = [w \in Workers |-> 0] /\ base = [w \in Workers |-> 0]
     /\ rebuilt = [w \in Workers |-> <<NoGen, 0>>]
     /\ dropped = [w \in Workers |-> {}]
+    /\ settling = [w \in Workers |-> {}]
+    /\ unsure = [w \in Workers |-> {}]
     /\ undos = [w \in Workers |-> {}]
     /\ revived = [w \in Workers |-> FALSE]
 
@@ -330,13 +363,15 @@ Recover(w, FW, FH) ==
     ELSE LET good == {o \in Options(w, FW, FH) : o[2] = Img(w, o[1])}
          IN IF good = {} THEN NoGen ELSE Max({Replay(w, o[1], TailsOf(w, FH)) : o \in good})
 
-\* That recovery replays a tail entry of a write that was given up.
-RecoverRevives(w, FW, FH) ==
-    dropped[w] # {} /\
-    IF w \notin FW THEN Revives(w, applied[w], TailsOf(w, FH))
+\* That recovery replays a tail entry of a given-up write in S (RecoverRevives:
+\* of one reported FAILED).
+RecoverRevivesOf(S, w, FW, FH) ==
+    S # {} /\
+    IF w \notin FW THEN RevivesOf(S, w, applied[w], TailsOf(w, FH))
     ELSE \E o \in {o \in Options(w, FW, FH) : o[2] = Img(w, o[1])} :
             /\ Replay(w, o[1], TailsOf(w, FH)) = Recover(w, FW, FH)
-            /\ Revives(w, o[1], TailsOf(w, FH))
+            /\ RevivesOf(S, w, o[1], TailsOf(w, FH))
+RecoverRevives(w, FW, FH) == RecoverRevivesOf(dropped[w], w, FW, FH)
 
 \* Every failure pattern of at most M nodes that includes the nodes that are
 \* down now (lost and not yet recovered).
@@ -396,44 +431,101 @@ CommitWrite(w) ==
 \* holder acknowledged it (refused, the holder gone or unreachable past the
 \* timeout): it undoes the hidden commit by a new local commit that restores
 \* the previous values and keeps the seq as recorded (Protector::Undo: a
-\* restart does not replay s from a tail), reveals that commit (readers see
-\* no change) and reports the write failed.  The seq is consumed: the next
-\* write takes s + 1, and the content at s is that at s - 1 (Img).  The
-\* holder did not store the append, or [AnswerLost] it did and the answer was
-\* lost.  [~SyncUndo] the undo is not durable yet (as a write without sync).
+\* restart does not replay s from a tail) and reveals that commit (readers
+\* see no change).  The seq is consumed: the next write takes s + 1, and the
+\* content at s is that at s - 1 (Img).  The holder did not store the
+\* append, or [AnswerLost] it did and the answer was lost.  [~SyncUndo] the
+\* undo is not durable yet (as a write without sync).
+\* The report: [~SettleBeforeFail] the write is reported failed at once.
+\* [SettleBeforeFail] only if every holder that did not store it refused it
+\* (an answer: it did not store it); if some holder gave no answer (always
+\* so for one that stored it: its answer was lost) the seq is `settling`:
+\* the client waits for SettleAdvance / ReportGiveUp.  The model settles
+\* only when a holder did store it; when none did, it reports the failure
+\* at once whether the holders refused or gave no answer.  That covers the
+\* code's settle of such a write: with no tail entry to drop, the settle
+\* changes nothing but the timing of the report (its forced advance is one
+\* BeginAdvance may take anyway), and FAILED is the report that
+\* NoFailedWriteRevived constrains.  (Modelling both answers there would
+\* multiply the states for no behaviour the invariants can see.)
 GiveUp(w) ==
     /\ Live(w) /\ Hidden(w) /\ wacks[w] # Holders
-    /\ dropped' = [dropped EXCEPT ![w] = @ \cup {wr[w]}]
     /\ undos' = IF SyncUndo THEN undos ELSE [undos EXCEPT ![w] = @ \cup {wr[w]}]
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
-    /\ \/ UNCHANGED <<tail, hep>>
-       \/ /\ AnswerLost
-          /\ \E j \in Holders \ wacks[w] :
-               /\ ~EpochCheck \/ iep[w] >= hep[j][w]
-               /\ tail' = [tail EXCEPT ![j][w] = IF wr[w] > rec[j][w] THEN @ \cup {wr[w]} ELSE @]
-               /\ hep' = [hep EXCEPT ![j][w] = IF iep[w] > @ THEN iep[w] ELSE @]
+    /\ \E stored \in IF AnswerLost THEN BOOLEAN ELSE {FALSE} :
+         /\ IF stored
+              THEN \E j \in Holders \ wacks[w] :
+                     /\ ~EpochCheck \/ iep[w] >= hep[j][w]
+                     /\ tail' = [tail EXCEPT ![j][w] = IF wr[w] > rec[j][w] THEN @ \cup {wr[w]} ELSE @]
+                     /\ hep' = [hep EXCEPT ![j][w] = IF iep[w] > @ THEN iep[w] ELSE @]
+              ELSE UNCHANGED <<tail, hep>>
+         /\ IF SettleBeforeFail /\ stored
+              THEN /\ settling' = [settling EXCEPT ![w] = @ \cup {wr[w]}]
+                   /\ UNCHANGED dropped
+              ELSE /\ dropped' = [dropped EXCEPT ![w] = @ \cup {wr[w]}]
+                   /\ UNCHANGED settling
     /\ UNCHANGED <<wst, ep, iep, cut, applied, pg, ng, gacks, dfrom, par, rec, prev,
-                   dpar, hdown, zombieVars, histVars, revived>>
+                   dpar, hdown, zombieVars, histVars, unsure, revived>>
+
+\* [SettleBeforeFail] The given-up write's client is answered OUTCOME UNKNOWN:
+\* the forced advance did not reach every holder (unreachable, refused,
+\* frozen, another advance failing).  The FAILED answer is ReportCovered.
+ReportGiveUp(w) ==
+    /\ Live(w)
+    /\ \E s \in settling[w] :
+         /\ settling' = [settling EXCEPT ![w] = @ \ {s}]
+         /\ unsure' = [unsure EXCEPT ![w] = @ \cup {s}]
+    /\ UNCHANGED <<workerVars, holderVars, zombieVars, histVars, dropped, undos, revived>>
 
 (***************************************************************************)
 (* Generation advance                                                      *)
 (***************************************************************************)
 
+\* [SettleBeforeFail] The given-up seqs that no generation every holder is
+\* known to record covers yet (being settled, or reported as unknown).
+Unsettled(w) == {s \in settling[w] \cup unsure[w] : s > ng[w]}
+
 \* Pin a snapshot at the applied seq and send Delta(from = pg, to = applied) to
 \* every holder.  Not while the manager has advances frozen (a worker is being
 \* rebuilt) or a holder is still being re-protected by this worker.
 \* [CommitFirst] the snapshot is the visible one: before a hidden commit.
+\* [SettleBeforeFail] this is also the forced advance after a give-up that a
+\* holder may have stored (SettleAdvance below); such advances may go on
+\* after MaxAdv is used up while a given-up seq is not covered (the advance
+\* loop retries every 500 ms): bounded all the same, since ng only grows.
 BeginAdvance(w) ==
     /\ wst[w] = "up" /\ pg[w] = ng[w] /\ gacks[w] = Holders
-    /\ VisibleSeq(w) > ng[w] /\ advances < MaxAdv
+    /\ VisibleSeq(w) > ng[w]
+    /\ advances < MaxAdv \/ (SettleBeforeFail /\ Unsettled(w) # {})
     /\ \A v \in Workers : wst[v] # "lost"
     /\ ng' = [ng EXCEPT ![w] = VisibleSeq(w)]
     /\ gacks' = [gacks EXCEPT ![w] = {}]
     /\ dfrom' = [dfrom EXCEPT ![w] = [j \in Holders |-> pg[w]]]
-    /\ advances' = advances + 1
+    /\ advances' = IF advances < MaxAdv THEN advances + 1 ELSE advances
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, pg, holderVars, zombieVars,
                    crashes, losses, ackedMax, seen, base, rebuilt, cfVars>>
+
+\* [SettleBeforeFail] The forced advance for a given-up seq (Protector::
+\* SettleGivenUp: Advance of the visible snapshot, which holds the undo
+\* commit recording the seq, so the new generation covers it and a holder
+\* that applies it drops the tail entry, DeliverDelta), and the advance
+\* loop's retries while a given-up seq is not covered.  It waits for an
+\* advance in flight (advance_mu_) and for the freeze.  A case of
+\* BeginAdvance, named for its fairness (GivenUpSettled).
+SettleAdvance(w) == SettleBeforeFail /\ Unsettled(w) # {} /\ BeginAdvance(w)
+
+\* [SettleBeforeFail] With the acknowledgement that makes every holder known
+\* to record ng[w] (`acks`), the give-ups being settled that ng[w] covers are
+\* answered FAILED (Protector::SettleGivenUp: covered_ >= seq).  The code
+\* answers a little later (when Advance returns), but covered_ only grows,
+\* so the answer is FAILED all the same; answering in this step only checks
+\* the write (NoFailedWriteRevived) from an earlier state on.
+ReportCovered(w, acks) ==
+    IF Live(w) /\ acks = Holders
+    THEN /\ dropped' = [dropped EXCEPT ![w] = @ \cup {s \in settling[w] : s <= ng[w]}]
+         /\ settling' = [settling EXCEPT ![w] = {s \in @ : s > ng[w]}]
+    ELSE UNCHANGED <<dropped, settling>>
 
 \* Holder j handles Delta(w, epoch, from = dfrom[w][j], to = ng[w]).  If it
 \* records `from` (or [~FromCheck] regardless), in one atomic step: parity +=
@@ -464,8 +556,9 @@ DeliverDelta(w, j) ==
                     ELSE /\ dfrom' = [dfrom EXCEPT ![w][j] = rec[j][w]]
                          /\ UNCHANGED gacks
                /\ UNCHANGED <<par, rec, prev, dpar, tail, hep>>
+    /\ ReportCovered(w, gacks'[w])
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, pg, ng, hdown, zombieVars,
-                   histVars, cfVars>>
+                   histVars, unsure, undos, revived>>
 
 \* Every holder acknowledged (or [ReleaseOnFirstAck] one did): release the
 \* old snapshot.
@@ -490,6 +583,8 @@ ReleaseOld(w) ==
 \* generation), the power cut may also keep a's hidden commit and lose the
 \* undo after it (lostUndo): the engine then holds the failed write's batch.
 \* After any crash what survived is durable (`undos` empties).
+\* [SettleBeforeFail] a give-up being settled is never reported: its client
+\* gets a transport error, an unknown outcome.
 Crash(w) ==
     /\ wst[w] = "up" /\ crashes < MaxCrash
     /\ crashes' = crashes + 1
@@ -500,8 +595,10 @@ Crash(w) ==
          /\ applied' = [applied EXCEPT ![w] = a]
          /\ lost => ~cut[w] /\ NumDown < M
          /\ cut' = [cut EXCEPT ![w] = @ \/ lost]
-         /\ revived' = [revived EXCEPT ![w] = @ \/ lostUndo]
+         /\ revived' = [revived EXCEPT ![w] = @ \/ (lostUndo /\ a \in dropped[w])]
     /\ undos' = [undos EXCEPT ![w] = {}]
+    /\ unsure' = [unsure EXCEPT ![w] = @ \cup settling[w]]
+    /\ settling' = [settling EXCEPT ![w] = {}]
     /\ UNCHANGED <<ep, iep, wr, wacks, pg, ng, gacks, dfrom, holderVars, zombieVars,
                    losses, advances, ackedMax, seen, base, rebuilt, dropped>>
 
@@ -513,7 +610,7 @@ PendFrom(w, j, recs) == IF rec[j][w] = Max(recs) THEN 0 ELSE rec[j][w]
 \* the lowest generation it re-pinned (j keeps those above what it records).
 \* (A given-up seq has nothing to append.)
 CaughtUp(w, j, lo, a) ==
-    tail[j][w] \cup {s \in (lo + 1)..a : s > rec[j][w] /\ s \notin dropped[w]}
+    tail[j][w] \cup {s \in (lo + 1)..a : s > rec[j][w] /\ s \notin GivenUp(w)}
 
 \* Restart on the intact disk: a new incarnation (new epoch); it contacts every
 \* holder first (raising the epoch it has seen: the dead incarnation's messages
@@ -546,7 +643,7 @@ Restart(w) ==
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ UNCHANGED <<par, rec, prev, dpar, hdown, zombieVars, crashes, losses,
-                   advances, ackedMax, base, rebuilt, dropped, undos>>
+                   advances, ackedMax, base, rebuilt, dropped, settling, unsure, undos>>
 
 (***************************************************************************)
 (* Disk loss of a worker, rebuild, zombie                                  *)
@@ -555,7 +652,9 @@ Restart(w) ==
 \* The worker's disk is lost (or the manager declares it so).  The manager
 \* bumps its epoch and freezes advances.  The old process is dead (its
 \* messages in flight may still arrive) or [Zombies] lives on as a zombie
-\* with the old epoch, taking its write in flight with it.
+\* with the old epoch, taking its write in flight with it.  [SettleBeforeFail]
+\* A give-up being settled is answered as of unknown outcome (the zombie's
+\* own advances are not modelled) or not at all.
 LoseWorker(w) ==
     /\ wst[w] \in {"up", "crashed"}
     /\ losses < MaxLoss /\ NumDown < M
@@ -570,6 +669,8 @@ LoseWorker(w) ==
           /\ wr' = [wr EXCEPT ![w] = 0]
     /\ undos' = [undos EXCEPT ![w] = {}]
     /\ revived' = [revived EXCEPT ![w] = FALSE]
+    /\ unsure' = [unsure EXCEPT ![w] = @ \cup settling[w]]
+    /\ settling' = [settling EXCEPT ![w] = {}]
     /\ UNCHANGED <<iep, cut, wacks, pg, ng, gacks, dfrom, holderVars,
                    crashes, advances, ackedMax, seen, base, rebuilt, dropped>>
 
@@ -607,7 +708,7 @@ Rebuild(w) ==
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ UNCHANGED <<ep, cut, par, rec, prev, dpar, hdown, zombieVars, crashes, losses,
-                   advances, ackedMax, dropped, undos>>
+                   advances, ackedMax, dropped, settling, unsure, undos>>
 
 \* The zombie keeps writing with its old epoch ...
 ZBegin ==
@@ -661,7 +762,7 @@ LoseHolder(j) ==
     /\ prev' = [prev EXCEPT ![j] = [w \in Workers |-> 0]]
     /\ dpar' = [dpar EXCEPT ![j] = [w \in Workers |-> 0]]
     /\ tail' = [tail EXCEPT ![j] = [w \in Workers |->
-                   IF Live(w) THEN {s \in (pg[w] + 1)..VisibleSeq(w) : s \notin dropped[w]}
+                   IF Live(w) THEN {s \in (pg[w] + 1)..VisibleSeq(w) : s \notin GivenUp(w)}
                    ELSE {}]]
     /\ hep' = [hep EXCEPT ![j] = ep]
     /\ wacks' = [w \in Workers |-> IF Live(w) THEN wacks[w] \ {j}
@@ -685,6 +786,7 @@ HolderRecovered(j) ==
 Next ==
     \/ \E w \in Workers :
          \/ BeginWrite(w) \/ CommitWrite(w) \/ GiveUp(w)
+         \/ ReportGiveUp(w)
          \/ BeginAdvance(w) \/ ReleaseOld(w)
          \/ Crash(w) \/ Restart(w)
          \/ LoseWorker(w) \/ Rebuild(w)
@@ -740,18 +842,26 @@ HolderGenPinned ==
     \A w \in Workers : wst[w] # "lost" =>
         \A j \in Holders : Avail(w, rec[j][w])
 
-\* [CommitFirst] A write that was given up (undone and reported failed) is
+\* [CommitFirst] A write that was given up (undone) and reported FAILED is
 \* never served afterwards: no serving worker's engine holds its batch, and
 \* no recovery possible now (any failure pattern) replays it from a tail.
 \* (Under a later write, that takes away values readers saw after the undo.)
+\* [SettleBeforeFail] A write reported as of unknown outcome may be.
 NoFailedWriteRevived ==
     /\ \A w \in Workers : wst[w] = "up" => ~revived[w]
     /\ \A f \in Failures : \A w \in Workers : ~RecoverRevives(w, f[1], f[2])
 
-\* Model sanity: a given-up seq is never taken again by a serving worker (Img
-\* gives seq s one content: that of s - 1).
+\* [SettleBeforeFail] Witness, checked only in tla/findings/ (expected to be
+\* violated): no recovery possible now replays a write reported as of UNKNOWN
+\* outcome.  Not a property of the code (that is what UNKNOWN allows); its
+\* counterexample shows the case that remains.
+NoUnknownWriteRevived ==
+    \A f \in Failures : \A w \in Workers : ~RecoverRevivesOf(unsure[w], w, f[1], f[2])
+
+\* Model sanity: a given-up seq (whatever was reported) is never taken again
+\* by a serving worker (Img gives seq s one content: that of s - 1).
 DroppedNotReused ==
-    \A w \in Workers : wst[w] = "up" => \A s \in dropped[w] : s <= applied[w]
+    \A w \in Workers : wst[w] = "up" => \A s \in GivenUp(w) : s <= applied[w]
 
 (***************************************************************************)
 (* Liveness                                                                *)
@@ -762,6 +872,7 @@ Fairness ==
     \A w \in Workers :
         /\ WF_vars(Rebuild(w)) /\ WF_vars(Restart(w))
         /\ WF_vars(ReleaseOld(w)) /\ WF_vars(CommitWrite(w))
+        /\ WF_vars(SettleAdvance(w)) /\ WF_vars(ReportGiveUp(w))
         /\ \A j \in Holders : WF_vars(DeliverAppend(w, j)) /\ WF_vars(DeliverDelta(w, j))
 
 
@@ -769,4 +880,12 @@ FairSpec == Spec /\ Fairness
 
 \* A worker whose disk was lost is rebuilt and serves again.
 RebuildCompletes == \A w \in Workers : (wst[w] = "lost") ~> (wst[w] = "up")
+
+\* [SettleBeforeFail] A given-up write is eventually reported, and every
+\* holder eventually records a generation that covers its seq (so no tail
+\* keeps it and no rebuild can revive it any more).
+GivenUpSettled ==
+    \A w \in Workers : \A s \in 1..MaxSeq :
+        (s \in settling[w] \cup unsure[w]) ~>
+            (s \notin settling[w] /\ \A j \in Holders : rec[j][w] >= s)
 =============================================================================
