@@ -103,7 +103,7 @@
 (*                    once only if every holder that did not store the     *)
 (*                    append refused it (an answer: it did not store it).  *)
 (*                    If some holder gave no answer, the worker first tries *)
-(*                    a forced advance of the visible snapshot (which       *)
+(*                    a settling advance of the visible snapshot (which     *)
 (*                    records the given-up seq): the write is reported     *)
 (*                    FAILED if every holder then records a generation     *)
 (*                    covering the seq (its tail entry is dropped), else   *)
@@ -444,10 +444,11 @@ CommitWrite(w) ==
 \* only when a holder did store it; when none did, it reports the failure
 \* at once whether the holders refused or gave no answer.  That covers the
 \* code's settle of such a write: with no tail entry to drop, the settle
-\* changes nothing but the timing of the report (its forced advance is one
+\* changes nothing but the timing of the report (its settling advance is one
 \* BeginAdvance may take anyway), and FAILED is the report that
-\* NoFailedWriteRevived constrains.  (Modelling both answers there would
-\* multiply the states for no behaviour the invariants can see.)
+\* NoFailedWriteRevived constrains.  (Modelling both answers there multiplied
+\* the states by about 12 even with nothing stored, for no behaviour the
+\* invariants can see: tla/README.md.)
 GiveUp(w) ==
     /\ Live(w) /\ Hidden(w) /\ wacks[w] # Holders
     /\ undos' = IF SyncUndo THEN undos ELSE [undos EXCEPT ![w] = @ \cup {wr[w]}]
@@ -469,7 +470,7 @@ GiveUp(w) ==
                    dpar, hdown, zombieVars, histVars, unsure, revived>>
 
 \* [SettleBeforeFail] The given-up write's client is answered OUTCOME UNKNOWN:
-\* the forced advance did not reach every holder (unreachable, refused,
+\* the settling advance did not reach every holder (unreachable, refused,
 \* frozen, another advance failing).  The FAILED answer is ReportCovered.
 ReportGiveUp(w) ==
     /\ Live(w)
@@ -490,7 +491,7 @@ Unsettled(w) == {s \in settling[w] \cup unsure[w] : s > ng[w]}
 \* every holder.  Not while the manager has advances frozen (a worker is being
 \* rebuilt) or a holder is still being re-protected by this worker.
 \* [CommitFirst] the snapshot is the visible one: before a hidden commit.
-\* [SettleBeforeFail] this is also the forced advance after a give-up that a
+\* [SettleBeforeFail] this is also the settling advance after a give-up that a
 \* holder may have stored (SettleAdvance below); such advances may go on
 \* after MaxAdv is used up while a given-up seq is not covered (the advance
 \* loop retries every 500 ms): bounded all the same, since ng only grows.
@@ -506,7 +507,7 @@ BeginAdvance(w) ==
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, pg, holderVars, zombieVars,
                    crashes, losses, ackedMax, seen, base, rebuilt, cfVars>>
 
-\* [SettleBeforeFail] The forced advance for a given-up seq (Protector::
+\* [SettleBeforeFail] The settling advance for a given-up seq (Protector::
 \* SettleGivenUp: Advance of the visible snapshot, which holds the undo
 \* commit recording the seq, so the new generation covers it and a holder
 \* that applies it drops the tail entry, DeliverDelta), and the advance
