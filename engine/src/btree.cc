@@ -407,6 +407,49 @@ void DropPage(Txn& txn, uint64_t pgno, uint64_t txnid) {
   FreePages(txn, pgno, 1, txnid);
 }
 
+// Moves the subtree at *pgno (written by *pg_txnid) out of [limit, ...): every page of it at or
+// above `limit`, and every overflow run starting there, is copied to a page allocated now (the
+// lowest free one), and so is each page on the way to a moved page, since its child reference
+// changes. `levels` counts the levels below this page (0: a leaf), so leaves below `limit` of a
+// tree without overflow values are never read.
+Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid, uint32_t levels,
+                    uint64_t limit) {
+  TESSERA_ASSIGN_OR_RETURN(uint8_t * page,
+                           ReadPage(txn, *pgno, levels == 0 ? kLeaf : kBranch, *pg_txnid));
+  auto writable = [&]() -> Status {
+    if (PageView{page}.txnid() == txn.txnid) return Status::Ok();
+    TESSERA_ASSIGN_OR_RETURN(page, Touch(txn, pgno));
+    *pg_txnid = txn.txnid;
+    return Status::Ok();
+  };
+  if (*pgno >= limit) TESSERA_RETURN_IF_ERROR(writable());
+  const unsigned count = PageView{page}.count();
+  if (levels > 0) {
+    for (unsigned i = 0; i < count; ++i) {
+      BranchCell bc{PageView{page}.cell(i)};
+      uint64_t child = bc.child(), child_txnid = bc.child_txnid();
+      if (child < limit && levels == 1 && tree->overflow_pages == 0) continue;
+      TESSERA_RETURN_IF_ERROR(RelocatePage(txn, tree, &child, &child_txnid, levels - 1, limit));
+      if (child == bc.child()) continue;
+      TESSERA_RETURN_IF_ERROR(writable());
+      SetBranchChild(PageView{page}.cell(i), child, child_txnid);
+    }
+    return Status::Ok();
+  }
+  for (unsigned i = 0; i < count && tree->overflow_pages > 0; ++i) {
+    LeafCell lc{PageView{page}.cell(i)};
+    if (!lc.overflow() || lc.ovf_pgno() < limit) continue;
+    uint64_t ovf = lc.ovf_pgno();
+    TESSERA_RETURN_IF_ERROR(ReadPage(txn, ovf, kOverflow, lc.ovf_txnid()).status());
+    TESSERA_RETURN_IF_ERROR(writable());
+    TESSERA_RETURN_IF_ERROR(Touch(txn, &ovf).status());
+    uint8_t* ref = const_cast<uint8_t*>(LeafCell{PageView{page}.cell(i)}.val());
+    Store(ref, ovf);
+    Store(ref + 8, txn.txnid);  // Finalize fills in the run's checksum
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 uint32_t MaxInlineCell(uint32_t page_size) { return UsableBytes(page_size) / 4 - 2; }
@@ -593,6 +636,18 @@ Status Delete(Txn& txn, TreeInfo* tree, std::string_view key) {
 Status Drop(Txn& txn, TreeInfo* tree) {
   if (tree->root != kInvalidPage) DropPage(txn, tree->root, tree->root_txnid);
   *tree = TreeInfo{};
+  ++txn.mod_count;
+  return Status::Ok();
+}
+
+Status Relocate(Txn& txn, TreeInfo* tree, uint64_t limit) {
+  if (tree->root == kInvalidPage || tree->depth == 0) return Status::Ok();
+  uint64_t root = tree->root, root_txnid = tree->root_txnid;
+  TESSERA_RETURN_IF_ERROR(RelocatePage(txn, tree, &root, &root_txnid, tree->depth - 1, limit));
+  if (root != tree->root || root_txnid != tree->root_txnid) {
+    tree->root = root;
+    tree->root_txnid = root_txnid;
+  }
   ++txn.mod_count;
   return Status::Ok();
 }

@@ -30,6 +30,10 @@ Status Delete(Txn& txn, TreeInfo* tree, std::string_view key);
 // Frees every page of the tree.
 Status Drop(Txn& txn, TreeInfo* tree);
 
+// Moves every page of the tree at or above page `limit` (and every overflow run starting there)
+// to the lowest free pages, with the pages on the way to them (Db::Shrink).
+Status Relocate(Txn& txn, TreeInfo* tree, uint64_t limit);
+
 // Commit helpers: post-order checksums of this transaction's pages reachable from the tree;
 // fills tree->root_crc.
 void Finalize(Txn& txn, TreeInfo* tree);

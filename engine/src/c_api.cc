@@ -93,6 +93,8 @@ int ParseOptions(const char* s, tessera::engine::Options* o, bool* sync) {
       o->reserve_bytes = n;
     } else if (k == "commit_log" && ParseBool(v, &b)) {
       o->commit_log = b;
+    } else if (k == "shrink_on_close" && ParseBool(v, &b)) {
+      o->shrink_on_close = b;
     } else if (k == "format_version" && ParseU64(v, &n) && n <= 2) {
       o->format_version = static_cast<uint32_t>(n);
     } else {

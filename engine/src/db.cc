@@ -577,7 +577,8 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
                             t.freed_young.size() + t.txn_reusable.size() +
                             db->freelist_chain.size();
   const uint64_t dump_pages = free_est / per_page + 1;
-  const bool dump = db->freelist_chain.empty() || db->freelist_chain.size() >= 4 * dump_pages + 64;
+  const bool dump = t.freelist_dump || db->freelist_chain.empty() ||
+                    db->freelist_chain.size() >= 4 * dump_pages + 64;
   std::vector<uint64_t> record;
   std::vector<std::pair<uint64_t, uint64_t>> entries;  // (freeing txn or kRunRemoved, page)
   auto gather = [&] {
@@ -778,6 +779,16 @@ Db::Db(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Db::~Db() {
   if (!impl_) return;
+  if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok() && impl_->opts.shrink_on_close) {
+    bool worth;
+    {
+      std::lock_guard<std::mutex> l(impl_->write_mu);
+      const uint64_t free = impl_->reusable.size() + impl_->pending_count;
+      worth = free * impl_->page_size >= (uint64_t{8} << 20) && free >= impl_->meta.last_page / 4;
+    }
+    // A failure leaves a consistent database (each step is a commit); the flush below says more.
+    if (worth) (void)Shrink();
+  }
   if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok()) {
     std::lock_guard<std::mutex> l(impl_->write_mu);
     // A clean close makes nosync and logged commits durable and gives back the space grown ahead
@@ -1277,6 +1288,78 @@ Status Db::Sync() {
   std::lock_guard<std::mutex> l(impl_->write_mu);
   if (!impl_->fatal.ok()) return impl_->fatal;
   TESSERA_RETURN_IF_ERROR(impl_->FlushDurable(impl_->meta.txnid, impl_->meta_slot));
+  return Status::Ok();
+}
+
+// Three commits, each flushed. The first copies the pages in use at the file's end (and the
+// pages on the way to them) into the lowest free pages; once flushed, the pages it left are free
+// at the end of the file. The second lowers the high-water mark below them; the third, empty,
+// puts the same high-water mark into the other meta slot, so that neither meta a later open may
+// choose names a page past the new end. Then the file is cut.
+Status Db::Shrink() {
+  Impl& d = *impl_;
+  if (d.opts.read_only) {
+    return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
+  }
+  std::lock_guard<std::mutex> one_at_a_time(d.shrink_mu);
+  // Pages freed since the last flush may be reused only after one.
+  TESSERA_RETURN_IF_ERROR(Sync());
+  {
+    TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());
+    ReadTxn::Impl& t = *w->impl_;
+    TESSERA_ASSIGN_OR_RETURN(auto names, w->ListTrees());
+    uint64_t branches =
+        t.meta.main.branch_pages + t.meta.catalog.branch_pages + t.meta.catalog.depth;
+    std::vector<TreeInfo*> trees{&t.meta.main, &t.meta.catalog};
+    for (const auto& name : names) {
+      TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, t.Tree(name, false));
+      branches += info->branch_pages + 1;
+      trees.push_back(info);
+      t.trees.find(name)->second.dirty = true;
+    }
+    // Pages in use (free ones a reader still holds count as in use) must fit below the limit,
+    // with room for what the move allocates besides them: the branch pages on the way to moved
+    // pages and the freelist record.
+    const uint64_t last = t.meta.last_page;
+    const uint64_t in_use = last - format::kMetaPages - d.reusable.size();
+    const uint64_t per_page =
+        (d.page_size - format::kHeaderSize - format::kFreelistBodyHeader) / format::kFreeRunSize;
+    const uint64_t limit = format::kMetaPages + in_use + branches +
+                           (d.reusable.size() + d.pending_count) / per_page + 16;
+    if (limit >= last) return Status::Ok();  // nothing to give back (the txn aborts)
+    for (TreeInfo* info : trees) TESSERA_RETURN_IF_ERROR(btree::Relocate(t, info, limit));
+    t.freelist_changed = true;
+    t.freelist_dump = true;  // the old freelist record's pages may lie at the end too
+    TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+  }
+  TESSERA_RETURN_IF_ERROR(Sync());
+  {
+    TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());
+    ReadTxn::Impl& t = *w->impl_;
+    const uint64_t last = t.meta.last_page;
+    uint64_t end = last;
+    while (end > format::kMetaPages && d.reusable.contains(end - 1)) --end;
+    if (end == last) return Status::Ok();
+    for (uint64_t p = end; p < last; ++p) {
+      d.reusable.erase(p);
+      t.taken.push_back(p);  // back into the free set if this commit fails
+    }
+    t.meta.last_page = end;
+    t.freelist_changed = true;
+    t.freelist_dump = true;
+    TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+  }
+  TESSERA_RETURN_IF_ERROR(Sync());
+  {
+    TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());
+    TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+  }
+  TESSERA_RETURN_IF_ERROR(Sync());
+  std::lock_guard<std::mutex> l(d.write_mu);
+  if (d.region->page_count() > d.meta.last_page) {
+    TESSERA_RETURN_IF_ERROR(d.region->Truncate(d.meta.last_page));
+    TESSERA_RETURN_IF_ERROR(d.region->Flush());
+  }
   return Status::Ok();
 }
 

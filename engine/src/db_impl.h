@@ -76,6 +76,7 @@ struct Db::Impl {
   std::unique_ptr<RingEntry[]> ring;
   std::atomic<uint64_t> current_txn{0};
 
+  std::mutex shrink_mu;  // one Shrink at a time (taken before write_mu)
   // ---- writer state (write_mu) ----
   std::mutex write_mu;
   Meta meta{};
@@ -209,6 +210,7 @@ struct ReadTxn::Impl {
   std::vector<uint64_t> txn_reusable;  // pages allocated then freed by this txn
   std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
   bool freelist_changed = false;
+  bool freelist_dump = false;  // write the whole free set, not a log record (Shrink)
   // The operations of this write transaction as a commit-log payload, while it stays small enough
   // to log (log_ok); a sync commit with !log_ok flushes the data file instead.
   std::string log_ops;

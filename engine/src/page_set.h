@@ -47,6 +47,13 @@ class PageSet {
     for (; first != last; ++first) insert(*first);
   }
 
+  // Removes p, which must be a member.
+  void erase(uint64_t p) {
+    TESSERA_ASSERT(contains(p), "page ", p, " is not in the free set");
+    words_[p >> 6] &= ~(uint64_t{1} << (p & 63));
+    --count_;
+  }
+
   // Removes and returns the lowest member; the set must not be empty.
   uint64_t take_lowest() {
     TESSERA_ASSERT(count_ > 0, "take_lowest on an empty page set");

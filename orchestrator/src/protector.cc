@@ -930,6 +930,8 @@ Result<std::unique_ptr<engine::Db>> Protector::Recover(bool rebuild,
   }
   engine::Options opts;
   opts.sync = false;
+  // The holders' parity and the pins a restart restores name page numbers of this file.
+  opts.shrink_on_close = false;
   for (const auto& d : descs) {
     opts.retain_freed_after =
         opts.retain_freed_after == 0 ? d.txnid : std::min(opts.retain_freed_after, d.txnid);
@@ -1303,6 +1305,7 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
     }
     engine::Options opts;
     opts.sync = false;
+    opts.shrink_on_close = false;  // as in Recover
     opts.retain_freed_after = static_cast<uint64_t>(g);
     auto db = engine::Db::Open(path, opts);
     if (!db.ok()) return db.status().WithContext("rebuilt worker data");

@@ -1,5 +1,6 @@
 // The C API, from C++: every function and its documented errors.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <string>
@@ -86,6 +87,56 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   tessera_db_close(db);
   EXPECT_STREQ(tessera_strerror(TESSERA_READ_ONLY),
                "write attempted through a read-only handle or transaction");
+}
+
+// A close shrinks a file that is mostly free unless shrink_on_close=0.
+TEST(EngineCApiTest, CloseShrinksAMostlyFreeFileUnlessToldNot) {
+  tessera::testing::TempDir dir;
+  tessera_db* db = nullptr;
+  EXPECT_EQ(tessera_db_open(dir.File("x").c_str(), "shrink_on_close=maybe", &db),
+            TESSERA_BAD_OPTIONS);
+  uint64_t bytes[2];
+  for (int shrink : {1, 0}) {
+    std::string path = dir.File("db" + std::to_string(shrink));
+    std::string opts = "sync=0;shrink_on_close=" + std::to_string(shrink);
+    ASSERT_EQ(tessera_db_open(path.c_str(), opts.c_str(), &db), TESSERA_OK);
+    std::string val(4000, 'v');  // a page of its own each
+    for (int pass = 0; pass < 2; ++pass) {
+      tessera_txn* w = nullptr;
+      ASSERT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_OK);
+      for (int i = 0; i < 3000; ++i) {
+        std::string k = "k" + std::to_string(i);
+        if (pass == 0) {
+          ASSERT_EQ(tessera_put(w, k.data(), k.size(), val.data(), val.size()), TESSERA_OK);
+        } else if (i % 30 != 0) {
+          ASSERT_EQ(tessera_del(w, k.data(), k.size()), TESSERA_OK);
+        }
+      }
+      ASSERT_EQ(tessera_txn_commit(w), TESSERA_OK);
+    }
+    tessera_db_close(db);
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    bytes[shrink] = static_cast<uint64_t>(st.st_size);
+    ASSERT_EQ(tessera_db_open(path.c_str(), "read_only=1", &db), TESSERA_OK);
+    tessera_txn* r = nullptr;
+    ASSERT_EQ(tessera_txn_begin(db, 1, &r), TESSERA_OK);
+    for (int i = 0; i < 3000; ++i) {
+      std::string k = "k" + std::to_string(i);
+      const void* v = nullptr;
+      size_t vl = 0;
+      ASSERT_EQ(tessera_get(r, k.data(), k.size(), &v, &vl),
+                i % 30 == 0 ? TESSERA_OK : TESSERA_NOTFOUND)
+          << k;
+      if (i % 30 == 0) {
+        EXPECT_EQ(std::string(static_cast<const char*>(v), vl), val);
+      }
+    }
+    tessera_txn_abort(r);
+    tessera_db_close(db);
+  }
+  EXPECT_GT(bytes[0], uint64_t{3000} * 4096);       // every value's page still there, free
+  EXPECT_LT(bytes[1], uint64_t{3000} * 4096 / 10);  // 100 values are left
 }
 
 }  // namespace

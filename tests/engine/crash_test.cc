@@ -33,10 +33,23 @@ std::string BatchKey(int batch, int j) {
 
 // Child: commits batch after batch; each batch rewrites 40 keys with the batch number; after each
 // commit returns, writes the batch number to `fd` (the acknowledgement).
-[[noreturn]] void Child(const std::string& path, int fd, bool sync, int start) {
+// With `shrink`, every other batch first writes and deletes a few hundred pages of filler, then
+// shrinks the file (a kill may land in any of Shrink's steps).
+[[noreturn]] void Child(const std::string& path, int fd, bool sync, int start, bool shrink) {
   auto db = Db::Open(path);
   if (!db.ok()) _exit(3);
   for (int batch = start;; ++batch) {
+    if (shrink && batch % 2 == 0) {
+      WriteBatch fill, del;
+      for (int j = 0; j < 3000; ++j) {
+        fill.Put("filler" + std::to_string(j), std::string(300, 'f'));
+        del.Delete("filler" + std::to_string(j));
+      }
+      if (!(*db)->Write(fill, WriteOptions{false}).ok()) _exit(6);
+      if (!(*db)->Sync().ok()) _exit(7);
+      if (!(*db)->Write(del, WriteOptions{false}).ok()) _exit(8);
+      if (!(*db)->Shrink().ok()) _exit(9);
+    }
     WriteBatch b;
     for (int j = 0; j < 40; ++j) {
       b.Put(BatchKey(batch, j), std::to_string(batch) + std::string(j * 13 % 300, 'x'));
@@ -64,8 +77,8 @@ void CheckState(Db& db, int acked, int* last_out) {
   *last_out = n;
 }
 
-void KillRounds(bool sync) {
-  uint64_t seed = Seed(sync ? "sigkill sync" : "sigkill nosync");
+void KillRounds(bool sync, bool shrink = false) {
+  uint64_t seed = Seed(shrink ? "sigkill shrink" : sync ? "sigkill sync" : "sigkill nosync");
   std::mt19937_64 rng(seed);
   testing::TempDir dir;
   std::string path = dir.File("db");
@@ -78,7 +91,7 @@ void KillRounds(bool sync) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       close(p[0]);
-      Child(path, p[1], sync, next);
+      Child(path, p[1], sync, next, shrink);
     }
     close(p[1]);
     auto delay = std::chrono::microseconds(2000 + rng() % 60000);
@@ -106,6 +119,7 @@ void KillRounds(bool sync) {
 
 TEST(EngineCrashTest, SigkillDuringSyncCommits) { KillRounds(true); }
 TEST(EngineCrashTest, SigkillDuringNosyncCommits) { KillRounds(false); }
+TEST(EngineCrashTest, SigkillDuringShrink) { KillRounds(false, /*shrink=*/true); }
 
 // Power cut: commits since the last flush may vanish, but the database opens at a state equal to
 // some commit at or after the last synced one, never a mixture, and verifies clean.
@@ -142,6 +156,21 @@ TEST(EngineCrashTest, SimulatedPowerCutKeepsACommitPrefix) {
       ASSERT_TRUE(db->Write(b, WriteOptions{sync}).ok());
       states.push_back(model);
       if (sync) last_synced = states.size() - 1;
+    }
+    if (rng() % 3 == 0) {
+      // Shrink flushes: everything so far is durable, and the commits after it may be lost.
+      ASSERT_TRUE(db->Shrink().ok());
+      last_synced = states.size() - 1;
+      for (int c = static_cast<int>(rng() % 3); c > 0; --c) {
+        WriteBatch b;
+        for (int i = 0; i < 50; ++i) {
+          std::string k = "k" + std::to_string(rng() % 3000);
+          b.Delete(k);
+          model.erase(k);
+        }
+        ASSERT_TRUE(db->Write(b, WriteOptions{false}).ok());
+        states.push_back(model);
+      }
     }
     double keep = (rng() % 3 == 0) ? 0.0 : static_cast<double>(rng() % 100) / 100.0;
     ASSERT_TRUE(db->SimulatePowerCut(rng(), keep).ok());

@@ -422,6 +422,175 @@ TEST(EngineTest, CleanCloseTrimsFileAndReopenReadsEveryPage) {
   EXPECT_TRUE(db->Verify().ok);
 }
 
+uint64_t FileBytes(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0);
+  return static_cast<uint64_t>(st.st_size);
+}
+
+format::Meta ReadMeta(const std::string& path, int slot) {
+  format::Meta m{};
+  int fd = ::open(path.c_str(), O_RDONLY);
+  EXPECT_EQ(::pread(fd, &m, sizeof m, slot * 4096), static_cast<ssize_t>(sizeof m));
+  ::close(fd);
+  return m;
+}
+
+using Model = std::map<std::string, std::map<std::string, std::string>>;  // tree -> key -> value
+
+void ExpectEquals(Db& db, const Model& model) {
+  auto r = std::move(db.BeginRead()).value();
+  for (const auto& [tree, kv] : model) {
+    SCOPED_TRACE("tree '" + tree + "'");
+    auto cur = std::move(r->NewCursor(tree)).value();
+    auto it = kv.begin();
+    for (Status s = cur->First(); cur->Valid(); s = cur->Next(), ++it) {
+      ASSERT_TRUE(s.ok()) << s.ToString();
+      ASSERT_NE(it, kv.end()) << "extra key " << cur->key();
+      ASSERT_EQ(cur->key(), it->first);
+      ASSERT_TRUE(cur->value() == it->second) << "value of " << it->first;
+    }
+    EXPECT_EQ(it, kv.end()) << "missing key " << it->first;
+  }
+}
+
+// Fills three trees (one with overflow values) so their pages interleave, makes the fill
+// durable, then deletes most of it: the pages left in use lie all over the file, and the free
+// ones cannot be reused before a flush, so the file grew while deleting.
+void FillThenDeleteMost(Db* db, Model* model) {
+  std::string val(100, 'v');
+  for (int round = 0; round < 8; ++round) {
+    WriteBatch b;
+    for (int i = round; i < 16000; i += 8) {
+      const std::string tree = i % 3 == 0 ? "" : i % 3 == 1 ? "one" : "two";
+      std::string v = val + std::to_string(i);
+      if (tree == "two" && i % 50 == 1) v.assign(9000 + i % 3, static_cast<char>('a' + i % 26));
+      b.Put(tree, Key(i), v);
+      (*model)[tree][Key(i)] = v;
+    }
+    ASSERT_TRUE(db->Write(b, WriteOptions{false}).ok());
+  }
+  ASSERT_TRUE(db->Sync().ok());
+  for (int round = 0; round < 8; ++round) {
+    WriteBatch b;
+    for (int i = round; i < 16000; i += 8) {
+      if (i % 10 == 0) continue;  // a tenth stays
+      const std::string tree = i % 3 == 0 ? "" : i % 3 == 1 ? "one" : "two";
+      b.Delete(tree, Key(i));
+      (*model)[tree].erase(Key(i));
+    }
+    ASSERT_TRUE(db->Write(b, WriteOptions{false}).ok());
+  }
+}
+
+// Shrink moves the pages in use at the end of the file down and cuts the file; every tree, the
+// overflow values and both meta slots agree with the smaller file, before and after a reopen.
+TEST(EngineTest, ShrinkMovesPagesDownAndCutsTheFile) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  Model model;
+  uint64_t before, after;
+  {
+    Options o = NosyncOptions();
+    o.shrink_on_close = false;
+    auto db = MustOpen(path, o);
+    ASSERT_NO_FATAL_FAILURE(FillThenDeleteMost(db.get(), &model));
+    before = db->GetStats()->last_page;
+    Status s = db->Shrink();
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    auto st = db->GetStats();
+    after = st->last_page;
+    EXPECT_LT(after, before / 3) << "before " << before << " after " << after;
+    EXPECT_EQ(FileBytes(path), after * 4096);
+    auto rep = db->Verify();
+    ASSERT_TRUE(rep.ok) << rep.ToString();
+    ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
+    // It keeps working: writes grow the file again from the new end.
+    WriteBatch b;
+    b.Put("two", Key(1), std::string(20000, 'z'));
+    ASSERT_TRUE(db->Write(b).ok());
+    model["two"][Key(1)] = std::string(20000, 'z');
+  }
+  for (int slot : {0, 1}) {
+    format::Meta m = ReadMeta(path, slot);
+    EXPECT_LE(m.last_page * 4096, FileBytes(path)) << "meta slot " << slot;
+  }
+  auto db = MustOpen(path);
+  ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
+  auto rep = db->Verify();
+  EXPECT_TRUE(rep.ok) << rep.ToString();
+}
+
+// A reader open across Shrink keeps its snapshot: the pages it holds are neither moved nor
+// reused. Once it is gone a second Shrink gives back what the first could not.
+TEST(EngineTest, ShrinkLeavesALiveReadersPagesAlone) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  Options o = NosyncOptions();
+  o.shrink_on_close = false;
+  auto db = MustOpen(path, o);
+  Model model;
+  ASSERT_NO_FATAL_FAILURE(FillThenDeleteMost(db.get(), &model));
+  auto old_reader = std::move(db->BeginRead()).value();
+  ASSERT_TRUE(db->Write(
+                    [&] {
+                      WriteBatch b;
+                      for (int i = 0; i < 16000; i += 10) {
+                        const std::string tree = i % 3 == 0 ? "" : i % 3 == 1 ? "one" : "two";
+                        b.Delete(tree, Key(i));
+                      }
+                      return b;
+                    }(),
+                    WriteOptions{false})
+                  .ok());
+  ASSERT_TRUE(db->Shrink().ok());
+  const uint64_t with_reader = db->GetStats()->last_page;
+  for (const auto& [tree, kv] : model) {
+    for (const auto& [k, v] : kv) {
+      auto got = old_reader->Get(tree, k);
+      ASSERT_TRUE(got.ok()) << tree << "/" << k << ": " << got.status().ToString();
+      ASSERT_TRUE(*got == v) << tree << "/" << k;
+    }
+  }
+  old_reader.reset();
+  ASSERT_TRUE(db->Shrink().ok());
+  const uint64_t without = db->GetStats()->last_page;
+  EXPECT_LT(without, with_reader);
+  EXPECT_EQ(FileBytes(path), without * 4096);
+  auto rep = db->Verify();
+  EXPECT_TRUE(rep.ok) << rep.ToString();
+}
+
+// A clean close shrinks a file that is mostly free (Options::shrink_on_close), and keeps it as it
+// is when told not to.
+TEST(EngineTest, CleanCloseShrinksAMostlyFreeFile) {
+  for (bool shrink : {true, false}) {
+    SCOPED_TRACE(shrink ? "shrink_on_close" : "no shrink_on_close");
+    TempDir dir;
+    std::string path = dir.File("db");
+    Model model;
+    uint64_t last_page;
+    Options o = NosyncOptions();
+    o.shrink_on_close = shrink;
+    {
+      auto db = MustOpen(path, o);
+      ASSERT_NO_FATAL_FAILURE(FillThenDeleteMost(db.get(), &model));
+      // The test's data must be past the size below which a close does not bother.
+      ASSERT_GE(db->GetStats()->free_pages * 4096, uint64_t{8} << 20);
+      last_page = db->GetStats()->last_page;
+    }
+    if (shrink) {
+      EXPECT_LT(FileBytes(path), last_page * 4096 / 3);
+    } else {
+      EXPECT_EQ(FileBytes(path), last_page * 4096);
+    }
+    auto db = MustOpen(path, o);
+    ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
+    auto rep = db->Verify();
+    EXPECT_TRUE(rep.ok) << rep.ToString();
+  }
+}
+
 // A creation killed before its first meta was written leaves a file of zeros; it opens as new.
 TEST(EngineTest, InterruptedCreationStartsAfresh) {
   TempDir dir;

@@ -55,6 +55,9 @@ struct Options {
   // Format of a file this Open creates (an existing file keeps its own): 0 the newest (2);
   // 1 the first format, whose checksums cover every byte of a page (slower commits).
   uint32_t format_version = 0;
+  // A clean close (the destructor) runs Shrink when a quarter of the file, and at least 8 MiB, is
+  // free. Off for a caller that keeps page images of old snapshots (protection).
+  bool shrink_on_close = true;
 };
 
 struct WriteOptions {
@@ -238,6 +241,12 @@ class Db {
 
   // Flushes everything committed so far (makes nosync commits durable).
   Status Sync();
+
+  // Gives the free space at the end of the file back to the file system: moves the pages in use
+  // there into free pages lower down, then truncates. Flushes (like Sync) several times; pages a
+  // live reader holds stay where they are. Runs at a clean close when Options::shrink_on_close
+  // and a quarter of the file (at least 8 MiB) is free.
+  Status Shrink();
 
   // Consistent copy of the current snapshot to `path` while writes go on; the copy is compact
   // (only pages in use) and opens as a normal Db.

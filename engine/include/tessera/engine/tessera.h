@@ -41,13 +41,16 @@ typedef struct tessera_cursor tessera_cursor;
  *                  pages when no unflushed commit precedes it; replayed at open (default 1)
  *   format_version=N  format of a file this call creates: 2 (the default, also 0) or 1, the
  *                  first format (whole-page checksums); an existing file keeps its own
+ *   shrink_on_close=0|1  at close, when a quarter of the file (and at least 8 MiB) is free,
+ *                  move the pages in use at its end down and truncate it (default 1)
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
  * value), TESSERA_BAD_PAGE_SIZE, TESSERA_BUSY (another writer has the file open),
  * TESSERA_NOTFOUND (missing and create=0), TESSERA_CORRUPTION (not a Tessera file, or no valid
  * meta page), TESSERA_IO_ERROR, TESSERA_NO_SPACE. */
 int tessera_db_open(const char* path, const char* options, tessera_db** out);
 
-/* Closes the database (flushing commits made with sync=0). NULL is ignored. */
+/* Closes the database (flushing commits made with sync=0, and shrinking a mostly free file
+ * unless shrink_on_close=0). NULL is ignored. */
 void tessera_db_close(tessera_db* db);
 
 /* Begins a transaction: read_only != 0 gives a snapshot that never blocks; otherwise the single
