@@ -1,5 +1,7 @@
 // `tessera inspect FILE` and `tessera verify FILE`: look at an engine file without changing it.
+// `tessera shrink FILE`: give the free space at its end back to the file system.
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -77,6 +79,44 @@ int Verify(const std::string& path) {
   return rep.ok ? kExitOk : kExitFailure;
 }
 
+int Shrink(const std::string& path) {
+  // A protected worker's parity holders and pins name this file's page numbers: moving its pages
+  // would make a later rebuild restore the wrong bytes.
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::path(path).parent_path() / "protected", ec)) {
+    std::fprintf(stderr,
+                 "tessera shrink: %s belongs to a protected worker (a 'protected' file lies "
+                 "beside it); its page numbers must not change\n",
+                 path.c_str());
+    return kExitFailure;
+  }
+  engine::Options o;
+  o.create_if_missing = false;
+  o.shrink_on_close = false;
+  auto db = engine::Db::Open(path, o);
+  if (!db.ok()) {
+    std::fprintf(stderr, "tessera shrink: %s\n", db.status().ToString().c_str());
+    return kExitFailure;
+  }
+  auto before = (*db)->GetStats();
+  Status s = (*db)->Shrink();
+  auto after = (*db)->GetStats();
+  if (!s.ok() || !before.ok() || !after.ok()) {
+    std::fprintf(stderr, "tessera shrink: %s\n",
+                 (!s.ok()        ? s
+                  : !before.ok() ? before.status()
+                                 : after.status())
+                     .ToString()
+                     .c_str());
+    return kExitFailure;
+  }
+  std::printf("%s: %llu -> %llu bytes (%llu free pages left inside)\n", path.c_str(),
+              static_cast<unsigned long long>(before->file_size),
+              static_cast<unsigned long long>(after->file_size),
+              static_cast<unsigned long long>(after->free_pages));
+  return kExitOk;
+}
+
 }  // namespace
 
 void RegisterEngineCommands(CLI::App& app, Context& ctx) {
@@ -93,6 +133,14 @@ void RegisterEngineCommands(CLI::App& app, Context& ctx) {
       "on any problem");
   verify->add_option("FILE", *vpath, "Database file")->required()->check(CLI::ExistingFile);
   verify->callback([&ctx, vpath] { ctx.action = [vpath] { return Verify(*vpath); }; });
+
+  auto spath = std::make_shared<std::string>();
+  auto* shrink = app.add_subcommand(
+      "shrink",
+      "Move the pages in use at the end of an engine file down into free pages and truncate it "
+      "(needs the file closed by every writer; not for a protected worker's data file)");
+  shrink->add_option("FILE", *spath, "Database file")->required()->check(CLI::ExistingFile);
+  shrink->callback([&ctx, spath] { ctx.action = [spath] { return Shrink(*spath); }; });
 }
 
 }  // namespace tessera::cli
