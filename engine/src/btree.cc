@@ -438,13 +438,23 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
   }
   for (unsigned i = 0; i < count && tree->overflow_pages > 0; ++i) {
     LeafCell lc{PageView{page}.cell(i)};
-    if (!lc.overflow() || lc.ovf_pgno() < limit) continue;
-    uint64_t ovf = lc.ovf_pgno();
-    TESSERA_RETURN_IF_ERROR(ReadPage(txn, ovf, kOverflow, lc.ovf_txnid()).status());
+    if (!lc.overflow()) continue;
+    const uint64_t ovf = lc.ovf_pgno(), ovf_txnid = lc.ovf_txnid();
+    TESSERA_ASSIGN_OR_RETURN(uint8_t * run, ReadPage(txn, ovf, kOverflow, ovf_txnid));
+    const uint64_t n = PageView{run}.overflow_pages();
+    if (ovf + n <= limit) continue;
+    // A run with no room below the limit stays where it is (the file is cut above it).
+    auto np = AllocPages(txn, n);
+    if (!np.ok() && np.status().IsNoSpace() && n > 1) continue;
+    if (!np.ok()) return np.status();
     TESSERA_RETURN_IF_ERROR(writable());
-    TESSERA_RETURN_IF_ERROR(Touch(txn, &ovf).status());
+    std::memcpy(txn.db->Page(*np), run, n * txn.db->page_size);
+    PageView nv{txn.db->Page(*np)};
+    nv.set_pgno(*np);
+    nv.set_txnid(txn.txnid);
+    FreePages(txn, ovf, n, ovf_txnid);
     uint8_t* ref = const_cast<uint8_t*>(LeafCell{PageView{page}.cell(i)}.val());
-    Store(ref, ovf);
+    Store(ref, *np);
     Store(ref + 8, txn.txnid);  // Finalize fills in the run's checksum
   }
   return Status::Ok();
@@ -661,7 +671,20 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
   Db::Impl* db = txn.db;
   uint64_t p = kInvalidPage;
   auto& r = db->reusable;
-  if (n == 1) {
+  if (txn.alloc_limit != 0) {
+    // Shrink moving pages down: a page or run below the limit, or none.
+    if (n == 1 && !txn.txn_reusable.empty() && txn.txn_reusable.back() < txn.alloc_limit) {
+      p = txn.txn_reusable.back();
+      txn.txn_reusable.pop_back();
+    } else if (n < txn.alloc_run_failed && r.take_run(n, 65536, &p, txn.alloc_limit)) {
+      for (uint64_t k = 0; k < n; ++k) txn.taken.push_back(p + k);
+      txn.freelist_changed = true;
+    } else {
+      if (n > 1) txn.alloc_run_failed = std::min(txn.alloc_run_failed, n);
+      return Status::NoSpace("no run of " + std::to_string(n) + " free pages below page " +
+                             std::to_string(txn.alloc_limit));
+    }
+  } else if (n == 1) {
     if (!txn.txn_reusable.empty()) {
       p = txn.txn_reusable.back();
       txn.txn_reusable.pop_back();

@@ -779,7 +779,10 @@ Db::Db(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Db::~Db() {
   if (!impl_) return;
-  if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok() && impl_->opts.shrink_on_close) {
+  // A caller that pins snapshots again after a restart (retain_freed_after) needs their page
+  // numbers to stay.
+  if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok() && impl_->opts.shrink_on_close &&
+      impl_->opts.retain_freed_after == 0) {
     bool worth;
     {
       std::lock_guard<std::mutex> l(impl_->write_mu);
@@ -1301,45 +1304,75 @@ Status Db::Shrink() {
   if (d.opts.read_only) {
     return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
   }
+  if (d.dead) return Status::Unavailable("database is closed (simulated power cut)");
   std::lock_guard<std::mutex> one_at_a_time(d.shrink_mu);
+  // The space grown ahead of need goes too, whatever the steps below found to do.
+  auto cut = [&d]() -> Status {
+    std::lock_guard<std::mutex> l(d.write_mu);
+    if (d.region->page_count() > d.meta.last_page) {
+      TESSERA_RETURN_IF_ERROR(d.region->Truncate(d.meta.last_page));
+      TESSERA_RETURN_IF_ERROR(d.region->Flush());
+    }
+    return Status::Ok();
+  };
   // Pages freed since the last flush may be reused only after one.
   TESSERA_RETURN_IF_ERROR(Sync());
-  {
+  // 1. The move. Its allocations take only free pages below the limit; when the pages on the way
+  // to the moved ones need more than the estimate allowed, it starts again with a higher limit.
+  for (int attempt = 0;; ++attempt) {
     TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());
     ReadTxn::Impl& t = *w->impl_;
     TESSERA_ASSIGN_OR_RETURN(auto names, w->ListTrees());
-    uint64_t branches =
-        t.meta.main.branch_pages + t.meta.catalog.branch_pages + t.meta.catalog.depth;
     std::vector<TreeInfo*> trees{&t.meta.main, &t.meta.catalog};
     for (const auto& name : names) {
       TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, t.Tree(name, false));
-      branches += info->branch_pages + 1;
       trees.push_back(info);
       t.trees.find(name)->second.dirty = true;
     }
     // Pages in use (free ones a reader still holds count as in use) must fit below the limit,
-    // with room for what the move allocates besides them: the branch pages on the way to moved
-    // pages and the freelist record.
+    // with room for what the move copies besides them: the branch pages on the way to moved
+    // pages, the leaves of moved overflow runs, and the freelist record.
+    uint64_t extra = 16;
+    for (const TreeInfo* info : trees) {
+      extra += info->branch_pages + info->depth + (info->overflow_pages > 0 ? info->leaf_pages : 0);
+    }
     const uint64_t last = t.meta.last_page;
     const uint64_t in_use = last - format::kMetaPages - d.reusable.size();
     const uint64_t per_page =
         (d.page_size - format::kHeaderSize - format::kFreelistBodyHeader) / format::kFreeRunSize;
-    const uint64_t limit = format::kMetaPages + in_use + branches +
-                           (d.reusable.size() + d.pending_count) / per_page + 16;
-    if (limit >= last) return Status::Ok();  // nothing to give back (the txn aborts)
-    for (TreeInfo* info : trees) TESSERA_RETURN_IF_ERROR(btree::Relocate(t, info, limit));
+    uint64_t limit =
+        format::kMetaPages + in_use + extra + (d.reusable.size() + d.pending_count) / per_page;
+    for (int a = 0; a < attempt; ++a) limit += (last - std::min(limit, last)) / 2;
+    if (limit >= last || attempt == 4) {  // nothing to give back
+      w.reset();                          // aborts, and lets go of the write lock
+      return cut();
+    }
+    t.alloc_limit = limit;
+    Status s;
+    for (TreeInfo* info : trees) {
+      s = btree::Relocate(t, info, limit);
+      if (!s.ok()) break;
+    }
+    t.alloc_limit = 0;
+    if (s.IsNoSpace()) continue;  // the txn aborts; try a higher limit
+    TESSERA_RETURN_IF_ERROR(s);
     t.freelist_changed = true;
     t.freelist_dump = true;  // the old freelist record's pages may lie at the end too
     TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+    break;
   }
   TESSERA_RETURN_IF_ERROR(Sync());
+  // 2. The cut in the meta: the free pages at the end leave the free set.
   {
     TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());
     ReadTxn::Impl& t = *w->impl_;
     const uint64_t last = t.meta.last_page;
     uint64_t end = last;
     while (end > format::kMetaPages && d.reusable.contains(end - 1)) --end;
-    if (end == last) return Status::Ok();
+    if (end == last) {
+      w.reset();
+      return cut();
+    }
     for (uint64_t p = end; p < last; ++p) {
       d.reusable.erase(p);
       t.taken.push_back(p);  // back into the free set if this commit fails
@@ -1350,17 +1383,13 @@ Status Db::Shrink() {
     TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
   }
   TESSERA_RETURN_IF_ERROR(Sync());
+  // 3. The same high-water mark in the other slot.
   {
     TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());
     TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
   }
   TESSERA_RETURN_IF_ERROR(Sync());
-  std::lock_guard<std::mutex> l(d.write_mu);
-  if (d.region->page_count() > d.meta.last_page) {
-    TESSERA_RETURN_IF_ERROR(d.region->Truncate(d.meta.last_page));
-    TESSERA_RETURN_IF_ERROR(d.region->Flush());
-  }
-  return Status::Ok();
+  return cut();
 }
 
 Result<Stats> Db::GetStats() const {

@@ -211,6 +211,10 @@ struct ReadTxn::Impl {
   std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
   bool freelist_changed = false;
   bool freelist_dump = false;  // write the whole free set, not a log record (Shrink)
+  // Shrink: nonzero while pages are being moved down; allocations then take only free pages
+  // below it (never the end of the file), and fail with NoSpace when there are none.
+  uint64_t alloc_limit = 0;
+  uint64_t alloc_run_failed = UINT64_MAX;  // no run of this many pages or more is left below it
   // The operations of this write transaction as a commit-log payload, while it stays small enough
   // to log (log_ok); a sync commit with !log_ok flushes the data file instead.
   std::string log_ops;

@@ -65,13 +65,13 @@ class PageSet {
     return p;
   }
 
-  // Finds n consecutive members among the lowest `max_members` members, removes them and
-  // returns the first in *first; false (set unchanged) when there is no such run.
-  bool take_run(uint64_t n, uint64_t max_members, uint64_t* first) {
+  // Finds n consecutive members among the lowest `max_members` members, all below `below`,
+  // removes them and returns the first in *first; false (set unchanged) when there is no such run.
+  bool take_run(uint64_t n, uint64_t max_members, uint64_t* first, uint64_t below = UINT64_MAX) {
     uint64_t start = 0, len = 0, seen = 0;
     bool found = false;
     ForEachUntil([&](uint64_t p) {
-      if (++seen > max_members) return false;
+      if (++seen > max_members || p >= below) return false;
       if (len > 0 && p == start + len) {
         ++len;
       } else {

@@ -422,6 +422,13 @@ TEST(EngineTest, CleanCloseTrimsFileAndReopenReadsEveryPage) {
   EXPECT_TRUE(db->Verify().ok);
 }
 
+// Nosync, and no shrink at close: the test calls Shrink itself.
+Options NoShrinkOptions() {
+  Options o = NosyncOptions();
+  o.shrink_on_close = false;
+  return o;
+}
+
 uint64_t FileBytes(const std::string& path) {
   struct stat st;
   EXPECT_EQ(::stat(path.c_str(), &st), 0);
@@ -464,7 +471,8 @@ void FillThenDeleteMost(Db* db, Model* model) {
     for (int i = round; i < 16000; i += 8) {
       const std::string tree = i % 3 == 0 ? "" : i % 3 == 1 ? "one" : "two";
       std::string v = val + std::to_string(i);
-      if (tree == "two" && i % 50 == 1) v.assign(9000 + i % 3, static_cast<char>('a' + i % 26));
+      // Values of 2 to 5 pages, a fifth of which stay (i % 10 == 0 survives the deletes).
+      if (tree == "two" && i % 10 == 2) v.assign(5000 + i % 11000, static_cast<char>('a' + i % 26));
       b.Put(tree, Key(i), v);
       (*model)[tree][Key(i)] = v;
     }
@@ -491,9 +499,7 @@ TEST(EngineTest, ShrinkMovesPagesDownAndCutsTheFile) {
   Model model;
   uint64_t before, after;
   {
-    Options o = NosyncOptions();
-    o.shrink_on_close = false;
-    auto db = MustOpen(path, o);
+    auto db = MustOpen(path, NoShrinkOptions());
     ASSERT_NO_FATAL_FAILURE(FillThenDeleteMost(db.get(), &model));
     before = db->GetStats()->last_page;
     Status s = db->Shrink();
@@ -521,14 +527,46 @@ TEST(EngineTest, ShrinkMovesPagesDownAndCutsTheFile) {
   EXPECT_TRUE(rep.ok) << rep.ToString();
 }
 
+// Free space in holes too small for the large values at the end of the file: those stay where
+// they are, the rest moves, and the file never grows (nor does a second Shrink change anything).
+TEST(EngineTest, ShrinkNeverGrowsTheFileWhenLargeValuesFindNoRoom) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  auto db = MustOpen(path, NoShrinkOptions());
+  Model model;
+  WriteBatch b;
+  for (int i = 0; i < 3000; ++i) {  // two pages each
+    b.Put(Key(i), std::string(5000, 'a'));
+    if (i % 2 == 1) model[""][Key(i)] = std::string(5000, 'a');
+  }
+  for (int i = 3000; i < 3400; ++i) {  // three pages each, at the end of the file
+    b.Put(Key(i), std::string(9000, 'b'));
+    model[""][Key(i)] = std::string(9000, 'b');
+  }
+  ASSERT_TRUE(db->Write(b).ok());
+  WriteBatch del;
+  for (int i = 0; i < 3000; i += 2) del.Delete(Key(i));  // two-page holes
+  ASSERT_TRUE(db->Write(del).ok());
+  ASSERT_TRUE(db->Sync().ok());
+  const uint64_t before = FileBytes(path);
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    Status s = db->Shrink();
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_LE(FileBytes(path), before);
+    EXPECT_EQ(FileBytes(path), db->GetStats()->last_page * 4096);
+    auto rep = db->Verify();
+    ASSERT_TRUE(rep.ok) << rep.ToString();
+    ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
+  }
+}
+
 // A reader open across Shrink keeps its snapshot: the pages it holds are neither moved nor
 // reused. Once it is gone a second Shrink gives back what the first could not.
 TEST(EngineTest, ShrinkLeavesALiveReadersPagesAlone) {
   TempDir dir;
   std::string path = dir.File("db");
-  Options o = NosyncOptions();
-  o.shrink_on_close = false;
-  auto db = MustOpen(path, o);
+  auto db = MustOpen(path, NoShrinkOptions());
   Model model;
   ASSERT_NO_FATAL_FAILURE(FillThenDeleteMost(db.get(), &model));
   auto old_reader = std::move(db->BeginRead()).value();

@@ -56,7 +56,8 @@ struct Options {
   // 1 the first format, whose checksums cover every byte of a page (slower commits).
   uint32_t format_version = 0;
   // A clean close (the destructor) runs Shrink when a quarter of the file, and at least 8 MiB, is
-  // free. Off for a caller that keeps page images of old snapshots (protection).
+  // free (never with retain_freed_after set). Off for a caller that keeps page numbers of old
+  // snapshots (protection).
   bool shrink_on_close = true;
 };
 
@@ -244,8 +245,9 @@ class Db {
 
   // Gives the free space at the end of the file back to the file system: moves the pages in use
   // there into free pages lower down, then truncates. Flushes (like Sync) several times; pages a
-  // live reader holds stay where they are. Runs at a clean close when Options::shrink_on_close
-  // and a quarter of the file (at least 8 MiB) is free.
+  // live reader holds, and a large value with no free run of its size below, stay where they
+  // are; the file never grows. Do not call it while this thread holds a WriteTxn. Runs at a
+  // clean close when Options::shrink_on_close and a quarter of the file (at least 8 MiB) is free.
   Status Shrink();
 
   // Consistent copy of the current snapshot to `path` while writes go on; the copy is compact
