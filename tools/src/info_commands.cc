@@ -18,7 +18,7 @@ constexpr ModuleStatus kModules[] = {
     {"common", "ready", "Status/Result, errno conversion, always-on asserts, logging"},
     {"vmem", "ready", "mmap-backed virtual memory regions with a C ABI"},
     {"erasure", "ready", "XOR and Reed-Solomon codecs over ISA-L"},
-    {"engine", "ready", "copy-on-write B+tree KV engine, C API, inspect/verify"},
+    {"engine", "ready", "copy-on-write B+tree KV engine, C API, inspect/verify/shrink"},
     {"cluster", "ready", "manager, workers and clients over Thrift; tessera demo"},
     {"protection", "not built yet", "erasure-coded parity generations and recovery"},
     {"managers", "not built yet", "Raft-replicated managers and a lock service"},
