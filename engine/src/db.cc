@@ -777,6 +777,10 @@ Status WriteTxn::Commit(const WriteOptions& options) {
 
 Db::Db(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
+// A clean close moves at most this much of the file's end (a second or so here): a big file
+// with much free space shrinks over several closes, or with an explicit Shrink.
+constexpr uint64_t kCloseShrinkBytes = uint64_t{256} << 20;
+
 Db::~Db() {
   if (!impl_) return;
   // A caller that pins snapshots again after a restart (retain_freed_after) needs their page
@@ -790,7 +794,7 @@ Db::~Db() {
       worth = free * impl_->page_size >= (uint64_t{8} << 20) && free >= impl_->meta.last_page / 4;
     }
     // A failure leaves a consistent database (each step is a commit); the flush below says more.
-    if (worth) (void)Shrink();
+    if (worth) (void)Shrink(kCloseShrinkBytes);
   }
   if (!impl_->opts.read_only && !impl_->dead && impl_->fatal.ok()) {
     std::lock_guard<std::mutex> l(impl_->write_mu);
@@ -1299,7 +1303,7 @@ Status Db::Sync() {
 // at the end of the file. The second lowers the high-water mark below them; the third, empty,
 // puts the same high-water mark into the other meta slot, so that neither meta a later open may
 // choose names a page past the new end. Then the file is cut.
-Status Db::Shrink() {
+Status Db::Shrink(uint64_t max_bytes) {
   Impl& d = *impl_;
   if (d.opts.read_only) {
     return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
@@ -1343,6 +1347,8 @@ Status Db::Shrink() {
     uint64_t limit =
         format::kMetaPages + in_use + extra + (d.reusable.size() + d.pending_count) / per_page;
     for (int a = 0; a < attempt; ++a) limit += (last - std::min(limit, last)) / 2;
+    const uint64_t max_pages = max_bytes / d.page_size;
+    if (last > max_pages) limit = std::max(limit, last - max_pages);
     if (limit >= last || attempt == 4) {  // nothing to give back
       w.reset();                          // aborts, and lets go of the write lock
       return cut();
