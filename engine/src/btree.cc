@@ -439,10 +439,13 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
   for (unsigned i = 0; i < count && tree->overflow_pages > 0; ++i) {
     LeafCell lc{PageView{page}.cell(i)};
     if (!lc.overflow()) continue;
+    // The run's length follows from the value's (as Put sized it): runs below the limit are not
+    // read, so a bounded Shrink does not read every large value in the file.
     const uint64_t ovf = lc.ovf_pgno(), ovf_txnid = lc.ovf_txnid();
+    const uint64_t ps = txn.db->page_size;
+    if (ovf + (lc.vlen() + kHeaderSize + ps - 1) / ps <= limit) continue;
     TESSERA_ASSIGN_OR_RETURN(uint8_t * run, ReadPage(txn, ovf, kOverflow, ovf_txnid));
     const uint64_t n = PageView{run}.overflow_pages();
-    if (ovf + n <= limit) continue;
     // A run with no room below the limit stays where it is (the file is cut above it).
     auto np = AllocPages(txn, n);
     if (!np.ok() && np.status().IsNoSpace() && n > 1) continue;

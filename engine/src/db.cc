@@ -1308,7 +1308,10 @@ Status Db::Shrink(uint64_t max_bytes) {
   if (d.opts.read_only) {
     return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
   }
-  if (d.dead) return Status::Unavailable("database is closed (simulated power cut)");
+  {
+    std::lock_guard<std::mutex> l(d.write_mu);  // SimulatePowerCut sets `dead` under it
+    if (d.dead) return Status::Unavailable("database is closed (simulated power cut)");
+  }
   std::lock_guard<std::mutex> one_at_a_time(d.shrink_mu);
   // The space grown ahead of need goes too, whatever the steps below found to do.
   auto cut = [&d]() -> Status {
@@ -1346,9 +1349,9 @@ Status Db::Shrink(uint64_t max_bytes) {
         (d.page_size - format::kHeaderSize - format::kFreelistBodyHeader) / format::kFreeRunSize;
     uint64_t limit =
         format::kMetaPages + in_use + extra + (d.reusable.size() + d.pending_count) / per_page;
-    for (int a = 0; a < attempt; ++a) limit += (last - std::min(limit, last)) / 2;
     const uint64_t max_pages = max_bytes / d.page_size;
     if (last > max_pages) limit = std::max(limit, last - max_pages);
+    for (int a = 0; a < attempt; ++a) limit += (last - std::min(limit, last)) / 2;
     if (limit >= last || attempt == 4) {  // nothing to give back
       w.reset();                          // aborts, and lets go of the write lock
       return cut();
@@ -1362,12 +1365,17 @@ Status Db::Shrink(uint64_t max_bytes) {
     t.alloc_limit = 0;
     if (s.IsNoSpace()) continue;  // the txn aborts; try a higher limit
     TESSERA_RETURN_IF_ERROR(s);
+    // Nothing moved (no tree page above the limit, or only large values with no room below) and
+    // the freelist record lies below it too: no commit, but the end may be free all the same.
+    const bool chain_above = std::any_of(d.freelist_chain.begin(), d.freelist_chain.end(),
+                                         [limit](uint64_t p) { return p >= limit; });
+    if (t.freed.empty() && t.freed_young.empty() && !chain_above) break;
     t.freelist_changed = true;
     t.freelist_dump = true;  // the old freelist record's pages may lie at the end too
     TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
+    TESSERA_RETURN_IF_ERROR(Sync());
     break;
   }
-  TESSERA_RETURN_IF_ERROR(Sync());
   // 2. The cut in the meta: the free pages at the end leave the free set.
   {
     TESSERA_ASSIGN_OR_RETURN(auto w, BeginWrite());

@@ -246,10 +246,10 @@ class Db {
   // Gives the free space at the end of the file back to the file system: moves the pages in use
   // there into free pages lower down, then truncates. Flushes (like Sync) several times; pages a
   // live reader holds, and a large value with no free run of its size below, stay where they
-  // are; the file never grows. Do not call it while this thread holds a WriteTxn. Only pages in
-  // the last `max_bytes` of the file move, which bounds the work. Runs at a clean close
-  // (with 256 MiB) when Options::shrink_on_close and a quarter of the file (at least 8 MiB) is
-  // free.
+  // are (Ok when nothing could move); the file never grows. Do not call it while this thread holds
+  // a WriteTxn. Only pages in the last `max_bytes` of the file move, which bounds the work. Runs at
+  // a clean close (with 256 MiB) when Options::shrink_on_close and a quarter of the file (at least
+  // 8 MiB) is free.
   Status Shrink(uint64_t max_bytes = UINT64_MAX);
 
   // Consistent copy of the current snapshot to `path` while writes go on; the copy is compact
