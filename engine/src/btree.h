@@ -14,7 +14,8 @@ namespace tessera::engine::btree {
 using Txn = ReadTxn::Impl;
 
 // Key comparisons are plain lexicographic byte order.
-unsigned BranchSearch(PageView v, std::string_view key);
+// With `db`, starts fetching the candidate children's first lines near the end of the search.
+unsigned BranchSearch(PageView v, std::string_view key, const Db::Impl* db = nullptr);
 unsigned LeafLowerBound(PageView v, std::string_view key, bool* found);
 
 // Reads page `pgno` of the transaction's snapshot, checking it (see Db::Impl::CheckPage).
