@@ -512,9 +512,9 @@ unsigned BranchSearch(PageView v, std::string_view key, const Db::Impl* db) {
   return lo - 1;
 }
 
-unsigned LeafLowerBound(PageView v, std::string_view key, bool* found) {
+unsigned LeafLowerBound(PageView v, std::string_view key, bool* found, bool cold) {
   unsigned lo = 0, hi = v.count();
-  bool fetched = false;
+  bool fetched = !cold;
   while (lo < hi) {
     if (!fetched && hi - lo <= 6) {
       // The last probes land on these cells, each a miss of its own in a cold leaf: fetch them
@@ -563,7 +563,7 @@ Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::stri
     PageView v{page};
     if (v.type() == kLeaf) {
       bool found;
-      unsigned idx = LeafLowerBound(v, key, &found);
+      unsigned idx = LeafLowerBound(v, key, &found, /*cold=*/true);
       if (!found) return Status::NotFound("key not found");
       TESSERA_ASSIGN_OR_RETURN(*value, CellValue(txn, LeafCell{v.cell(idx)}));
       return Status::Ok();

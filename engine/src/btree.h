@@ -16,7 +16,8 @@ using Txn = ReadTxn::Impl;
 // Key comparisons are plain lexicographic byte order.
 // With `db`, starts fetching the candidate children's first lines near the end of the search.
 unsigned BranchSearch(PageView v, std::string_view key, const Db::Impl* db = nullptr);
-unsigned LeafLowerBound(PageView v, std::string_view key, bool* found);
+// `cold`: the leaf is likely out of cache (a point lookup); fetch the last probes' cells at once.
+unsigned LeafLowerBound(PageView v, std::string_view key, bool* found, bool cold = false);
 
 // Reads page `pgno` of the transaction's snapshot, checking it (see Db::Impl::CheckPage).
 Result<uint8_t*> ReadPage(const Txn& txn, uint64_t pgno, int type, uint64_t expect_txnid);
