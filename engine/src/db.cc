@@ -581,6 +581,7 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
                     db->freelist_chain.size() >= 4 * dump_pages + 64;
   std::vector<uint64_t> record;
   std::vector<std::pair<uint64_t, uint64_t>> entries;  // (freeing txn or kRunRemoved, page)
+  std::vector<uint64_t> freed_scratch;
   auto gather = [&] {
     entries.clear();
     now_freed->clear();
@@ -595,14 +596,24 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
           for (uint64_t p : batch.pages) entries.emplace_back(txn, p);
         }
       }
+      for (uint64_t p : *now_freed) entries.emplace_back(t.txnid, p);
+      // Entries of the reusable set (txn 0) come first and already in order: sort only the rest.
+      auto rest =
+          std::find_if(entries.begin(), entries.end(), [](const auto& e) { return e.first != 0; });
+      std::sort(rest, entries.end());
     } else {
+      // Two groups, in the order a sort by (txn, page) gives: this txn's frees, then the pages it
+      // took (kRunRemoved is the largest txn). Each group is sorted on its own: plain page
+      // numbers sort faster than pairs, and the taken pages are usually ascending already.
+      freed_scratch.assign(now_freed->begin(), now_freed->end());
+      std::sort(freed_scratch.begin(), freed_scratch.end());
+      for (uint64_t p : freed_scratch) entries.emplace_back(t.txnid, p);
+      const size_t mark = entries.size();
       for (uint64_t p : t.taken) entries.emplace_back(format::kRunRemoved, p);
+      if (!std::is_sorted(entries.begin() + static_cast<ptrdiff_t>(mark), entries.end())) {
+        std::sort(entries.begin() + static_cast<ptrdiff_t>(mark), entries.end());
+      }
     }
-    for (uint64_t p : *now_freed) entries.emplace_back(t.txnid, p);
-    // Entries of the reusable set (txn 0) come first and already in order: sort only the rest.
-    auto rest =
-        std::find_if(entries.begin(), entries.end(), [](const auto& e) { return e.first != 0; });
-    std::sort(rest, entries.end());
     uint64_t runs = 0;
     for (size_t i = 0; i < entries.size(); ++i) {
       if (i == 0 || entries[i].first != entries[i - 1].first ||
