@@ -106,15 +106,12 @@ void SetBranchChild(uint8_t* cell, uint64_t child, uint64_t txnid) {
 
 uint32_t UsableBytes(uint32_t page_size) { return page_size - kHeaderSize; }
 
-// Makes page *pgno writable for this transaction; may move it (copy-on-write).
-Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
+// Copies page (or overflow run of npages) *pgno to np, allocated by this transaction, frees the
+// original and points *pgno at the copy.
+uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages) {
   Db::Impl* db = txn.db;
   uint8_t* page = db->Page(*pgno);
   PageView v{page};
-  if (v.txnid() == txn.txnid) return page;
-  uint64_t npages = v.type() == kOverflow ? v.overflow_pages() : 1;
-  TESSERA_ASSIGN_OR_RETURN(uint64_t np, AllocPages(txn, npages));
-  page = db->Page(*pgno);  // the mapping never moves, but re-read for clarity
   uint8_t* dst = db->Page(np);
   if (db->crc_skips_gap && npages == 1 && (v.type() == kLeaf || v.type() == kBranch) &&
       v.lower() <= v.upper() && v.upper() <= db->page_size) {
@@ -132,6 +129,15 @@ Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
   FreePages(txn, *pgno, npages, v.txnid());
   *pgno = np;
   return dst;
+}
+
+// Makes page *pgno writable for this transaction; may move it (copy-on-write).
+Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
+  PageView v{txn.db->Page(*pgno)};
+  if (v.txnid() == txn.txnid) return v.p;
+  uint64_t npages = v.type() == kOverflow ? v.overflow_pages() : 1;
+  TESSERA_ASSIGN_OR_RETURN(uint64_t np, AllocPages(txn, npages));
+  return CopyTo(txn, pgno, np, npages);
 }
 
 // Descends to the leaf for `key`, making every page on the path writable.
@@ -441,23 +447,20 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
     if (!lc.overflow()) continue;
     // The run's length follows from the value's (as Put sized it): runs below the limit are not
     // read, so a bounded Shrink does not read every large value in the file.
-    const uint64_t ovf = lc.ovf_pgno(), ovf_txnid = lc.ovf_txnid();
+    uint64_t ovf = lc.ovf_pgno();
     const uint64_t ps = txn.db->page_size;
     if (ovf + (lc.vlen() + kHeaderSize + ps - 1) / ps <= limit) continue;
-    TESSERA_ASSIGN_OR_RETURN(uint8_t * run, ReadPage(txn, ovf, kOverflow, ovf_txnid));
+    TESSERA_ASSIGN_OR_RETURN(uint8_t * run, ReadPage(txn, ovf, kOverflow, lc.ovf_txnid()));
     const uint64_t n = PageView{run}.overflow_pages();
-    // A run with no room below the limit stays where it is (the file is cut above it).
+    // Allocated before the leaf is made writable: a run with no room below the limit stays where
+    // it is (the file is cut above it), and nothing has changed.
     auto np = AllocPages(txn, n);
     if (!np.ok() && np.status().IsNoSpace() && n > 1) continue;
     if (!np.ok()) return np.status();
     TESSERA_RETURN_IF_ERROR(writable());
-    std::memcpy(txn.db->Page(*np), run, n * txn.db->page_size);
-    PageView nv{txn.db->Page(*np)};
-    nv.set_pgno(*np);
-    nv.set_txnid(txn.txnid);
-    FreePages(txn, ovf, n, ovf_txnid);
+    CopyTo(txn, &ovf, *np, n);
     uint8_t* ref = const_cast<uint8_t*>(LeafCell{PageView{page}.cell(i)}.val());
-    Store(ref, *np);
+    Store(ref, ovf);
     Store(ref + 8, txn.txnid);  // Finalize fills in the run's checksum
   }
   return Status::Ok();
@@ -672,12 +675,8 @@ Status Drop(Txn& txn, TreeInfo* tree) {
 
 Status Relocate(Txn& txn, TreeInfo* tree, uint64_t limit) {
   if (tree->root == kInvalidPage || tree->depth == 0) return Status::Ok();
-  uint64_t root = tree->root, root_txnid = tree->root_txnid;
-  TESSERA_RETURN_IF_ERROR(RelocatePage(txn, tree, &root, &root_txnid, tree->depth - 1, limit));
-  if (root != tree->root || root_txnid != tree->root_txnid) {
-    tree->root = root;
-    tree->root_txnid = root_txnid;
-  }
+  TESSERA_RETURN_IF_ERROR(
+      RelocatePage(txn, tree, &tree->root, &tree->root_txnid, tree->depth - 1, limit));
   ++txn.mod_count;
   return Status::Ok();
 }

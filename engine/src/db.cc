@@ -291,6 +291,12 @@ Status Db::Impl::CheckPage(uint64_t p, uint64_t last_page, int expect_type,
   return Status::Ok();
 }
 
+Status Db::Impl::TrimToLastPage() {
+  if (region->page_count() <= meta.last_page) return Status::Ok();
+  TESSERA_RETURN_IF_ERROR(region->Truncate(meta.last_page));
+  return region->Flush();
+}
+
 Status Db::Impl::FlushDurable(uint64_t txnid, uint32_t slot) {
   Status s = region->Flush();
   if (!s.ok()) {
@@ -813,9 +819,7 @@ Db::~Db() {
     // of need.
     Db::Impl& d = *impl_;
     if (d.region->Flush().ok()) {
-      if (d.region->page_count() > d.meta.last_page && d.region->Truncate(d.meta.last_page).ok()) {
-        (void)d.region->Flush();
-      }
+      (void)d.TrimToLastPage();
       // Then a meta that records everything as durable goes to the other slot: the next open
       // need not walk the pages written since the last flush, and damage in them is reported
       // as damage instead of being taken for a torn commit. A torn write of it leaves the meta
@@ -1327,11 +1331,7 @@ Status Db::Shrink(uint64_t max_bytes) {
   // The space grown ahead of need goes too, whatever the steps below found to do.
   auto cut = [&d]() -> Status {
     std::lock_guard<std::mutex> l(d.write_mu);
-    if (d.region->page_count() > d.meta.last_page) {
-      TESSERA_RETURN_IF_ERROR(d.region->Truncate(d.meta.last_page));
-      TESSERA_RETURN_IF_ERROR(d.region->Flush());
-    }
-    return Status::Ok();
+    return d.TrimToLastPage();
   };
   // Pages freed since the last flush may be reused only after one.
   TESSERA_RETURN_IF_ERROR(Sync());

@@ -166,6 +166,8 @@ struct Db::Impl {
   // Flushes everything written so far; on success the meta of `txnid` in `slot` is the durable
   // one, on failure the Db turns fatal (sticky TESSERA_FATAL).
   Status FlushDurable(uint64_t txnid, uint32_t slot);
+  // Gives back the pages the file has grown ahead of need (past meta.last_page); write_mu held.
+  Status TrimToLastPage();
   void Publish(const Meta& m);
   Meta LoadRing(uint64_t txn) const;
   // Registers a reader; returns its slot and fills `m` with a consistent snapshot.

@@ -90,26 +90,20 @@ int Shrink(const std::string& path) {
                  path.c_str());
     return kExitFailure;
   }
+  auto fail = [](const Status& st) {
+    std::fprintf(stderr, "tessera shrink: %s\n", st.ToString().c_str());
+    return kExitFailure;
+  };
   engine::Options o;
   o.create_if_missing = false;
   o.shrink_on_close = false;
   auto db = engine::Db::Open(path, o);
-  if (!db.ok()) {
-    std::fprintf(stderr, "tessera shrink: %s\n", db.status().ToString().c_str());
-    return kExitFailure;
-  }
+  if (!db.ok()) return fail(db.status());
   auto before = (*db)->GetStats();
-  Status s = (*db)->Shrink();
+  if (!before.ok()) return fail(before.status());
+  if (Status s = (*db)->Shrink(); !s.ok()) return fail(s);
   auto after = (*db)->GetStats();
-  if (!s.ok() || !before.ok() || !after.ok()) {
-    std::fprintf(stderr, "tessera shrink: %s\n",
-                 (!s.ok()        ? s
-                  : !before.ok() ? before.status()
-                                 : after.status())
-                     .ToString()
-                     .c_str());
-    return kExitFailure;
-  }
+  if (!after.ok()) return fail(after.status());
   std::printf("%s: %llu -> %llu bytes (%llu free pages left inside)\n", path.c_str(),
               static_cast<unsigned long long>(before->file_size),
               static_cast<unsigned long long>(after->file_size),
