@@ -107,12 +107,19 @@ void SetBranchChild(uint8_t* cell, uint64_t child, uint64_t txnid) {
 uint32_t UsableBytes(uint32_t page_size) { return page_size - kHeaderSize; }
 
 // Copies page (or overflow run of npages) *pgno to np, allocated by this transaction, frees the
-// original and points *pgno at the copy.
-uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages) {
+// original and points *pgno at the copy. `run_txnid` is nonzero for a headerless run (the txn
+// its leaf reference names): its bytes are copied as they are.
+uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, uint64_t run_txnid = 0) {
   Db::Impl* db = txn.db;
   uint8_t* page = db->Page(*pgno);
   PageView v{page};
   uint8_t* dst = db->Page(np);
+  if (run_txnid != 0) {
+    std::memcpy(dst, page, npages * db->page_size);
+    FreePages(txn, *pgno, npages, run_txnid);
+    *pgno = np;
+    return dst;
+  }
   if (db->crc_skips_gap && npages == 1 && (v.type() == kLeaf || v.type() == kBranch) &&
       v.lower() <= v.upper() && v.upper() <= db->page_size) {
     // Only the header with the slots and the cell heap: the gap between them is never read, nor
@@ -284,8 +291,7 @@ Status InsertAt(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level,
 // Frees the overflow run of a leaf cell, if any.
 void FreeCellOverflow(Txn& txn, TreeInfo* tree, LeafCell lc) {
   if (!lc.overflow()) return;
-  PageView ov{txn.db->Page(lc.ovf_pgno())};
-  uint64_t n = ov.overflow_pages();
+  uint64_t n = txn.db->RunPages(lc);
   FreePages(txn, lc.ovf_pgno(), n, lc.ovf_txnid());
   tree->overflow_pages -= n;
 }
@@ -382,8 +388,13 @@ uint32_t FinalizePage(Txn& txn, TreeInfo* tree, uint64_t pgno) {
       LeafCell lc{v.cell(i)};
       if (lc.overflow() && lc.ovf_txnid() == txn.txnid) {
         uint8_t* ov = db->Page(lc.ovf_pgno());
-        uint32_t crc = db->PageCrc(ov, PageView{ov}.overflow_pages());
-        PageView{ov}.set_crc(crc);
+        uint32_t crc;
+        if (db->headerless_runs) {
+          crc = Db::Impl::RunCrc(ov, lc.vlen());
+        } else {
+          crc = db->PageCrc(ov, PageView{ov}.overflow_pages());
+          PageView{ov}.set_crc(crc);
+        }
         Store(const_cast<uint8_t*>(lc.val()) + 16, crc);
       }
     }
@@ -405,8 +416,7 @@ void DropPage(Txn& txn, uint64_t pgno, uint64_t txnid) {
     for (unsigned i = 0; i < v.count(); ++i) {
       LeafCell lc{v.cell(i)};
       if (lc.overflow()) {
-        FreePages(txn, lc.ovf_pgno(), PageView{db->Page(lc.ovf_pgno())}.overflow_pages(),
-                  lc.ovf_txnid());
+        FreePages(txn, lc.ovf_pgno(), db->RunPages(lc), lc.ovf_txnid());
       }
     }
   }
@@ -449,16 +459,20 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
     // read, so a bounded Shrink does not read every large value in the file.
     uint64_t ovf = lc.ovf_pgno();
     const uint64_t ps = txn.db->page_size;
-    if (ovf + (lc.vlen() + kHeaderSize + ps - 1) / ps <= limit) continue;
-    TESSERA_ASSIGN_OR_RETURN(uint8_t * run, ReadPage(txn, ovf, kOverflow, lc.ovf_txnid()));
-    const uint64_t n = PageView{run}.overflow_pages();
+    const uint64_t sized = txn.db->headerless_runs
+                               ? format::HeaderlessRunPages(lc.vlen(), txn.db->page_size)
+                               : (lc.vlen() + kHeaderSize + ps - 1) / ps;
+    if (ovf + sized <= limit) continue;
+    TESSERA_RETURN_IF_ERROR(txn.db->CheckRun(lc, txn.meta.last_page).status());
+    const uint64_t n = txn.db->RunPages(lc);
+    const uint64_t run_txnid = txn.db->headerless_runs ? lc.ovf_txnid() : 0;
     // Allocated before the leaf is made writable: a run with no room below the limit stays where
     // it is (the file is cut above it), and nothing has changed.
     auto np = AllocPages(txn, n);
     if (!np.ok() && np.status().IsNoSpace() && n > 1) continue;
     if (!np.ok()) return np.status();
     TESSERA_RETURN_IF_ERROR(writable());
-    CopyTo(txn, &ovf, *np, n);
+    CopyTo(txn, &ovf, *np, n, run_txnid);
     uint8_t* ref = const_cast<uint8_t*>(LeafCell{PageView{page}.cell(i)}.val());
     Store(ref, ovf);
     Store(ref + 8, txn.txnid);  // Finalize fills in the run's checksum
@@ -543,14 +557,8 @@ Result<uint8_t*> ReadPage(const Txn& txn, uint64_t pgno, int type, uint64_t expe
 
 Result<std::string_view> CellValue(const Txn& txn, LeafCell lc) {
   if (!lc.overflow()) return std::string_view(reinterpret_cast<const char*>(lc.val()), lc.vlen());
-  TESSERA_ASSIGN_OR_RETURN(uint8_t * ov, ReadPage(txn, lc.ovf_pgno(), kOverflow, lc.ovf_txnid()));
-  uint64_t cap = uint64_t{PageView{ov}.overflow_pages()} * txn.db->page_size - kHeaderSize;
-  if (lc.vlen() > cap) {
-    return Status::Corruption("overflow page " + std::to_string(lc.ovf_pgno()) + " holds " +
-                              std::to_string(cap) + " bytes but the value needs " +
-                              std::to_string(lc.vlen()));
-  }
-  return std::string_view(reinterpret_cast<const char*>(ov + kHeaderSize), lc.vlen());
+  TESSERA_ASSIGN_OR_RETURN(const uint8_t* v, txn.db->CheckRun(lc, txn.meta.last_page));
+  return std::string_view(reinterpret_cast<const char*>(v), lc.vlen());
 }
 
 Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::string_view* value) {
@@ -601,14 +609,18 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
   Store(c + 3, static_cast<uint32_t>(value.size()));
   std::copy_n(key.data(), key.size(), c + kLeafCellHeader);
   if (overflow) {
-    uint64_t npages = (value.size() + kHeaderSize + ps - 1) / ps;
+    const uint64_t header = db->headerless_runs ? 0 : kHeaderSize;
+    const uint64_t npages = db->headerless_runs ? format::HeaderlessRunPages(value.size(), ps)
+                                                : (value.size() + kHeaderSize + ps - 1) / ps;
     TESSERA_ASSIGN_OR_RETURN(uint64_t ov, AllocPages(txn, npages));
     uint8_t* op = db->Page(ov);
-    InitPage(op, ps, ov, txn.txnid, kOverflow);
-    PageView{op}.set_upper(static_cast<uint32_t>(npages));
-    std::memcpy(op + kHeaderSize, value.data(), value.size());
-    uint64_t tail = npages * ps - kHeaderSize - value.size();
-    std::memset(op + kHeaderSize + value.size(), 0, tail);
+    if (!db->headerless_runs) {
+      InitPage(op, ps, ov, txn.txnid, kOverflow);
+      PageView{op}.set_upper(static_cast<uint32_t>(npages));
+    }
+    if (!value.empty()) std::memcpy(op + header, value.data(), value.size());
+    // The padding is zeroed: a page image (protection) then depends only on the value.
+    std::memset(op + header + value.size(), 0, npages * ps - header - value.size());
     Store(c + kLeafCellHeader + key.size(), ov);
     Store(c + kLeafCellHeader + key.size() + 8, txn.txnid);
     Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});

@@ -123,6 +123,26 @@ struct Validator {
     return Status::Ok();
   }
 
+  Status Run(format::LeafCell lc) {
+    const uint64_t p = lc.ovf_pgno();
+    if (!db->headerless_runs) {
+      uint8_t* ov;
+      return Page(p, lc.ovf_txnid(), lc.ovf_crc(), kOverflow, &ov);
+    }
+    const uint64_t n = format::HeaderlessRunPages(lc.vlen(), db->page_size);
+    if (p < kMetaPages || p >= last_page || n > last_page - p) {
+      return Status::Corruption("overflow run at " + Pg(p) + " (" + std::to_string(n) +
+                                " pages) is out of range");
+    }
+    if (Db::Impl::RunCrc(db->Page(p), lc.vlen()) != lc.ovf_crc()) {
+      return Status::Corruption("overflow run at " + Pg(p) +
+                                " does not match what its leaf expects (txn " +
+                                std::to_string(lc.ovf_txnid()) + ")");
+    }
+    ++checked;
+    return Status::Ok();
+  }
+
   Status Tree(uint64_t p, uint64_t txnid, uint32_t crc, bool catalog, int depth = 0) {
     if (p == kInvalidPage || txnid <= durable) return Status::Ok();
     if (depth > 64) return Status::Corruption(Pg(p) + ": tree too deep");
@@ -137,11 +157,7 @@ struct Validator {
       } else if (v.type() == kLeaf) {
         format::LeafCell lc{v.cell(i)};
         if (lc.overflow()) {
-          if (lc.ovf_txnid() > durable) {
-            uint8_t* ov;
-            TESSERA_RETURN_IF_ERROR(
-                Page(lc.ovf_pgno(), lc.ovf_txnid(), lc.ovf_crc(), kOverflow, &ov));
-          }
+          if (lc.ovf_txnid() > durable) TESSERA_RETURN_IF_ERROR(Run(lc));
         } else if (catalog && lc.vlen() == sizeof(TreeInfo)) {
           TreeInfo ti;
           std::memcpy(&ti, lc.val(), sizeof ti);
@@ -223,6 +239,9 @@ uint32_t Db::Impl::PageCrc(const uint8_t* page, uint64_t npages) const {
 Status Db::Impl::VerifyChecksum(uint64_t p) const {
   const uint8_t* page = Page(p);
   PageView v{const_cast<uint8_t*>(page)};
+  if (headerless_runs && v.type() == kOverflow) {
+    return Status::Corruption(Pg(p) + ": overflow page header in a file whose runs have none");
+  }
   uint64_t n = v.type() == kOverflow ? v.overflow_pages() : 1;
   if (n == 0 || p + n > region->page_count()) {
     return Status::Corruption(Pg(p) + ": overflow run of " + std::to_string(n) +
@@ -264,6 +283,37 @@ Status Db::Impl::VerifyChecksum(uint64_t p) const {
     return Status::Corruption(Pg(p) + ": unknown page type " + std::to_string(v.type()));
   }
   return Status::Ok();
+}
+
+Result<const uint8_t*> Db::Impl::CheckRun(format::LeafCell lc, uint64_t last_page) const {
+  const uint64_t p = lc.ovf_pgno();
+  if (!headerless_runs) {
+    TESSERA_RETURN_IF_ERROR(CheckPage(p, last_page, kOverflow, lc.ovf_txnid()));
+    const uint64_t cap = uint64_t{PageView{Page(p)}.overflow_pages()} * page_size - kHeaderSize;
+    if (lc.vlen() > cap) {
+      return Status::Corruption("overflow " + Pg(p) + " holds " + std::to_string(cap) +
+                                " bytes but the value needs " + std::to_string(lc.vlen()));
+    }
+    return Page(p) + kHeaderSize;
+  }
+  const uint64_t n = format::HeaderlessRunPages(lc.vlen(), page_size);
+  if (p < kMetaPages || p >= last_page || n > last_page - p) {
+    return Status::Corruption("overflow run at " + Pg(p) + " (" + std::to_string(n) +
+                              " pages) is outside the database (" + std::to_string(last_page) +
+                              " pages)");
+  }
+  // Pages this process wrote, or whose checksum it verified, are marked: the run's first page
+  // stands for the run (a run is only ever written whole, and read whole through its reference).
+  if (!IsVerified(p)) {
+    const uint32_t crc = RunCrc(Page(p), lc.vlen());
+    if (crc != lc.ovf_crc()) {
+      return Status::Corruption(
+          "overflow run at " + Pg(p) + ": checksum mismatch (its leaf records " +
+          std::to_string(lc.ovf_crc()) + ", computed " + std::to_string(crc) + ")");
+    }
+    const_cast<Impl*>(this)->SetVerified(p);
+  }
+  return Page(p);
 }
 
 Status Db::Impl::CheckPage(uint64_t p, uint64_t last_page, int expect_type,
@@ -946,6 +996,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     for (uint32_t s : order) {
       if (!valid[s]) continue;
       impl->crc_skips_gap = m[s].version >= format::kGapFreeCrcVersion;
+      impl->headerless_runs = m[s].version >= format::kHeaderlessRunVersion;
       Status vs = ValidateMeta(impl.get(), m[s]);
       if (vs.ok()) {
         chosen = m[s];
@@ -987,6 +1038,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   }
   impl->meta = chosen;
   impl->crc_skips_gap = chosen.version >= format::kGapFreeCrcVersion;
+  impl->headerless_runs = chosen.version >= format::kHeaderlessRunVersion;
   impl->meta_slot = chosen_slot;
   impl->durable_txn = chosen.txnid;
   impl->durable_slot = chosen_slot;

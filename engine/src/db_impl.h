@@ -64,6 +64,8 @@ struct Db::Impl {
   uint32_t page_size = 0;
   // The file's format version allows a branch or leaf checksum to skip the page's gap.
   bool crc_skips_gap = false;
+  // The file's format version stores overflow runs without a page header (format.h).
+  bool headerless_runs = false;
 
   // Pages whose checksum has been verified (or that this process wrote) since open.
   std::unique_ptr<std::atomic<uint64_t>[]> verified;
@@ -160,6 +162,17 @@ struct Db::Impl {
     PageView v{Page(p)};
     return v.pgno() == p && (expect_txnid == 0 || v.txnid() == expect_txnid);
   }
+  // Pages of the overflow run leaf cell `lc` refers to: from the value's length in a version 3
+  // file, else from the run's header (unchecked: for freeing a run this process has read).
+  uint64_t RunPages(format::LeafCell lc) const {
+    return headerless_runs ? format::HeaderlessRunPages(lc.vlen(), page_size)
+                           : PageView{Page(lc.ovf_pgno())}.overflow_pages();
+  }
+  // Checks the overflow run `lc` refers to within a snapshot whose high-water mark is last_page
+  // (its checksum once per open) and returns its value's first byte. Corruption names the run.
+  Result<const uint8_t*> CheckRun(format::LeafCell lc, uint64_t last_page) const;
+  // What a leaf's reference records as the checksum of version 3 run `run` holding vlen bytes.
+  static uint32_t RunCrc(const uint8_t* run, uint64_t vlen) { return Crc32c(run, vlen); }
   Status VerifyChecksum(uint64_t p) const;
   uint32_t PageCrc(const uint8_t* page, uint64_t npages) const;
 

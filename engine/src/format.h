@@ -2,7 +2,12 @@
 // refuses to build on big-endian hosts) and read with memcpy, so no field needs alignment.
 //
 // File: a sequence of pages of `page_size` bytes. Pages 0 and 1 are meta pages; every other page
-// in use is a branch, leaf, overflow or freelist page, and starts with a PageHeader.
+// in use is a branch, leaf or freelist page, and starts with a PageHeader, or a page of an
+// overflow run (a value too large for a leaf). Before version 3 a run starts with a PageHeader of
+// type kOverflow (its `upper` holds the run's length in pages); from version 3 on it has no header:
+// the value's bytes start at the run's first byte and its zero-padded tail fills the last page,
+// so the run is ceil(vlen / page_size) pages (one for an empty value), and only the leaf's
+// reference (page, txnid, CRC32C of the vlen value bytes) describes it.
 //
 // Invariants (checked by Verify and, where cheap, asserted on every access):
 //  - PageHeader.crc is CRC32C of bytes [4, page_size) of the page (of all npages pages for an
@@ -10,6 +15,7 @@
 //    or leaf page's crc covers bytes [4, lower) followed by [upper, page_size) instead: the gap
 //    between the slots and the cell heap holds leftovers that nothing reads, so a commit neither
 //    copies nor checksums it. A file keeps the version it was created with (Meta.version).
+//  - A version 3 run's checksum lives only in the leaf's reference (there is no header).
 //  - PageHeader.pgno equals the page's own number; PageHeader.txnid is the transaction that
 //    wrote it, never larger than the txnid of any page that points to it (copy-on-write).
 //  - A branch cell (child pgno, child txnid, child crc, key) names its child's txnid and checksum
@@ -35,10 +41,12 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the engine file format
 namespace tessera::engine::format {
 
 inline constexpr uint64_t kMagic = 0x3141524553534554ULL;  // "TESSERA1"
-inline constexpr uint32_t kFormatVersion = 2;              // what new files are created with
+inline constexpr uint32_t kFormatVersion = 3;              // what new files are created with
 inline constexpr uint32_t kMinFormatVersion = 1;           // the oldest version this build opens
 // From this version on a branch or leaf page's checksum skips the gap (see the invariants above).
 inline constexpr uint32_t kGapFreeCrcVersion = 2;
+// From this version on an overflow run has no page header (see above).
+inline constexpr uint32_t kHeaderlessRunVersion = 3;
 inline constexpr uint32_t kHeaderSize = 32;
 inline constexpr uint64_t kMetaPages = 2;
 inline constexpr uint64_t kInvalidPage = 0;  // page 0 is a meta page, never a tree page
@@ -115,6 +123,11 @@ struct LeafCell {
     return kLeafCellHeader + klen() + (overflow() ? kOverflowRefSize : vlen());
   }
 };
+
+// Pages of a headerless (version 3) overflow run holding `vlen` bytes.
+inline uint64_t HeaderlessRunPages(uint64_t vlen, uint32_t page_size) {
+  return vlen == 0 ? 1 : (vlen + page_size - 1) / page_size;
+}
 
 struct BranchCell {
   const uint8_t* c;

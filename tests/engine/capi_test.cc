@@ -18,7 +18,7 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=4096;bogus=1", &db), TESSERA_BAD_OPTIONS);
   EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=1000", &db), TESSERA_BAD_PAGE_SIZE);
   EXPECT_EQ(tessera_db_open(path.c_str(), "create=0", &db), TESSERA_NOTFOUND);
-  EXPECT_EQ(tessera_db_open(path.c_str(), "format_version=3", &db), TESSERA_BAD_OPTIONS);
+  EXPECT_EQ(tessera_db_open(path.c_str(), "format_version=4", &db), TESSERA_BAD_OPTIONS);
   tessera_db* v1 = nullptr;  // the first format is still written on request, and reads back
   ASSERT_EQ(tessera_db_open(dir.File("v1").c_str(), "format_version=1;sync=0", &v1), TESSERA_OK);
   tessera_txn* t1 = nullptr;

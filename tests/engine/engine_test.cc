@@ -700,7 +700,7 @@ uint32_t FileFormatVersion(const std::string& path, int slot) {
 // its version across later commits.
 TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
   TempDir dir;
-  for (uint32_t version : {1u, 2u}) {
+  for (uint32_t version : {1u, 2u, 3u}) {
     SCOPED_TRACE("format_version " + std::to_string(version));
     std::string path = dir.File("db" + std::to_string(version));
     Options o;
@@ -751,15 +751,140 @@ TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
     }
   }
   Options bad;
-  bad.format_version = 3;
-  auto db = Db::Open(dir.File("db3"), bad);
+  bad.format_version = 4;
+  auto db = Db::Open(dir.File("db4"), bad);
   ASSERT_FALSE(db.ok());
   EXPECT_TRUE(db.status().IsInvalidArgument()) << db.status().ToString();
-  EXPECT_NE(db.status().message().find("format_version 3"), std::string::npos);
+  EXPECT_NE(db.status().message().find("format_version 4"), std::string::npos);
 }
 
 // A crafted version 2 page whose slot points into the uncovered middle of the page, with every
 // checksum up to the meta made to match, is Corruption: cells must lie in [upper, page size).
+// Version 3 stores a large value without a page header: 4096 bytes take one page, not two. Files
+// of older versions keep their headers, and both kinds read back after a reopen with default
+// options.
+TEST(EngineTest, AFourKiBValueTakesOnePageAndOlderFilesKeepTheirFormat) {
+  TempDir dir;
+  const std::string long_key(1020, 'k');  // too long to sit inline with even an empty value
+  for (uint32_t version : {2u, 3u}) {
+    SCOPED_TRACE("format_version " + std::to_string(version));
+    const std::string path = dir.File("db" + std::to_string(version));
+    auto value = [](int i, size_t n) {
+      std::string v(n, '\0');
+      for (size_t j = 0; j < n; ++j) v[j] = static_cast<char>(i * 7 + j * 13);
+      return v;
+    };
+    const uint64_t per_4k = version == 3 ? 1 : 2;
+    {
+      Options o;
+      o.format_version = version;
+      auto db = MustOpen(path, o);
+      WriteBatch b;
+      for (int i = 0; i < 8; ++i) b.Put(Key(i), value(i, 4096));
+      b.Put("mid", value(100, 5000));
+      b.Put(long_key, "");
+      ASSERT_TRUE(db->Write(b).ok());
+      EXPECT_EQ(db->GetStats()->trees[0].overflow_pages, 8 * per_4k + 2 + 1);
+    }
+    auto db = MustOpen(path);
+    std::string v;
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_TRUE(db->Get(Key(i), &v).ok());
+      EXPECT_TRUE(v == value(i, 4096)) << i;
+    }
+    ASSERT_TRUE(db->Get("mid", &v).ok());
+    EXPECT_TRUE(v == value(100, 5000));
+    ASSERT_TRUE(db->Get(long_key, &v).ok());
+    EXPECT_EQ(v, "");
+    ASSERT_TRUE(db->Put(Key(8), value(8, 4096)).ok());  // the file's own format again
+    ASSERT_TRUE(db->Delete(Key(0)).ok());
+    EXPECT_EQ(db->GetStats()->trees[0].overflow_pages, 8 * per_4k + 2 + 1);
+    auto rep = db->Verify();
+    EXPECT_TRUE(rep.ok) << rep.ToString();
+    db.reset();
+    EXPECT_EQ(FileFormatVersion(path, 0), version);
+  }
+}
+
+// Pages of the file holding a value of `byte` repeated: a version 3 run starts with the value.
+std::vector<uint64_t> PagesStartingWith(const std::string& path, char byte) {
+  std::vector<uint64_t> out;
+  int fd = ::open(path.c_str(), O_RDONLY);
+  struct stat st;
+  EXPECT_EQ(::fstat(fd, &st), 0);
+  for (uint64_t p = 2; p < static_cast<uint64_t>(st.st_size) / 4096; ++p) {
+    char head[64];
+    EXPECT_EQ(::pread(fd, head, sizeof head, static_cast<off_t>(p * 4096)), 64);
+    if (std::string_view(head, sizeof head) == std::string(sizeof head, byte)) out.push_back(p);
+  }
+  ::close(fd);
+  return out;
+}
+
+// A headerless run is checked against the checksum its leaf records: a flipped bit is
+// Corruption naming the run, and leaves every other value readable.
+TEST(EngineTest, FlippedBitInALargeValueIsCorruptionNamingItsRun) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    WriteBatch b;
+    b.Put("big", std::string(10000, 'Z'));
+    b.Put("other", std::string(6000, 'Y'));
+    b.Put("small", "s");
+    ASSERT_TRUE(db->Write(b).ok());
+  }
+  auto runs = PagesStartingWith(path, 'Z');
+  ASSERT_EQ(runs.size(), 3u);  // 10000 bytes: three pages, each starting with the value's bytes
+  FlipByte(path, runs[1] * 4096 + 17);
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  Status s = db->Get("big", &v);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("overflow run at page " + std::to_string(runs[0])), std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("checksum mismatch"), std::string::npos) << s.message();
+  ASSERT_TRUE(db->Get("other", &v).ok());
+  EXPECT_EQ(v, std::string(6000, 'Y'));
+  ASSERT_TRUE(db->Get("small", &v).ok());
+  auto rep = db->Verify();
+  EXPECT_FALSE(rep.ok);
+  EXPECT_NE(rep.ToString().find("checksum mismatch"), std::string::npos) << rep.ToString();
+  // Replacing the damaged value frees the run without reading it.
+  ASSERT_TRUE(db->Put("big", "fixed").ok());
+  rep = db->Verify();
+  EXPECT_TRUE(rep.ok) << rep.ToString();
+}
+
+// A run the last commit wrote that did not reach the disk intact makes that commit torn: the
+// database opens at the one before (the run has no header, so only its leaf's checksum tells).
+TEST(EngineTest, TornLargeValueFallsBackToThePreviousCommit) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path, PowerCutOptions(false));
+    ASSERT_TRUE(db->Put("old", "1").ok());  // sync
+    WriteBatch b;
+    b.Put("big", std::string(8192, 'Q'));
+    ASSERT_TRUE(db->Write(b, WriteOptions{false}).ok());
+    ASSERT_TRUE(db->SimulatePowerCut(1, 1.0).ok());  // every write kept, the run damaged below
+  }
+  auto runs = PagesStartingWith(path, 'Q');
+  ASSERT_EQ(runs.size(), 2u);
+  FlipByte(path, runs[1] * 4096 + 4000);
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  EXPECT_TRUE(db->Get("old", &v).ok());
+  EXPECT_TRUE(db->Get("big", &v).IsNotFound());
+  auto st = db->GetStats();
+  EXPECT_NE(st->recovery_note.find("overflow run at page " + std::to_string(runs[0])),
+            std::string::npos)
+      << st->recovery_note;
+  EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
+}
+
 TEST(EngineTest, ACellInThePagesUncheckedMiddleIsCorruption) {
   TempDir dir;
   std::string path = dir.File("db");

@@ -52,8 +52,10 @@ struct Options {
   // operations to the commit log `<path>-log` and flushes that small file instead of the data
   // file's scattered pages; Open replays it. false: every sync commit flushes the data file.
   bool commit_log = true;
-  // Format of a file this Open creates (an existing file keeps its own): 0 the newest (2);
-  // 1 the first format, whose checksums cover every byte of a page (slower commits).
+  // Format of a file this Open creates (an existing file keeps its own): 0 the newest (3);
+  // 2 stores a value too large for a leaf with a page header in front (a 4 KiB value then takes
+  // two pages, not one); 1 the first format, whose checksums also cover every byte of a page
+  // (slower commits).
   uint32_t format_version = 0;
   // A clean close (the destructor) runs Shrink when a quarter of the file, and at least 8 MiB, is
   // free (never with retain_freed_after set). Off for a caller that keeps page numbers of old

@@ -39,8 +39,9 @@ typedef struct tessera_cursor tessera_cursor;
  *   map_size=N     bytes of address space reserved; the file's size limit (default 64 GiB)
  *   commit_log=0|1 let a sync commit append to `<path>-log` instead of flushing the file's
  *                  pages when no unflushed commit precedes it; replayed at open (default 1)
- *   format_version=N  format of a file this call creates: 2 (the default, also 0) or 1, the
- *                  first format (whole-page checksums); an existing file keeps its own
+ *   format_version=N  format of a file this call creates: 3 (the default, also 0); 2, whose
+ *                  large values carry a page header (a 4 KiB value takes two pages); or 1,
+ *                  the first format (whole-page checksums); an existing file keeps its own
  *   shrink_on_close=0|1  at close, when a quarter of the file (and at least 8 MiB) is free,
  *                  move the pages in use at its end down and truncate it (default 1)
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
