@@ -107,15 +107,17 @@ void SetBranchChild(uint8_t* cell, uint64_t child, uint64_t txnid) {
 uint32_t UsableBytes(uint32_t page_size) { return page_size - kHeaderSize; }
 
 // Copies page (or overflow run of npages) *pgno to np, allocated by this transaction, frees the
-// original and points *pgno at the copy. `run_txnid` is nonzero for a headerless run (the txn
-// its leaf reference names): its bytes are copied as they are.
-uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, uint64_t run_txnid = 0) {
+// original and points *pgno at the copy. A headerless run (`headerless_run`, written by
+// `run_txnid` as its leaf reference says) is copied byte for byte.
+uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, bool headerless_run = false,
+                uint64_t run_txnid = 0) {
   Db::Impl* db = txn.db;
   uint8_t* page = db->Page(*pgno);
   PageView v{page};
   uint8_t* dst = db->Page(np);
-  if (run_txnid != 0) {
+  if (headerless_run) {
     std::memcpy(dst, page, npages * db->page_size);
+    db->SetRunVerified(np);  // the bytes CheckRun verified, now written by this process
     FreePages(txn, *pgno, npages, run_txnid);
     *pgno = np;
     return dst;
@@ -288,12 +290,26 @@ Status InsertAt(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level,
                   reinterpret_cast<const uint8_t*>(up.data()), static_cast<uint32_t>(up.size()));
 }
 
+// The length of the overflow run `lc` refers to, which is about to be freed without being read:
+// Corruption unless it lies inside the file.
+Result<uint64_t> RunToFree(const Txn& txn, LeafCell lc) {
+  const uint64_t p = lc.ovf_pgno(), last = txn.meta.last_page;
+  if (p >= format::kMetaPages && p < last) {
+    const uint64_t n = txn.db->RunPages(lc);
+    if (n > 0 && n <= last - p) return n;
+  }
+  return Status::Corruption("overflow run at page " + std::to_string(p) + " (a value of " +
+                            std::to_string(lc.vlen()) + " bytes) is outside the database (" +
+                            std::to_string(last) + " pages)");
+}
+
 // Frees the overflow run of a leaf cell, if any.
-void FreeCellOverflow(Txn& txn, TreeInfo* tree, LeafCell lc) {
-  if (!lc.overflow()) return;
-  uint64_t n = txn.db->RunPages(lc);
+Status FreeCellOverflow(Txn& txn, TreeInfo* tree, LeafCell lc) {
+  if (!lc.overflow()) return Status::Ok();
+  TESSERA_ASSIGN_OR_RETURN(uint64_t n, RunToFree(txn, lc));
   FreePages(txn, lc.ovf_pgno(), n, lc.ovf_txnid());
   tree->overflow_pages -= n;
+  return Status::Ok();
 }
 
 // After a removal at path[level], fixes empty or underfull pages up the path.
@@ -404,23 +420,25 @@ uint32_t FinalizePage(Txn& txn, TreeInfo* tree, uint64_t pgno) {
   return crc;
 }
 
-void DropPage(Txn& txn, uint64_t pgno, uint64_t txnid) {
-  Db::Impl* db = txn.db;
-  PageView v{db->Page(pgno)};
+Status DropPage(Txn& txn, uint64_t pgno, uint64_t txnid, int depth = 0) {
+  if (depth > 64) return Status::Corruption("tree too deep below page " + std::to_string(pgno));
+  TESSERA_ASSIGN_OR_RETURN(uint8_t * page, ReadPage(txn, pgno, -1, txnid));
+  PageView v{page};
   if (v.type() == kBranch) {
     for (unsigned i = 0; i < v.count(); ++i) {
       BranchCell bc{v.cell(i)};
-      DropPage(txn, bc.child(), bc.child_txnid());
+      TESSERA_RETURN_IF_ERROR(DropPage(txn, bc.child(), bc.child_txnid(), depth + 1));
     }
   } else {
     for (unsigned i = 0; i < v.count(); ++i) {
       LeafCell lc{v.cell(i)};
-      if (lc.overflow()) {
-        FreePages(txn, lc.ovf_pgno(), db->RunPages(lc), lc.ovf_txnid());
-      }
+      if (!lc.overflow()) continue;
+      TESSERA_ASSIGN_OR_RETURN(uint64_t n, RunToFree(txn, lc));
+      FreePages(txn, lc.ovf_pgno(), n, lc.ovf_txnid());
     }
   }
   FreePages(txn, pgno, 1, txnid);
+  return Status::Ok();
 }
 
 // Moves the subtree at *pgno (written by *pg_txnid) out of [limit, ...): every page of it at or
@@ -465,14 +483,14 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
     if (ovf + sized <= limit) continue;
     TESSERA_RETURN_IF_ERROR(txn.db->CheckRun(lc, txn.meta.last_page).status());
     const uint64_t n = txn.db->RunPages(lc);
-    const uint64_t run_txnid = txn.db->headerless_runs ? lc.ovf_txnid() : 0;
+
     // Allocated before the leaf is made writable: a run with no room below the limit stays where
     // it is (the file is cut above it), and nothing has changed.
     auto np = AllocPages(txn, n);
     if (!np.ok() && np.status().IsNoSpace() && n > 1) continue;
     if (!np.ok()) return np.status();
     TESSERA_RETURN_IF_ERROR(writable());
-    CopyTo(txn, &ovf, *np, n, run_txnid);
+    CopyTo(txn, &ovf, *np, n, txn.db->headerless_runs, lc.ovf_txnid());
     uint8_t* ref = const_cast<uint8_t*>(LeafCell{PageView{page}.cell(i)}.val());
     Store(ref, ovf);
     Store(ref + 8, txn.txnid);  // Finalize fills in the run's checksum
@@ -621,6 +639,9 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     if (!value.empty()) std::memcpy(op + header, value.data(), value.size());
     // The padding is zeroed: a page image (protection) then depends only on the value.
     std::memset(op + header + value.size(), 0, npages * ps - header - value.size());
+    // Read back in this txn before Finalize records its checksum: known good, like any page
+    // this process wrote.
+    if (db->headerless_runs) db->SetRunVerified(ov);
     Store(c + kLeafCellHeader + key.size(), ov);
     Store(c + kLeafCellHeader + key.size() + 8, txn.txnid);
     Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});
@@ -654,7 +675,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
       std::memcpy(const_cast<uint8_t*>(old.c), c, cell_size);
       return Status::Ok();
     }
-    FreeCellOverflow(txn, tree, old);
+    TESSERA_RETURN_IF_ERROR(FreeCellOverflow(txn, tree, old));
     RemoveCell(leaf, path.back().idx);
   } else {
     ++tree->entries;
@@ -671,7 +692,7 @@ Status Delete(Txn& txn, TreeInfo* tree, std::string_view key) {
   TESSERA_RETURN_IF_ERROR(DescendForWrite(txn, tree, key, &path, &found));
   TESSERA_ASSERT(found, "key vanished between lookup and delete");
   PageView leaf{txn.db->Page(path.back().pgno)};
-  FreeCellOverflow(txn, tree, LeafCell{leaf.cell(path.back().idx)});
+  TESSERA_RETURN_IF_ERROR(FreeCellOverflow(txn, tree, LeafCell{leaf.cell(path.back().idx)}));
   RemoveCell(leaf, path.back().idx);
   --tree->entries;
   ++txn.mod_count;
@@ -679,7 +700,9 @@ Status Delete(Txn& txn, TreeInfo* tree, std::string_view key) {
 }
 
 Status Drop(Txn& txn, TreeInfo* tree) {
-  if (tree->root != kInvalidPage) DropPage(txn, tree->root, tree->root_txnid);
+  if (tree->root != kInvalidPage) {
+    TESSERA_RETURN_IF_ERROR(DropPage(txn, tree->root, tree->root_txnid));
+  }
   *tree = TreeInfo{};
   ++txn.mod_count;
   return Status::Ok();
@@ -750,7 +773,10 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
     }
     txn.meta.last_page = need;
   }
-  for (uint64_t k = 0; k < n; ++k) db->SetVerified(p + k);
+  for (uint64_t k = 0; k < n; ++k) {
+    db->SetVerified(p + k);
+    db->ClearRunVerified(p + k);  // whatever it was, it is rewritten now
+  }
   PageView v{db->Page(p)};
   v.set_pgno(p);
   v.set_txnid(txn.txnid);

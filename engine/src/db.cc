@@ -302,16 +302,18 @@ Result<const uint8_t*> Db::Impl::CheckRun(format::LeafCell lc, uint64_t last_pag
                               " pages) is outside the database (" + std::to_string(last_page) +
                               " pages)");
   }
-  // Pages this process wrote, or whose checksum it verified, are marked: the run's first page
-  // stands for the run (a run is only ever written whole, and read whole through its reference).
-  if (!IsVerified(p)) {
+  // Runs this process wrote, or whose checksum it verified, are marked by their first page (a
+  // run is only ever written whole, and read whole through its reference). This rests on only
+  // this Db writing the file: a read-only Db beside a live writer, which may reuse a run's pages
+  // after reading it, checks every time.
+  if (opts.read_only || !IsRunVerified(p)) {
     const uint32_t crc = RunCrc(Page(p), lc.vlen());
     if (crc != lc.ovf_crc()) {
       return Status::Corruption(
           "overflow run at " + Pg(p) + ": checksum mismatch (its leaf records " +
           std::to_string(lc.ovf_crc()) + ", computed " + std::to_string(crc) + ")");
     }
-    const_cast<Impl*>(this)->SetVerified(p);
+    if (!opts.read_only) const_cast<Impl*>(this)->SetRunVerified(p);
   }
   return Page(p);
 }
@@ -536,10 +538,10 @@ SnapshotDescriptor ReadTxn::Descriptor() const {
 Result<std::vector<std::string>> ReadTxn::ListTrees() const {
   std::vector<std::string> names;
   TESSERA_ASSIGN_OR_RETURN(auto cur, NewCatalogCursor(*impl_));
-  for (Status s = cur->First(); cur->Valid(); s = cur->Next()) {
-    TESSERA_RETURN_IF_ERROR(s);
-    names.emplace_back(cur->key());
-  }
+  // A step that fails also ends the cursor: its status is checked after the loop too.
+  Status s = cur->First();
+  for (; s.ok() && cur->Valid(); s = cur->Next()) names.emplace_back(cur->key());
+  TESSERA_RETURN_IF_ERROR(s);
   // Trees created or dropped in this (write) transaction.
   for (const auto& [name, st] : impl_->trees) {
     if (!st.dirty) continue;
@@ -564,7 +566,17 @@ Status WritableTxn(const Txn& t) {
     return Status::InvalidArgument("transaction already finished").WithCCode(TESSERA_TXN_FINISHED);
   }
   if (!t.db->fatal.ok()) return t.db->fatal;
+  if (!t.failed.ok()) {
+    return t.failed.WithContext(
+        "an earlier write in this transaction failed, so it can only abort");
+  }
   return Status::Ok();
+}
+
+// Records a failed tree operation (NotFound changes nothing) and passes it on.
+Status NoteFailure(Txn& t, Status s) {
+  if (!s.ok() && !s.IsNotFound()) t.failed = s;
+  return s;
 }
 
 }  // namespace
@@ -575,7 +587,7 @@ Status WriteTxn::Put(std::string_view tree, std::string_view key, std::string_vi
   TESSERA_RETURN_IF_ERROR(CheckValue(value));
   TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, true));
   if (!tree.empty()) impl_->trees.find(tree)->second.dirty = true;
-  TESSERA_RETURN_IF_ERROR(btree::Put(*impl_, info, key, value));
+  TESSERA_RETURN_IF_ERROR(NoteFailure(*impl_, btree::Put(*impl_, info, key, value)));
   impl_->LogOp(logop::kPut, tree, key, value);
   return Status::Ok();
 }
@@ -584,7 +596,7 @@ Status WriteTxn::Delete(std::string_view tree, std::string_view key) {
   TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
   TESSERA_RETURN_IF_ERROR(CheckKey(key));
   TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, false));
-  TESSERA_RETURN_IF_ERROR(btree::Delete(*impl_, info, key));
+  TESSERA_RETURN_IF_ERROR(NoteFailure(*impl_, btree::Delete(*impl_, info, key)));
   if (!tree.empty()) impl_->trees.find(tree)->second.dirty = true;
   impl_->LogOp(logop::kDelete, tree, key);
   return Status::Ok();
@@ -602,7 +614,7 @@ Status WriteTxn::DropTree(std::string_view tree) {
   TESSERA_RETURN_IF_ERROR(WritableTxn(*impl_));
   if (tree.empty()) return Status::InvalidArgument("the main tree cannot be dropped");
   TESSERA_ASSIGN_OR_RETURN(TreeInfo * info, impl_->Tree(tree, false));
-  TESSERA_RETURN_IF_ERROR(btree::Drop(*impl_, info));
+  TESSERA_RETURN_IF_ERROR(NoteFailure(*impl_, btree::Drop(*impl_, info)));
   auto& st = impl_->trees.find(tree)->second;
   st.exists = false;
   st.dirty = true;
@@ -951,6 +963,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   const uint64_t cap = impl->region->capacity_pages();
   impl->verified_pages = cap;
   impl->verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
+  impl->run_verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
   impl->readers.reset(new ReaderSlot[options.max_readers]());
   impl->ring.reset(new Impl::RingEntry[Impl::kRing]());
 
@@ -1515,14 +1528,16 @@ Status Db::Backup(const std::string& path) const {
     TESSERA_ASSIGN_OR_RETURN(auto w, out->BeginWrite());
     if (!name.empty()) TESSERA_RETURN_IF_ERROR(w->CreateTree(name));
     size_t n = 0;
-    for (Status s = cur->First(); cur->Valid(); s = cur->Next()) {
-      TESSERA_RETURN_IF_ERROR(s);
+    // A value that cannot be read ends the cursor with an error: never a shorter backup.
+    Status s = cur->First();
+    for (; s.ok() && cur->Valid(); s = cur->Next()) {
       TESSERA_RETURN_IF_ERROR(w->Put(name, cur->key(), cur->value()));
       if (++n % 100000 == 0) {
         TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
         TESSERA_ASSIGN_OR_RETURN(w, out->BeginWrite());
       }
     }
+    TESSERA_RETURN_IF_ERROR(s);
     TESSERA_RETURN_IF_ERROR(w->Commit(WriteOptions{false}));
   }
   return out->Sync();

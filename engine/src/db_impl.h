@@ -70,6 +70,10 @@ struct Db::Impl {
   // Pages whose checksum has been verified (or that this process wrote) since open.
   std::unique_ptr<std::atomic<uint64_t>[]> verified;
   uint64_t verified_pages = 0;
+  // First pages of version 3 overflow runs whose checksum this process verified (or that it
+  // wrote), apart from `verified`: such a run has no header, so a page verified as anything
+  // else must not pass for one. Cleared when a page is allocated; never used read-only.
+  std::unique_ptr<std::atomic<uint64_t>[]> run_verified;
 
   std::unique_ptr<ReaderSlot[]> readers;
   struct RingEntry {
@@ -150,6 +154,17 @@ struct Db::Impl {
   void ClearVerified(uint64_t p) {
     verified[p >> 6].fetch_and(~(uint64_t{1} << (p & 63)), std::memory_order_relaxed);
   }
+  bool IsRunVerified(uint64_t p) const {
+    return (run_verified[p >> 6].load(std::memory_order_relaxed) >> (p & 63)) & 1;
+  }
+  void SetRunVerified(uint64_t p) {
+    run_verified[p >> 6].fetch_or(uint64_t{1} << (p & 63), std::memory_order_relaxed);
+  }
+  void ClearRunVerified(uint64_t p) {
+    if (IsRunVerified(p)) {
+      run_verified[p >> 6].fetch_and(~(uint64_t{1} << (p & 63)), std::memory_order_relaxed);
+    }
+  }
   uint8_t* Page(uint64_t p) const { return region->Page(p); }
 
   // Checks page p (its checksum once per open, its number and, when given, type) within a
@@ -163,7 +178,8 @@ struct Db::Impl {
     return v.pgno() == p && (expect_txnid == 0 || v.txnid() == expect_txnid);
   }
   // Pages of the overflow run leaf cell `lc` refers to: from the value's length in a version 3
-  // file, else from the run's header (unchecked: for freeing a run this process has read).
+  // file, else from the run's header (unchecked: the caller has checked that the run's first
+  // page lies inside the file).
   uint64_t RunPages(format::LeafCell lc) const {
     return headerless_runs ? format::HeaderlessRunPages(lc.vlen(), page_size)
                            : PageView{Page(lc.ovf_pgno())}.overflow_pages();
@@ -217,6 +233,9 @@ struct ReadTxn::Impl {
   // ---- write transaction state ----
   std::unique_lock<std::mutex> lock;  // write_mu
   uint64_t txnid = 0;
+  // Set when a write failed part-way (say, Corruption met after pages were copied): the txn may
+  // hold half of it, so it refuses every later write and its commit; only Abort remains.
+  Status failed;
   std::vector<uint64_t> dirty;         // pages allocated by this txn
   std::vector<uint64_t> freed;         // committed pages this txn freed (written <= durable)
   std::vector<uint64_t> freed_young;   // committed pages this txn freed (written > durable)

@@ -101,7 +101,7 @@ struct Walker {
   }
 
   // A version 3 run: in range, its checksum computed fresh, each page referenced once.
-  void CheckRun(LeafCell lc, const std::string& what, TreeInfo* count) {
+  void CheckRun(LeafCell lc, uint64_t leaf_txnid, const std::string& what, TreeInfo* count) {
     const uint64_t p = lc.ovf_pgno();
     const uint64_t n = format::HeaderlessRunPages(lc.vlen(), t.db->page_size);
     if (p < kMetaPages || p >= t.meta.last_page || n > t.meta.last_page - p) {
@@ -113,8 +113,10 @@ struct Walker {
     if (Db::Impl::RunCrc(t.db->Page(p), lc.vlen()) != lc.ovf_crc()) {
       Problem(what + ": overflow run at " + Pg(p) + " checksum mismatch");
     }
-    if (lc.ovf_txnid() > t.meta.txnid) {
-      Problem(what + ": overflow run at " + Pg(p) + " is newer than the snapshot");
+    // Copy-on-write: the run was written no later than the leaf that refers to it.
+    if (lc.ovf_txnid() == 0 || lc.ovf_txnid() > leaf_txnid) {
+      Problem(what + ": overflow run at " + Pg(p) + " names txn " + std::to_string(lc.ovf_txnid()) +
+              ", its leaf txn " + std::to_string(leaf_txnid));
     }
     count->overflow_pages += n;
     Mark(p, n, what);
@@ -155,7 +157,7 @@ struct Walker {
         }
         prev = k;
         if (lc.overflow() && t.db->headerless_runs) {
-          CheckRun(lc, what, count);
+          CheckRun(lc, v.txnid(), what, count);
         } else if (lc.overflow()) {
           const uint8_t* ov = Check(lc.ovf_pgno(), lc.ovf_txnid(), lc.ovf_crc(), kOverflow, what);
           if (ov) {

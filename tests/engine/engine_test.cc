@@ -758,8 +758,6 @@ TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
   EXPECT_NE(db.status().message().find("format_version 4"), std::string::npos);
 }
 
-// A crafted version 2 page whose slot points into the uncovered middle of the page, with every
-// checksum up to the meta made to match, is Corruption: cells must lie in [upper, page size).
 // Version 3 stores a large value without a page header: 4096 bytes take one page, not two. Files
 // of older versions keep their headers, and both kinds read back after a reopen with default
 // options.
@@ -885,6 +883,179 @@ TEST(EngineTest, TornLargeValueFallsBackToThePreviousCommit) {
   EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
 }
 
+// Rewrites cell `idx` of the main tree's root leaf (a tree of depth 1) through `edit`, then
+// makes the leaf's checksum and the newest meta match (durable_txn = txnid: open walks nothing),
+// as a crafted file would.
+template <typename F>
+void CraftRootCell(const std::string& path, unsigned idx, F edit) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  format::Meta m[2];
+  ASSERT_EQ(::pread(fd, &m[0], sizeof m[0], 0), static_cast<ssize_t>(sizeof m[0]));
+  ASSERT_EQ(::pread(fd, &m[1], sizeof m[1], 4096), static_cast<ssize_t>(sizeof m[1]));
+  format::Meta& cur = m[0].txnid > m[1].txnid ? m[0] : m[1];
+  const int slot = &cur == &m[0] ? 0 : 1;
+  ASSERT_EQ(cur.main.depth, 1u);
+  std::vector<uint8_t> page(4096);
+  const off_t at = static_cast<off_t>(cur.main.root * 4096);
+  ASSERT_EQ(::pread(fd, page.data(), 4096, at), 4096);
+  format::PageView v{page.data()};
+  format::LeafCell c{v.cell(idx)};
+  edit(cur, const_cast<uint8_t*>(c.val()));
+  uint32_t crc = Crc32c(page.data() + 4, v.lower() - 4);
+  crc = Crc32c(page.data() + v.upper(), 4096 - v.upper(), crc);
+  v.set_crc(crc);
+  ASSERT_EQ(::pwrite(fd, page.data(), 4096, at), 4096);
+  cur.main.root_crc = crc;
+  cur.durable_txn = cur.txnid;
+  cur.crc = 0;
+  cur.crc = Crc32c(reinterpret_cast<const uint8_t*>(&cur), sizeof cur);
+  ASSERT_EQ(::pwrite(fd, &cur, sizeof cur, slot * 4096), static_cast<ssize_t>(sizeof cur));
+  ::close(fd);
+}
+
+// A read-only Db beside a live writer cannot trust what it checked before: the writer may reuse
+// a run's pages once it is freed. A run has no header to tell, so its checksum is checked on
+// every read there.
+TEST(EngineTest, ReadOnlyDbBesideAWriterNeverReturnsAReusedRunsBytes) {
+  for (uint32_t version : {2u, 3u}) {
+    SCOPED_TRACE("format_version " + std::to_string(version));
+    TempDir dir;
+    std::string path = dir.File("db");
+    Options o;
+    o.format_version = version;
+    o.commit_log = false;
+    auto rw = MustOpen(path, o);
+    ASSERT_TRUE(rw->Put("big", std::string(3000, 'A')).ok());
+    WriteBatch f;
+    for (int i = 0; i < 200; ++i) f.Put("f", Key(i), std::string(100, 'f'));
+    ASSERT_TRUE(rw->Write(f).ok());
+    ASSERT_TRUE(rw->Put("zz", "x").ok());
+    ASSERT_TRUE(rw->Sync().ok());
+    Options ro;
+    ro.read_only = true;
+    auto inspector = MustOpen(path, ro);
+    std::string v;
+    ASSERT_TRUE(inspector->Get("big", &v).ok());
+    ASSERT_EQ(v, std::string(3000, 'A'));
+    {
+      auto w = rw->BeginWrite();
+      ASSERT_TRUE((*w)->DropTree("f").ok());
+      ASSERT_TRUE((*w)->Commit().ok());
+    }
+    ASSERT_TRUE(rw->Sync().ok());
+    ASSERT_TRUE(rw->Delete("big").ok());
+    ASSERT_TRUE(rw->Sync().ok());
+    ASSERT_TRUE(rw->Put(Key(0), std::string(3000, 'B')).ok());  // takes the freed run's pages
+    ASSERT_TRUE(rw->Sync().ok());
+    Status s = inspector->Get("big", &v);  // its snapshot still names the old run
+    EXPECT_TRUE(s.IsCorruption()) << s.ToString() << ", value starts with " << v.substr(0, 8);
+  }
+}
+
+// Backup reads every value: one it cannot read fails the backup instead of ending it early.
+TEST(EngineTest, BackupFailsOnAValueItCannotRead) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    WriteBatch b;
+    for (int i = 0; i < 10; ++i) b.Put(Key(i), std::string(5000, static_cast<char>('a' + i)));
+    ASSERT_TRUE(db->Write(b).ok());
+  }
+  auto runs = PagesStartingWith(path, 'e');  // Key(4)'s run
+  ASSERT_EQ(runs.size(), 2u);
+  FlipByte(path, runs[0] * 4096 + 100);
+  auto db = MustOpen(path);
+  Status s = db->Backup(dir.File("backup"));
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("overflow run at page " + std::to_string(runs[0])), std::string::npos)
+      << s.message();
+}
+
+// Crafted references (leaf and meta checksums made to match): a run naming a tree page, a run
+// outside the file, a run with txn id 0. Each is Corruption or a Verify problem; nothing crashes,
+// nothing is freed that is not the run's, and the file still opens.
+TEST(EngineTest, CraftedRunReferencesAreCorruption) {
+  TempDir dir;
+  {
+    std::string path = dir.File("tree-page");
+    {
+      auto db = MustOpen(path);
+      WriteBatch b;
+      b.Put("a", std::string(2000, 'x'));
+      b.Put("b", "small");
+      ASSERT_TRUE(db->Write(b).ok());
+    }
+    CraftRootCell(path, 0, [](format::Meta& m, uint8_t* ref) {
+      format::Store(ref, m.main.root);           // the leaf itself, verified as a leaf
+      format::Store(ref + 16, uint32_t{12345});  // a checksum nothing matches
+    });
+    auto db = MustOpen(path);
+    std::string v;
+    ASSERT_TRUE(db->Get("b", &v).ok());  // the leaf is read (and verified) first
+    Status s = db->Get("a", &v);
+    EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  }
+  for (uint64_t bad : {uint64_t{0}, uint64_t{1} << 42}) {
+    SCOPED_TRACE("run at page " + std::to_string(bad));
+    std::string path = dir.File("outside" + std::to_string(bad));
+    {
+      auto db = MustOpen(path);
+      ASSERT_TRUE(db->Put("big", std::string(5000, 'Z')).ok());
+      ASSERT_TRUE(db->Put("small", "s").ok());
+    }
+    CraftRootCell(path, 0, [&](format::Meta&, uint8_t* ref) { format::Store(ref, bad); });
+    {
+      auto db = MustOpen(path);
+      std::string v;
+      EXPECT_TRUE(db->Get("big", &v).IsCorruption());
+      Status s = db->Put("big", "fixed");  // frees the old run: it must lie inside the file
+      EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+      EXPECT_NE(s.message().find("outside the database"), std::string::npos) << s.message();
+      EXPECT_TRUE(db->Delete("big").IsCorruption());
+      auto w = db->BeginWrite();
+      ASSERT_TRUE((*w)->Put("other", "v").ok());
+      EXPECT_TRUE((*w)->Delete("big").IsCorruption());
+      // The transaction may hold half of the failed delete: it refuses to go on.
+      EXPECT_FALSE((*w)->Put("more", "v").ok());
+      EXPECT_FALSE((*w)->Commit().ok());
+      ASSERT_TRUE(db->Put(Key(1), "v").ok());
+    }
+    auto db = MustOpen(path);  // nothing was freed that should not have been
+    std::string v;
+    ASSERT_TRUE(db->Get("small", &v).ok());
+    ASSERT_TRUE(db->Get(Key(1), &v).ok());
+    EXPECT_TRUE(db->Get("other", &v).IsNotFound());
+  }
+  {
+    std::string path = dir.File("txn-zero");
+    const std::string big(9000, 'Z');
+    {
+      auto db = MustOpen(path, NoShrinkOptions());
+      WriteBatch f;
+      for (int i = 0; i < 300; ++i) f.Put("f", Key(i), std::string(5000, 'f'));
+      ASSERT_TRUE(db->Write(f).ok());
+      ASSERT_TRUE(db->Put("big", big).ok());
+      auto w = db->BeginWrite();
+      ASSERT_TRUE((*w)->DropTree("f").ok());
+      ASSERT_TRUE((*w)->Commit().ok());
+      ASSERT_TRUE(db->Sync().ok());
+    }
+    CraftRootCell(path, 0,
+                  [](format::Meta&, uint8_t* ref) { format::Store(ref + 8, uint64_t{0}); });
+    auto db = MustOpen(path, NoShrinkOptions());
+    auto rep = db->Verify();
+    EXPECT_FALSE(rep.ok);
+    EXPECT_NE(rep.ToString().find("names txn 0"), std::string::npos) << rep.ToString();
+    ASSERT_TRUE(db->Shrink().ok());  // moves the run down, byte for byte
+    std::string v;
+    ASSERT_TRUE(db->Get("big", &v).ok());
+    EXPECT_TRUE(v == big);
+  }
+}
+
+// A crafted version 2 page whose slot points into the uncovered middle of the page, with every
+// checksum up to the meta made to match, is Corruption: cells must lie in [upper, page size).
 TEST(EngineTest, ACellInThePagesUncheckedMiddleIsCorruption) {
   TempDir dir;
   std::string path = dir.File("db");
