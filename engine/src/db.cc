@@ -1194,6 +1194,10 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   if (!fatal.ok()) return fatal;
   t->meta = meta;
   t->txnid = meta.txnid + 1;
+  // Only a commit that every commit since the last flush precedes in the log can join it (see
+  // CommitTxn); after a nosync commit none can until the next flush, so recording this txn's
+  // operations for the log would be wasted work.
+  t->log_ok = log != nullptr && logged_upto == meta.txnid;
   // Pages freed by txn T become reusable once no reader and no durable meta can reach them. A
   // snapshot s reaches a page written by W and freed by T only if W <= s < T: a long-pinned
   // snapshot (protection) holds back the pages it has, not every page freed after it.
