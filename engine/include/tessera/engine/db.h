@@ -162,6 +162,8 @@ class ReadTxn {
 };
 
 // Read-your-writes write transaction. Ends with Commit() or Abort() (the destructor aborts).
+// A write that fails with anything but NotFound (say, Corruption met part-way) may have changed
+// part of the tree, so every later write and the commit return that error again: abort it.
 class WriteTxn : public ReadTxn {
  public:
   ~WriteTxn() override;
