@@ -115,10 +115,12 @@ class TesseraEngine : public Engine {
     auto r = std::move(db_->BeginRead()).value();
     auto c = std::move(r->NewCursor()).value();
     uint64_t n = 0, bytes = 0;
-    for (tessera::Status s = c->First(); c->Valid(); s = c->Next()) {
+    tessera::Status s = c->First();
+    for (; s.ok() && c->Valid(); s = c->Next()) {
       bytes += c->value().size();
       ++n;
     }
+    if (!s.ok()) Die(s.ToString());
     return n + (bytes == UINT64_MAX);
   }
   std::string Path() const override { return path_; }

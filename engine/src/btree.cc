@@ -118,6 +118,8 @@ uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, bool hea
   if (headerless_run) {
     std::memcpy(dst, page, npages * db->page_size);
     db->SetRunVerified(np);  // the bytes CheckRun verified, now written by this process
+    // A value's bytes must never pass for a checked tree page (bytes 8-24 could mimic a header).
+    for (uint64_t k = 0; k < npages; ++k) db->ClearVerified(np + k);
     FreePages(txn, *pgno, npages, run_txnid);
     *pgno = np;
     return dst;
@@ -290,17 +292,31 @@ Status InsertAt(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level,
                   reinterpret_cast<const uint8_t*>(up.data()), static_cast<uint32_t>(up.size()));
 }
 
-// The length of the overflow run `lc` refers to, which is about to be freed without being read:
-// Corruption unless it lies inside the file.
+// The length of the overflow run `lc` refers to, which is about to be freed without being read
+// (a damaged value can still be replaced): the length Put gave it, from the value's length, which
+// the leaf's checksum covers. Corruption unless the run lies inside the file, was written no
+// later than this txn, and (with a header) its header agrees: freeing pages in use would let
+// other values be overwritten.
 Result<uint64_t> RunToFree(const Txn& txn, LeafCell lc) {
-  const uint64_t p = lc.ovf_pgno(), last = txn.meta.last_page;
-  if (p >= format::kMetaPages && p < last) {
-    const uint64_t n = txn.db->RunPages(lc);
-    if (n > 0 && n <= last - p) return n;
+  const uint64_t p = lc.ovf_pgno(), last = txn.meta.last_page, ps = txn.db->page_size;
+  const uint64_t n = txn.db->headerless_runs
+                         ? format::HeaderlessRunPages(lc.vlen(), txn.db->page_size)
+                         : (lc.vlen() + kHeaderSize + ps - 1) / ps;
+  const std::string run = "overflow run at page " + std::to_string(p) + " (a value of " +
+                          std::to_string(lc.vlen()) + " bytes)";
+  if (p < format::kMetaPages || p >= last || n > last - p) {
+    return Status::Corruption(run + " is outside the database (" + std::to_string(last) +
+                              " pages)");
   }
-  return Status::Corruption("overflow run at page " + std::to_string(p) + " (a value of " +
-                            std::to_string(lc.vlen()) + " bytes) is outside the database (" +
-                            std::to_string(last) + " pages)");
+  if (lc.ovf_txnid() == 0 || lc.ovf_txnid() > txn.txnid) {
+    return Status::Corruption(run + " names txn " + std::to_string(lc.ovf_txnid()));
+  }
+  if (!txn.db->headerless_runs && PageView{txn.db->Page(p)}.overflow_pages() != n) {
+    return Status::Corruption(run + ": its header records " +
+                              std::to_string(PageView{txn.db->Page(p)}.overflow_pages()) +
+                              " pages, the value needs " + std::to_string(n));
+  }
+  return n;
 }
 
 // Frees the overflow run of a leaf cell, if any.
@@ -641,7 +657,11 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     std::memset(op + header + value.size(), 0, npages * ps - header - value.size());
     // Read back in this txn before Finalize records its checksum: known good, like any page
     // this process wrote.
-    if (db->headerless_runs) db->SetRunVerified(ov);
+    if (db->headerless_runs) {
+      db->SetRunVerified(ov);
+      // A value's bytes must never pass for a checked tree page (bytes 8-24 could mimic a header).
+      for (uint64_t k = 0; k < npages; ++k) db->ClearVerified(ov + k);
+    }
     Store(c + kLeafCellHeader + key.size(), ov);
     Store(c + kLeafCellHeader + key.size() + 8, txn.txnid);
     Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});

@@ -1519,6 +1519,16 @@ Status Db::Backup(const std::string& path) const {
   if (::stat(path.c_str(), &st) == 0) {
     return Status::InvalidArgument("backup target '" + path + "' already exists");
   }
+  Status s = BackupTo(path);
+  if (!s.ok()) {
+    // Never leave a shorter backup that opens as if it were whole.
+    ::unlink(path.c_str());
+    ::unlink(CommitLog::PathFor(path).c_str());
+  }
+  return s;
+}
+
+Status Db::BackupTo(const std::string& path) const {
   TESSERA_ASSIGN_OR_RETURN(auto snap, BeginRead());
   Options o;
   o.page_size = impl_->page_size;

@@ -970,6 +970,45 @@ TEST(EngineTest, BackupFailsOnAValueItCannotRead) {
   EXPECT_TRUE(s.IsCorruption()) << s.ToString();
   EXPECT_NE(s.message().find("overflow run at page " + std::to_string(runs[0])), std::string::npos)
       << s.message();
+  struct stat st;
+  EXPECT_NE(::stat(dir.File("backup").c_str(), &st), 0) << "a partial backup was left behind";
+}
+
+// A version 2 run keeps its length in its own header, which nothing checks when the value is
+// replaced without being read: a damaged length must be Corruption, not a reason to free pages
+// that other values still use.
+TEST(EngineTest, FreeingARunWhoseHeaderDisagreesWithItsValueIsCorruption) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  Options o;
+  o.format_version = 2;
+  {
+    auto db = MustOpen(path, o);
+    WriteBatch b;
+    b.Put("big", std::string(9000, 'Z'));  // 9000 + a 32-byte header: 3 pages
+    b.Put("other", std::string(5000, 'Y'));
+    ASSERT_TRUE(db->Write(b).ok());
+  }
+  int fd = ::open(path.c_str(), O_RDWR);
+  uint64_t run = 0;
+  for (uint64_t p = 2; run == 0; ++p) {
+    uint8_t hdr[64];
+    ASSERT_EQ(::pread(fd, hdr, sizeof hdr, static_cast<off_t>(p * 4096)), 64);
+    if (hdr[4] == format::kOverflow && hdr[32] == 'Z') run = p;
+  }
+  const uint32_t wrong = 7;
+  ASSERT_EQ(::pwrite(fd, &wrong, 4, static_cast<off_t>(run * 4096 + 24)), 4);
+  ::close(fd);
+  {
+    auto db = MustOpen(path);
+    Status s = db->Put("big", "x");
+    EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+    EXPECT_NE(s.message().find("header records 7 pages"), std::string::npos) << s.message();
+  }
+  auto db = MustOpen(path);
+  std::string v;
+  ASSERT_TRUE(db->Get("other", &v).ok());
+  EXPECT_EQ(v, std::string(5000, 'Y'));
 }
 
 // Crafted references (leaf and meta checksums made to match): a run naming a tree page, a run

@@ -257,7 +257,8 @@ class Db {
   Status Shrink(uint64_t max_bytes = UINT64_MAX);
 
   // Consistent copy of the current snapshot to `path` while writes go on; the copy is compact
-  // (only pages in use) and opens as a normal Db.
+  // (only pages in use) and opens as a normal Db. On any error (a value that cannot be read,
+  // say) no file is left at `path`.
   Status Backup(const std::string& path) const;
 
   Result<Stats> GetStats() const;
@@ -298,6 +299,7 @@ class Db {
 
  private:
   explicit Db(std::unique_ptr<Impl> impl);
+  Status BackupTo(const std::string& path) const;  // Backup's copy; Backup removes it on failure
   std::unique_ptr<Impl> impl_;
 };
 
