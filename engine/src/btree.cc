@@ -28,6 +28,26 @@ struct Step {
   unsigned idx;
 };
 
+// The pages from a tree's root down to a leaf, on the stack: a Put or Delete allocates nothing
+// for it. A path deeper than kMaxDepth (a crafted file whose pages form a cycle) is Corruption.
+class Path {
+ public:
+  static constexpr size_t kMaxDepth = 64;
+  void clear() { n_ = 0; }
+  bool full() const { return n_ == kMaxDepth; }
+  void push_back(Step s) {
+    TESSERA_ASSERT(n_ < kMaxDepth, "tree path deeper than ", kMaxDepth);
+    steps_[n_++] = s;
+  }
+  Step& back() { return steps_[n_ - 1]; }
+  Step& operator[](size_t i) { return steps_[i]; }
+  size_t size() const { return n_; }
+
+ private:
+  Step steps_[kMaxDepth];
+  size_t n_ = 0;
+};
+
 uint32_t CellSize(const PageView& v, unsigned i) {
   return v.type() == kLeaf ? LeafCell{v.cell(i)}.size() : BranchCell{v.cell(i)}.size();
 }
@@ -152,8 +172,7 @@ Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
 }
 
 // Descends to the leaf for `key`, making every page on the path writable.
-Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, std::vector<Step>* path,
-                       bool* found) {
+Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, Path* path, bool* found) {
   path->clear();
   TESSERA_RETURN_IF_ERROR(ReadPage(txn, tree->root, -1, tree->root_txnid).status());
   uint64_t pg = tree->root;
@@ -161,6 +180,10 @@ Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, std::vect
   tree->root = pg;
   tree->root_txnid = txn.txnid;
   for (;;) {
+    if (path->full()) {
+      return Status::Corruption("tree below page " + std::to_string(tree->root) +
+                                " is deeper than " + std::to_string(Path::kMaxDepth) + " levels");
+    }
     PageView v{page};
     if (v.type() == kLeaf) {
       unsigned idx = LeafLowerBound(v, key, found);
@@ -180,7 +203,7 @@ Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, std::vect
 }
 
 // Inserts `cell` at path level `level`, slot idx, splitting pages up the path as needed.
-Status InsertAt(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level, unsigned idx,
+Status InsertAt(Txn& txn, TreeInfo* tree, Path& path, size_t level, unsigned idx,
                 const uint8_t* cell, uint32_t size) {
   Db::Impl* db = txn.db;
   const uint32_t ps = db->page_size;
@@ -329,7 +352,7 @@ Status FreeCellOverflow(Txn& txn, TreeInfo* tree, LeafCell lc) {
 }
 
 // After a removal at path[level], fixes empty or underfull pages up the path.
-Status Rebalance(Txn& txn, TreeInfo* tree, std::vector<Step>& path, size_t level) {
+Status Rebalance(Txn& txn, TreeInfo* tree, Path& path, size_t level) {
   Db::Impl* db = txn.db;
   const uint32_t ps = db->page_size;
   uint8_t* page = db->Page(path[level].pgno);
@@ -683,7 +706,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     tree->entries = 1;
     return Status::Ok();
   }
-  std::vector<Step> path;
+  Path path;
   bool found = false;
   TESSERA_RETURN_IF_ERROR(DescendForWrite(txn, tree, key, &path, &found));
   if (found) {
@@ -707,7 +730,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
 Status Delete(Txn& txn, TreeInfo* tree, std::string_view key) {
   std::string_view unused;
   TESSERA_RETURN_IF_ERROR(Get(txn, *tree, key, &unused));  // NotFound leaves pages untouched
-  std::vector<Step> path;
+  Path path;
   bool found = false;
   TESSERA_RETURN_IF_ERROR(DescendForWrite(txn, tree, key, &path, &found));
   TESSERA_ASSERT(found, "key vanished between lookup and delete");
