@@ -664,7 +664,9 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
   Store(c, static_cast<uint16_t>(key.size()));
   c[2] = overflow ? kCellOverflow : 0;
   Store(c + 3, static_cast<uint32_t>(value.size()));
-  std::copy_n(key.data(), key.size(), c + kLeafCellHeader);
+  // Copied as bytes to bytes: std::copy_n from char to uint8_t compiled to a byte-at-a-time loop,
+  // which was half of Put's own time.
+  std::copy_n(reinterpret_cast<const uint8_t*>(key.data()), key.size(), c + kLeafCellHeader);
   if (overflow) {
     const uint64_t header = db->headerless_runs ? 0 : kHeaderSize;
     const uint64_t npages = db->headerless_runs ? format::HeaderlessRunPages(value.size(), ps)
@@ -690,7 +692,8 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});
     tree->overflow_pages += npages;
   } else {
-    std::copy_n(value.data(), value.size(), c + kLeafCellHeader + key.size());
+    std::copy_n(reinterpret_cast<const uint8_t*>(value.data()), value.size(),
+                c + kLeafCellHeader + key.size());
   }
   ++txn.mod_count;
 
