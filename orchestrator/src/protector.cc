@@ -1464,9 +1464,9 @@ Status Protector::Advance(engine::Db* db, bool force) {
   // Only what readers may see is protected: a commit awaiting its acknowledgement may be undone.
   auto snap = BeginVisibleRead(db);
   if (!snap.ok()) return snap.status();
-  const int64_t g = static_cast<int64_t>((*snap)->txnid());
-  const int64_t covered = SeqOf(**snap);
-  auto note_covered = [this, covered] {
+  int64_t g = static_cast<int64_t>((*snap)->txnid());
+  int64_t covered = SeqOf(**snap);
+  auto note_covered = [this, &covered] {
     int64_t c = covered_.load();
     while (c < covered && !covered_.compare_exchange_weak(c, covered)) {
     }
@@ -1490,24 +1490,34 @@ Status Protector::Advance(engine::Db* db, bool force) {
     full = !pins_.count(g) && pins_.size() >= kMaxPins;
     if (full) newest = pins_.rbegin()->first;
   }
+  const engine::ReadTxn* pinned = nullptr;
   if (full) {
     TESSERA_RETURN_IF_ERROR(ReleasePins(newest));
     std::lock_guard<std::mutex> l(mu_);
     if (pins_.size() >= kMaxPins) {
-      return Status::Unavailable(std::to_string(pins_.size()) +
-                                 " protected snapshots are pinned and not every parity holder is "
-                                 "known to record one: no new generation until it is");
+      // No new snapshot is pinned: this advance brings the holders to the newest pinned one
+      // instead. That is also where an unknown holder's record is learned (ProtectTo asks it),
+      // so once the holder is back the older pins go and the next advance pins the new state.
+      // (Returning here instead left a worker at the cap for good.)
+      spdlog::warn(
+          "{}: {} protected snapshots are pinned and not every parity holder is known "
+          "to record one: advancing to the newest pinned generation {}, not {}",
+          o_.node_id, pins_.size(), newest, g);
+      pinned = pins_[newest].get();
+      g = newest;
+      covered = SeqOf(*pinned);
     }
   }
-  // The snapshot must be durable before a holder records it: a restart pins it again.
-  TESSERA_RETURN_IF_ERROR(db->Sync());
-  const engine::ReadTxn* pinned = snap->get();
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!pins_.count(g)) pins_[g] = std::move(snap).value();
-    pinned = pins_[g].get();
+  if (pinned == nullptr) {
+    // The snapshot must be durable before a holder records it: a restart pins it again.
+    TESSERA_RETURN_IF_ERROR(db->Sync());
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!pins_.count(g)) pins_[g] = std::move(snap).value();
+      pinned = pins_[g].get();
+    }
+    TESSERA_RETURN_IF_ERROR(SavePins());
   }
-  TESSERA_RETURN_IF_ERROR(SavePins());
   commits_since_advance_.store(0);
   Status first_error;
   ++advances_;
