@@ -725,5 +725,108 @@ TEST(ProtectionTest, ZombieFromAnOldEpochCannotGetAWriteAcknowledged) {
   replacement.Kill(SIGKILL);
 }
 
+// The protected snapshots a data worker pins, one per line of DATA/protected (Protector::SavePins
+// writes the file, atomically, whenever the set changes).
+size_t PinnedSnapshots(const PCluster& c, size_t i) {
+  std::ifstream in(c.NodeDir(i) + "/protected");
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += !line.empty();
+  return n;
+}
+
+// A parity holder's row is taken over by a new holder (the old one lost its disk and came back
+// empty on its address), which dies before any data worker reached it: the workers know nothing
+// it records, so a failed advance releases nothing and each leaves its snapshot pinned. With
+// --min-holders 1 they keep acknowledging writes through the other holder, so pins pile up to
+// the cap (Protector::kMaxPins = 32) and stop there. Once the holder is back, generations
+// advance again, the pins are released, and the parity carries a rebuild of a wiped worker.
+TEST(ProtectionTest, PinsStopAtTheCapWhileAnUnknownHolderIsDownAndAreReleasedAfter) {
+  constexpr size_t kCap = 32;  // Protector::kMaxPins
+  PCluster c("rs:2+2", 2, 2);
+  c.protect_interval_ms = 10;  // an advance (a new pin) after every write, as fast as it can go
+  c.StartManager();
+  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
+  for (size_t i : {2, 3}) c.StartNode(i);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto client = c.NewClient();
+  // Both data workers are frozen while parity worker 2 is replaced and dies again, so neither
+  // reaches the new holder (kept well under the manager's 1 s heartbeat timeout).
+  const std::string old_holder = c.NodeId(2);
+  for (size_t i : {0, 1}) c.node(i).Kill(SIGSTOP);
+  c.node(2).Kill(SIGKILL);
+  c.node(2).Wait(std::chrono::milliseconds(5000));
+  c.Wipe(2);
+  c.StartNode(2);
+  std::string new_holder;
+  for (int i = 0; i < 500 && new_holder.empty(); ++i) {
+    auto m = client->GetShardMap(true);
+    if (m.ok()) {
+      for (const auto& h : m->protection.holder_nodes) {
+        if (!h.empty() && h == c.NodeId(2) && h != old_holder) new_holder = h;
+      }
+    }
+    if (new_holder.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  c.node(2).Kill(SIGKILL);
+  c.node(2).Wait(std::chrono::milliseconds(5000));
+  for (size_t i : {0, 1}) c.node(i).Kill(SIGCONT);
+  ASSERT_FALSE(new_holder.empty()) << c.Logs();
+
+  Load load(c, 4, 200);
+  // Writes go on; each worker's pins climb to the cap and never past it.
+  size_t most = 0;
+  auto at_cap = [&] {
+    bool both = true;
+    for (size_t i : {0, 1}) {
+      size_t n = PinnedSnapshots(c, i);
+      most = std::max(most, n);
+      both = both && n == kCap;
+    }
+    return both;
+  };
+  bool capped = false;
+  for (int i = 0; i < 600 && !capped; ++i) {
+    capped = at_cap();
+    if (!capped) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(capped) << "pins: " << PinnedSnapshots(c, 0) << ", " << PinnedSnapshots(c, 1) << "\n"
+                      << c.Logs();
+  // At the cap the workers still acknowledge writes, and pin nothing more.
+  const uint64_t acks_at_cap = load.acks();
+  load.WaitAcks(acks_at_cap + 20);
+  EXPECT_GE(load.acks(), acks_at_cap + 20) << c.Logs();
+  for (int i = 0; i < 10; ++i) {
+    at_cap();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_LE(most, kCap);
+  for (size_t i : {0, 1}) {
+    EXPECT_NE(c.NodeLogs(i).find("protected snapshots are pinned"), std::string::npos)
+        << c.NodeLogs(i);
+  }
+
+  // The holder comes back with its (empty) disk: the workers protect to it and release the pins
+  // no holder records.
+  c.StartNode(2);
+  const bool reprotected = WaitReprotected(Addr(c.port(2)), 2);
+  EXPECT_TRUE(reprotected) << c.Logs();
+  bool released = false;
+  for (int i = 0; i < 200 && !released; ++i) {
+    released = PinnedSnapshots(c, 0) <= 2 && PinnedSnapshots(c, 1) <= 2;
+    if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(released) << "pins: " << PinnedSnapshots(c, 0) << ", " << PinnedSnapshots(c, 1);
+  load.Stop();
+  ASSERT_TRUE(reprotected && released);
+  // Every acknowledged write survives the loss of a data worker's disk.
+  c.node(0).Kill(SIGKILL);
+  c.node(0).Wait(std::chrono::milliseconds(5000));
+  c.Wipe(0);
+  c.StartNode(0, {}, {"--min-holders", "1"});
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  EXPECT_NE(c.NodeLogs(0).find("rebuilt"), std::string::npos);
+  load.Check(*c.NewClient());
+}
+
 }  // namespace
 }  // namespace tessera::orchestrator
