@@ -1464,24 +1464,19 @@ Status Protector::Advance(engine::Db* db, bool force) {
   // Only what readers may see is protected: a commit awaiting its acknowledgement may be undone.
   auto snap = BeginVisibleRead(db);
   if (!snap.ok()) return snap.status();
-  int64_t g = static_cast<int64_t>((*snap)->txnid());
-  int64_t covered = SeqOf(**snap);
-  auto note_covered = [this, &covered] {
-    int64_t c = covered_.load();
-    while (c < covered && !covered_.compare_exchange_weak(c, covered)) {
-    }
-  };
+  const int64_t g = static_cast<int64_t>((*snap)->txnid());
+  const int64_t covered = SeqOf(**snap);
   size_t m;
   {
     std::lock_guard<std::mutex> l(mu_);
     m = holders_.size();
     bool current = m > 0;
     for (const auto& h : holders_) current = current && h.gen == g;
-    if (current) note_covered();
+    if (current) NoteCovered(covered);
     if (current || m == 0) return Status::Ok();
   }
   // Every failed advance can leave its snapshot pinned (a holder not reached may record nothing
-  // newer), each holding a reader slot: past kMaxPins no new generation starts until some are
+  // newer), each holding a reader slot: past kMaxPins no new snapshot is pinned until some are
   // released, so an outage cannot use up the engine's readers.
   bool full;
   int64_t newest = 0;
@@ -1490,35 +1485,57 @@ Status Protector::Advance(engine::Db* db, bool force) {
     full = !pins_.count(g) && pins_.size() >= kMaxPins;
     if (full) newest = pins_.rbegin()->first;
   }
-  const engine::ReadTxn* pinned = nullptr;
   if (full) {
     TESSERA_RETURN_IF_ERROR(ReleasePins(newest));
-    std::lock_guard<std::mutex> l(mu_);
-    if (pins_.size() >= kMaxPins) {
-      // No new snapshot is pinned: this advance brings the holders to the newest pinned one
-      // instead. That is also where an unknown holder's record is learned (ProtectTo asks it),
-      // so once the holder is back the older pins go and the next advance pins the new state.
-      // (Returning here instead left a worker at the cap for good.)
-      spdlog::warn(
-          "{}: {} protected snapshots are pinned and not every parity holder is known "
-          "to record one: advancing to the newest pinned generation {}, not {}",
-          o_.node_id, pins_.size(), newest, g);
-      pinned = pins_[newest].get();
-      g = newest;
-      covered = SeqOf(*pinned);
-    }
-  }
-  if (pinned == nullptr) {
-    // The snapshot must be durable before a holder records it: a restart pins it again.
-    TESSERA_RETURN_IF_ERROR(db->Sync());
+    const engine::ReadTxn* at_cap = nullptr;
+    size_t pinned;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (!pins_.count(g)) pins_[g] = std::move(snap).value();
-      pinned = pins_[g].get();
+      pinned = pins_.size();
+      if (pinned >= kMaxPins) at_cap = pins_.at(newest).get();
     }
-    TESSERA_RETURN_IF_ERROR(SavePins());
+    if (at_cap != nullptr) {
+      // First bring the holders to the newest pinned generation: that is also where what a
+      // holder nobody knew about records is learned (ProtectTo asks it), so once it is back
+      // the older pins go. Only then is the current state pinned and protected, below: an
+      // advance that stopped at the older generation would leave the writes after it in the
+      // tails alone, while callers (a restart's catch-up, shutdown) take Ok as "protected".
+      spdlog::warn(
+          "{}: {} protected snapshots are pinned and not every parity holder is known "
+          "to record one: advancing to the newest pinned generation {} first",
+          o_.node_id, pinned, newest);
+      TESSERA_RETURN_IF_ERROR(SavePins());  // listed before any holder can record it
+      TESSERA_RETURN_IF_ERROR(AdvanceTo(db, *at_cap, newest, SeqOf(*at_cap), m));
+      std::lock_guard<std::mutex> l(mu_);
+      if (pins_.size() >= kMaxPins) {
+        return Status::Unavailable(std::to_string(pins_.size()) +
+                                   " protected snapshots are still pinned after advancing to "
+                                   "generation " +
+                                   std::to_string(newest));
+      }
+    }
   }
+  // The snapshot must be durable before a holder records it: a restart pins it again.
+  TESSERA_RETURN_IF_ERROR(db->Sync());
+  const engine::ReadTxn* pinned = snap->get();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!pins_.count(g)) pins_[g] = std::move(snap).value();
+    pinned = pins_[g].get();
+  }
+  TESSERA_RETURN_IF_ERROR(SavePins());
   commits_since_advance_.store(0);
+  return AdvanceTo(db, *pinned, g, covered, m);
+}
+
+void Protector::NoteCovered(int64_t covered) {
+  int64_t c = covered_.load();
+  while (c < covered && !covered_.compare_exchange_weak(c, covered)) {
+  }
+}
+
+Status Protector::AdvanceTo(engine::Db* db, const engine::ReadTxn& pinned, int64_t g,
+                            int64_t covered, size_t m) {
   Status first_error;
   ++advances_;
   // Two phases: every holder stages and prepares before any applies. A crash between the
@@ -1528,11 +1545,11 @@ Status Protector::Advance(engine::Db* db, bool force) {
   const auto t0 = Clock::now();
   AdvanceCost cost;
   for (size_t j = 0; j < m; ++j) {
-    Status st = ProtectTo(db, j, *pinned, covered, &bases[j], &cost);
+    Status st = ProtectTo(db, j, pinned, covered, &bases[j], &cost);
     if (!st.ok() && first_error.ok()) first_error = st;
   }
   for (size_t j = 0; j < m && first_error.ok(); ++j) {
-    Status st = CommitTo(j, *pinned, covered, bases[j]);
+    Status st = CommitTo(j, pinned, covered, bases[j]);
     if (!st.ok() && first_error.ok()) first_error = st;
     if (crash_in_advance_ > 0 && advances_ >= crash_in_advance_ && j == 0) {
       // Test failpoint (TESSERA_FAILPOINT=crash_in_advance:N): die in the Nth advance after the
@@ -1542,7 +1559,7 @@ Status Protector::Advance(engine::Db* db, bool force) {
     }
   }
   if (first_error.ok()) {
-    note_covered();
+    NoteCovered(covered);
     // The cost follows the pages changed since the holders' generation, not the data size.
     spdlog::info(
         "{}: protected generation {}: {} changed pages, {} deltas ({:.1f} MB) to {} "

@@ -136,6 +136,11 @@ class Protector {
   Status ProtectTo(engine::Db* db, size_t j, const engine::ReadTxn& snap, int64_t covered,
                    int64_t* base, AdvanceCost* cost = nullptr);
   Status CommitTo(size_t j, const engine::ReadTxn& snap, int64_t covered, int64_t base);
+  // Brings the m holders to pinned snapshot `pinned` (generation g, covering tail seq
+  // `covered`), then releases the pins no holder needs; the first error, if any.
+  Status AdvanceTo(engine::Db* db, const engine::ReadTxn& pinned, int64_t g, int64_t covered,
+                   size_t m);
+  void NoteCovered(int64_t covered);  // covered_ only grows
   Status SavePins(const std::set<int64_t>& except = {});
   // Drops the pins no holder records, keeping `keep` (only once every holder's is known).
   Status ReleasePins(int64_t keep);
