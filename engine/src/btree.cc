@@ -137,9 +137,7 @@ uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, bool hea
   uint8_t* dst = db->Page(np);
   if (headerless_run) {
     std::memcpy(dst, page, npages * db->page_size);
-    db->SetRunVerified(np);  // the bytes CheckRun verified, now written by this process
-    // A value's bytes must never pass for a checked tree page (bytes 8-24 could mimic a header).
-    for (uint64_t k = 0; k < npages; ++k) db->ClearVerified(np + k);
+    db->MarkRunWritten(np, npages);  // the bytes CheckRun verified, now written by this process
     FreePages(txn, *pgno, npages, run_txnid);
     *pgno = np;
     return dst;
@@ -321,10 +319,8 @@ Status InsertAt(Txn& txn, TreeInfo* tree, Path& path, size_t level, unsigned idx
 // later than this txn, and (with a header) its header agrees: freeing pages in use would let
 // other values be overwritten.
 Result<uint64_t> RunToFree(const Txn& txn, LeafCell lc) {
-  const uint64_t p = lc.ovf_pgno(), last = txn.meta.last_page, ps = txn.db->page_size;
-  const uint64_t n = txn.db->headerless_runs
-                         ? format::HeaderlessRunPages(lc.vlen(), txn.db->page_size)
-                         : (lc.vlen() + kHeaderSize + ps - 1) / ps;
+  const uint64_t p = lc.ovf_pgno(), last = txn.meta.last_page;
+  const uint64_t n = txn.db->RunPagesFor(lc.vlen());
   const std::string run = "overflow run at page " + std::to_string(p) + " (a value of " +
                           std::to_string(lc.vlen()) + " bytes)";
   if (p < format::kMetaPages || p >= last || n > last - p) {
@@ -334,10 +330,12 @@ Result<uint64_t> RunToFree(const Txn& txn, LeafCell lc) {
   if (lc.ovf_txnid() == 0 || lc.ovf_txnid() > txn.txnid) {
     return Status::Corruption(run + " names txn " + std::to_string(lc.ovf_txnid()));
   }
-  if (!txn.db->headerless_runs && PageView{txn.db->Page(p)}.overflow_pages() != n) {
-    return Status::Corruption(run + ": its header records " +
-                              std::to_string(PageView{txn.db->Page(p)}.overflow_pages()) +
-                              " pages, the value needs " + std::to_string(n));
+  if (!txn.db->headerless_runs) {
+    const uint64_t recorded = PageView{txn.db->Page(p)}.overflow_pages();
+    if (recorded != n) {
+      return Status::Corruption(run + ": its header records " + std::to_string(recorded) +
+                                " pages, the value needs " + std::to_string(n));
+    }
   }
   return n;
 }
@@ -515,11 +513,7 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
     // The run's length follows from the value's (as Put sized it): runs below the limit are not
     // read, so a bounded Shrink does not read every large value in the file.
     uint64_t ovf = lc.ovf_pgno();
-    const uint64_t ps = txn.db->page_size;
-    const uint64_t sized = txn.db->headerless_runs
-                               ? format::HeaderlessRunPages(lc.vlen(), txn.db->page_size)
-                               : (lc.vlen() + kHeaderSize + ps - 1) / ps;
-    if (ovf + sized <= limit) continue;
+    if (ovf + txn.db->RunPagesFor(lc.vlen()) <= limit) continue;
     TESSERA_RETURN_IF_ERROR(txn.db->CheckRun(lc, txn.meta.last_page).status());
     const uint64_t n = txn.db->RunPages(lc);
 
@@ -669,8 +663,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
   std::copy_n(reinterpret_cast<const uint8_t*>(key.data()), key.size(), c + kLeafCellHeader);
   if (overflow) {
     const uint64_t header = db->headerless_runs ? 0 : kHeaderSize;
-    const uint64_t npages = db->headerless_runs ? format::HeaderlessRunPages(value.size(), ps)
-                                                : (value.size() + kHeaderSize + ps - 1) / ps;
+    const uint64_t npages = db->RunPagesFor(value.size());
     TESSERA_ASSIGN_OR_RETURN(uint64_t ov, AllocPages(txn, npages));
     uint8_t* op = db->Page(ov);
     if (!db->headerless_runs) {
@@ -682,11 +675,7 @@ Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view valu
     std::memset(op + header + value.size(), 0, npages * ps - header - value.size());
     // Read back in this txn before Finalize records its checksum: known good, like any page
     // this process wrote.
-    if (db->headerless_runs) {
-      db->SetRunVerified(ov);
-      // A value's bytes must never pass for a checked tree page (bytes 8-24 could mimic a header).
-      for (uint64_t k = 0; k < npages; ++k) db->ClearVerified(ov + k);
-    }
+    if (db->headerless_runs) db->MarkRunWritten(ov, npages);
     Store(c + kLeafCellHeader + key.size(), ov);
     Store(c + kLeafCellHeader + key.size() + 8, txn.txnid);
     Store(c + kLeafCellHeader + key.size() + 16, uint32_t{0});

@@ -129,16 +129,8 @@ struct Validator {
       uint8_t* ov;
       return Page(p, lc.ovf_txnid(), lc.ovf_crc(), kOverflow, &ov);
     }
-    const uint64_t n = format::HeaderlessRunPages(lc.vlen(), db->page_size);
-    if (p < kMetaPages || p >= last_page || n > last_page - p) {
-      return Status::Corruption("overflow run at " + Pg(p) + " (" + std::to_string(n) +
-                                " pages) is out of range");
-    }
-    if (Db::Impl::RunCrc(db->Page(p), lc.vlen()) != lc.ovf_crc()) {
-      return Status::Corruption("overflow run at " + Pg(p) +
-                                " does not match what its leaf expects (txn " +
-                                std::to_string(lc.ovf_txnid()) + ")");
-    }
+    TESSERA_RETURN_IF_ERROR(db->RunInFile(lc, last_page));
+    TESSERA_RETURN_IF_ERROR(db->RunMatches(lc));
     ++checked;
     return Status::Ok();
   }
@@ -296,26 +288,38 @@ Result<const uint8_t*> Db::Impl::CheckRun(format::LeafCell lc, uint64_t last_pag
     }
     return Page(p) + kHeaderSize;
   }
-  const uint64_t n = format::HeaderlessRunPages(lc.vlen(), page_size);
+  // Runs this process wrote, or whose checksum it verified, are marked by their first page (a
+  // run is only ever written whole, and read whole through its reference). This rests on only
+  // this Db writing the file: a read-only Db beside a live writer, which may reuse a run's pages
+  // after reading it, checks every time.
+  TESSERA_RETURN_IF_ERROR(RunInFile(lc, last_page));
+  if (opts.read_only || !IsRunVerified(p)) {
+    TESSERA_RETURN_IF_ERROR(RunMatches(lc));
+    if (!opts.read_only) const_cast<Impl*>(this)->SetRunVerified(p);
+  }
+  return Page(p);
+}
+
+Status Db::Impl::RunInFile(format::LeafCell lc, uint64_t last_page) const {
+  const uint64_t p = lc.ovf_pgno();
+  const uint64_t n = RunPagesFor(lc.vlen());
   if (p < kMetaPages || p >= last_page || n > last_page - p) {
     return Status::Corruption("overflow run at " + Pg(p) + " (" + std::to_string(n) +
                               " pages) is outside the database (" + std::to_string(last_page) +
                               " pages)");
   }
-  // Runs this process wrote, or whose checksum it verified, are marked by their first page (a
-  // run is only ever written whole, and read whole through its reference). This rests on only
-  // this Db writing the file: a read-only Db beside a live writer, which may reuse a run's pages
-  // after reading it, checks every time.
-  if (opts.read_only || !IsRunVerified(p)) {
-    const uint32_t crc = RunCrc(Page(p), lc.vlen());
-    if (crc != lc.ovf_crc()) {
-      return Status::Corruption(
-          "overflow run at " + Pg(p) + ": checksum mismatch (its leaf records " +
-          std::to_string(lc.ovf_crc()) + ", computed " + std::to_string(crc) + ")");
-    }
-    if (!opts.read_only) const_cast<Impl*>(this)->SetRunVerified(p);
+  return Status::Ok();
+}
+
+Status Db::Impl::RunMatches(format::LeafCell lc) const {
+  const uint64_t p = lc.ovf_pgno();
+  const uint32_t crc = RunCrc(Page(p), lc.vlen());
+  if (crc != lc.ovf_crc()) {
+    return Status::Corruption(
+        "overflow run at " + Pg(p) + ": checksum mismatch (its leaf records " +
+        std::to_string(lc.ovf_crc()) + ", computed " + std::to_string(crc) + ")");
   }
-  return Page(p);
+  return Status::Ok();
 }
 
 Status Db::Impl::CheckPage(uint64_t p, uint64_t last_page, int expect_type,

@@ -181,8 +181,23 @@ struct Db::Impl {
   // file, else from the run's header (unchecked: the caller has checked that the run's first
   // page lies inside the file).
   uint64_t RunPages(format::LeafCell lc) const {
-    return headerless_runs ? format::HeaderlessRunPages(lc.vlen(), page_size)
+    return headerless_runs ? RunPagesFor(lc.vlen())
                            : PageView{Page(lc.ovf_pgno())}.overflow_pages();
+  }
+  // Pages of the overflow run Put makes for a value of vlen bytes in this file's format.
+  uint64_t RunPagesFor(uint64_t vlen) const {
+    return headerless_runs ? format::HeaderlessRunPages(vlen, page_size)
+                           : (vlen + format::kHeaderSize + page_size - 1) / page_size;
+  }
+  // The version 3 run `lc` refers to lies inside a snapshot whose high-water mark is last_page;
+  // RunMatches: its bytes match the reference's checksum (computed now). Corruption names it.
+  Status RunInFile(format::LeafCell lc, uint64_t last_page) const;
+  Status RunMatches(format::LeafCell lc) const;
+  // A version 3 run this process just wrote at p (n pages): known good as a run, and never to
+  // pass for a checked tree page (its bytes 8-24 could mimic a header).
+  void MarkRunWritten(uint64_t p, uint64_t n) {
+    SetRunVerified(p);
+    for (uint64_t k = 0; k < n; ++k) ClearVerified(p + k);
   }
   // Checks the overflow run `lc` refers to within a snapshot whose high-water mark is last_page
   // (its checksum once per open) and returns its value's first byte. Corruption names the run.

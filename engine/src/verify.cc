@@ -103,7 +103,7 @@ struct Walker {
   // A version 3 run: in range, its checksum computed fresh, each page referenced once.
   void CheckRun(LeafCell lc, uint64_t leaf_txnid, const std::string& what, TreeInfo* count) {
     const uint64_t p = lc.ovf_pgno();
-    const uint64_t n = format::HeaderlessRunPages(lc.vlen(), t.db->page_size);
+    const uint64_t n = t.db->RunPagesFor(lc.vlen());
     if (p < kMetaPages || p >= t.meta.last_page || n > t.meta.last_page - p) {
       Problem(what + ": overflow run at " + Pg(p) + " (" + std::to_string(n) +
               " pages) is outside the database");

@@ -245,20 +245,26 @@ class Load {
 
 // Waits until the parity holder at `address` records a generation above 0 for all `slots`: the
 // data workers have re-protected to it.
+// The generation records a parity holder keeps, one per slot (none when it does not answer).
+std::vector<gen::GenRecord> HolderRecords(const std::string& address) {
+  auto conn = rpc::Connect(*rpc::Endpoint::Parse(address), {});
+  if (!conn.ok()) return {};
+  gen::ParityServiceClient holder(conn->protocol);
+  gen::ParityPages pp;
+  try {
+    holder.ReadParity(pp, "", 0, 0);
+  } catch (const std::exception&) {
+    return {};
+  }
+  return pp.records;
+}
+
 bool WaitReprotected(const std::string& address, size_t slots) {
   for (int i = 0; i < 200; ++i) {
-    auto conn = rpc::Connect(*rpc::Endpoint::Parse(address), {});
-    if (conn.ok()) {
-      gen::ParityServiceClient holder(conn->protocol);
-      gen::ParityPages pp;
-      try {
-        holder.ReadParity(pp, "", 0, 0);
-        bool all = pp.records.size() == slots;
-        for (const auto& r : pp.records) all = all && r.gen > 0;
-        if (all) return true;
-      } catch (const std::exception&) {
-      }
-    }
+    const auto records = HolderRecords(address);
+    bool all = records.size() == slots;
+    for (const auto& r : records) all = all && r.gen > 0;
+    if (all) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return false;
@@ -823,16 +829,7 @@ TEST(ProtectionTest, PinsStopAtTheCapWhileAnUnknownHolderIsDownAndAreReleasedAft
   std::sort(newest_pins.begin(), newest_pins.end());
   auto holder_gens = [](const std::string& address) {
     std::vector<int64_t> out;
-    auto conn = rpc::Connect(*rpc::Endpoint::Parse(address), {});
-    if (!conn.ok()) return out;
-    gen::ParityServiceClient holder(conn->protocol);
-    gen::ParityPages pp;
-    try {
-      holder.ReadParity(pp, "", 0, 0);
-    } catch (const std::exception&) {
-      return out;
-    }
-    for (const auto& r : pp.records) out.push_back(r.gen);
+    for (const auto& r : HolderRecords(address)) out.push_back(r.gen);
     std::sort(out.begin(), out.end());
     return out;
   };
