@@ -111,7 +111,8 @@ int main(int argc, char** argv) {
   if (far_pid < 0) Die("fork");
   if (far_pid == 0) {
     auto far = tessera::rpc::Server::Start(
-        far_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()));
+        far_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()),
+        tessera::rpc::ServerOptions{tessera::rpc::kDefaultPoll});
     if (!far.ok()) _exit(1);
     for (;;) pause();
   }
@@ -119,10 +120,12 @@ int main(int argc, char** argv) {
   if (!mkdtemp(tmpl)) Die("mkdtemp");
   std::string dir = tmpl;
 
-  // Ceiling: bare Thrift round trips to an in-process server.
+  // Ceiling: bare Thrift round trips to an in-process server (polling as the workers' servers
+  // do by default).
   auto echo_ep = tessera::rpc::Endpoint{"127.0.0.1", base + 9};
   auto echo = tessera::rpc::Server::Start(
-      echo_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()));
+      echo_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()),
+      tessera::rpc::ServerOptions{tessera::rpc::kDefaultPoll});
   if (!echo.ok()) Die(echo.status().ToString());
   tessera::rpc::ClientPool<gen::WorkerServiceClient> pool;
   auto echo_op = [&](int, uint64_t) {

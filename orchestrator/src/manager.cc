@@ -1376,6 +1376,8 @@ Result<std::vector<ReplicaPeer>> ParsePeers(const std::string& text, const std::
   return out;
 }
 
+static_assert(ManagerOptions().poll_us == rpc::kDefaultPoll.count());
+
 Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   KeepLargeBuffersInHeap();
   if (options.num_shards < 1 || options.num_shards > kMaxShards) {
@@ -1409,7 +1411,10 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     handler->SetHolder(std::move(h), 0);
   }
   auto processor = std::make_shared<Processor>(handler);
-  TESSERA_ASSIGN_OR_RETURN(auto server, rpc::Server::Start(ep, processor));
+  TESSERA_ASSIGN_OR_RETURN(
+      auto server,
+      rpc::Server::Start(ep, processor,
+                         rpc::ServerOptions{std::chrono::microseconds(options.poll_us)}));
   const std::string self_address = ep.host + ":" + std::to_string(server->port());
   uint64_t self_id = 1;
   if (replicated) {

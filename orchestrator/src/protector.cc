@@ -566,12 +566,8 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       st = CallHolder(
           b->index,
           [&](gen::ParityServiceClient& c) {
-            if (!overlap) {
-              recorded = c.AppendTail(o_.token, slot, epoch, entries, sync);
-              return;
-            }
             c.send_AppendTail(o_.token, slot, epoch, entries, sync);
-            if (!commit_tried) {  // once, whatever attempt the call succeeds at
+            if (overlap && !commit_tried) {  // once, whatever attempt the call succeeds at
               commit_tried = true;
               try {
                 local = db->Write(wb, engine::WriteOptions{sync});
@@ -587,6 +583,9 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
                 ::raise(SIGKILL);
               }
             }
+            // The answer is due within a round trip: waiting for it awake saves the wake-up
+            // of a sleeping read (see rpc::ServerOptions::poll).
+            rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
             recorded = c.recv_AppendTail();
           },
           &no_answer);

@@ -41,6 +41,8 @@ struct ProtectorOptions {
   int min_holders = 0;             // 0: all holders must store a tail entry
   int protect_every = 20000;       // commits between generation advances
   int protect_interval_ms = 2000;  // and at most this long between them
+  // How long a tail append polls for a holder's answer before sleeping (rpc::SpinForReply).
+  std::chrono::microseconds poll = rpc::kDefaultPoll;
 };
 
 class Protector {

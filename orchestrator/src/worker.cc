@@ -378,6 +378,8 @@ class Processor : public gen::WorkerServiceProcessor {
 
 }  // namespace
 
+static_assert(WorkerOptions().poll_us == rpc::kDefaultPoll.count());
+
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   KeepLargeBuffersInHeap();
   WorkerState s;
@@ -403,10 +405,12 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   po.min_holders = options.min_holders;
   po.protect_every = options.protect_every;
   po.protect_interval_ms = options.protect_interval_ms;
+  po.poll = std::chrono::microseconds(options.poll_us);
   s.protector = std::make_unique<Protector>(po);
 
   auto handler = std::make_shared<Handler>(&s);
-  auto server = rpc::Server::Start(ep, std::make_shared<Processor>(handler));
+  auto server = rpc::Server::Start(ep, std::make_shared<Processor>(handler),
+                                   rpc::ServerOptions{std::chrono::microseconds(options.poll_us)});
   if (!server.ok()) return server.status();
   s.address = ep.host + ":" + std::to_string((*server)->port());
   spdlog::info("worker {}: serving on {} (data {}, incarnation {})", s.node_id, s.address,

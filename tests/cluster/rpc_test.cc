@@ -1,6 +1,7 @@
 // The rpc module's framed transport and server over a real Thrift server on loopback: frames
 // that arrive together, split into single bytes, large, or cut short are each read as the peer
-// sent them, and stopping a server ends its idle connections at once.
+// sent them, and stopping a server ends its idle connections at once. Every test runs against a
+// server whose connections sleep between requests and one whose connections poll for them.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -39,9 +40,17 @@ class ReverseHandler : public gen::WorkerServiceNull {
   }
 };
 
-std::unique_ptr<Server> StartServer() {
-  auto s = Server::Start(Endpoint{"127.0.0.1", 0}, std::make_shared<gen::WorkerServiceProcessor>(
-                                                       std::make_shared<ReverseHandler>()));
+// The parameter: how long the server's connections poll for the next request (microseconds).
+class RpcTest : public ::testing::TestWithParam<int> {
+ protected:
+  std::unique_ptr<Server> StartServer();
+};
+
+std::unique_ptr<Server> RpcTest::StartServer() {
+  auto s = Server::Start(
+      Endpoint{"127.0.0.1", 0},
+      std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<ReverseHandler>()),
+      ServerOptions{std::chrono::microseconds(GetParam())});
   EXPECT_TRUE(s.ok()) << s.status().ToString();
   return std::move(s).value();
 }
@@ -119,7 +128,7 @@ std::string ReadGetAnswer(int fd, int32_t seqid) {
 
 std::string Reversed(std::string s) { return {s.rbegin(), s.rend()}; }
 
-TEST(RpcTest, FramesSentTogetherOrByteByByteAreEachAnswered) {
+TEST_P(RpcTest, FramesSentTogetherOrByteByByteAreEachAnswered) {
   const uint64_t seed = TestSeed("FramesSentTogetherOrByteByByteAreEachAnswered");
   std::mt19937_64 rng(seed);
   auto server = StartServer();
@@ -174,7 +183,7 @@ TEST(RpcTest, FramesSentTogetherOrByteByByteAreEachAnswered) {
   ::close(fd);
 }
 
-TEST(RpcTest, AFrameCutShortEndsOnlyItsConnection) {
+TEST_P(RpcTest, AFrameCutShortEndsOnlyItsConnection) {
   auto server = StartServer();
   for (size_t cut : {size_t{2}, size_t{4}, size_t{30}}) {
     int fd = RawConnect(server->port());
@@ -193,7 +202,7 @@ TEST(RpcTest, AFrameCutShortEndsOnlyItsConnection) {
   EXPECT_EQ(r.value, "retfa");
 }
 
-TEST(RpcTest, BadSizeFieldsEndOnlyTheirConnection) {
+TEST_P(RpcTest, BadSizeFieldsEndOnlyTheirConnection) {
   auto server = StartServer();
   // A zero size, a negative one, and one over the 64 MiB frame limit (announced, never sent).
   for (uint32_t size : {0u, 0x80000000u, (64u << 20) + 1}) {
@@ -210,7 +219,7 @@ TEST(RpcTest, BadSizeFieldsEndOnlyTheirConnection) {
   ::close(fd);
 }
 
-TEST(RpcTest, StopLetsARunningCallAnswer) {
+TEST_P(RpcTest, StopLetsARunningCallAnswer) {
   auto server = StartServer();
   auto conn = Connect(Endpoint{"127.0.0.1", server->port()}, Timeouts{});
   ASSERT_TRUE(conn.ok()) << conn.status().ToString();
@@ -231,7 +240,7 @@ TEST(RpcTest, StopLetsARunningCallAnswer) {
   EXPECT_EQ(answer, "wols");
 }
 
-TEST(RpcTest, StopEndsIdleConnectionsAtOnce) {
+TEST_P(RpcTest, StopEndsIdleConnectionsAtOnce) {
   auto server = StartServer();
   ClientPool<gen::WorkerServiceClient> pool;
   Endpoint ep{"127.0.0.1", server->port()};
@@ -258,6 +267,44 @@ TEST(RpcTest, StopEndsIdleConnectionsAtOnce) {
     EXPECT_ANY_THROW((*lease)->Get(r, "t", 0, 0, "x"));
   }
 }
+
+// A client waiting awake for an answer: SpinForReply returns once the answer is there (well
+// before its budget), and false after its budget when nothing was asked; a request that comes
+// long after the server's connection stopped polling is answered all the same.
+TEST_P(RpcTest, SpinForReplyWaitsForTheAnswerOnly) {
+  auto server = StartServer();
+  auto conn = Connect(Endpoint{"127.0.0.1", server->port()}, Timeouts{});
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  gen::WorkerServiceClient client(conn->protocol);
+  for (int i = 0; i < 3; ++i) {
+    const std::string key = "spin-" + std::to_string(i);
+    client.send_Get("t", 0, 0, key);
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(SpinForReply(conn->protocol.get(), std::chrono::seconds(3)));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+    gen::GetReply r;
+    client.recv_Get(r);
+    EXPECT_EQ(r.value, Reversed(key));
+    // Nothing asked: nothing arrives, and the wait ends with its budget.
+    t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(SpinForReply(conn->protocol.get(), std::chrono::milliseconds(3)));
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(3));
+    // Past any poll of the server's connection: its thread sleeps, and must still answer.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // A connection the server closed: ready at once (the read reports the end).
+  server->Stop();
+  client.send_Get("t", 0, 0, "closed");
+  EXPECT_TRUE(SpinForReply(conn->protocol.get(), std::chrono::seconds(3)));
+  gen::GetReply r;
+  EXPECT_ANY_THROW(client.recv_Get(r));
+}
+
+INSTANTIATE_TEST_SUITE_P(SleepOrPoll, RpcTest, ::testing::Values(0, 200),
+                         [](const ::testing::TestParamInfo<int>& p) {
+                           return p.param == 0 ? std::string("Sleeping")
+                                               : "Polling" + std::to_string(p.param) + "us";
+                         });
 
 }  // namespace
 }  // namespace tessera::rpc

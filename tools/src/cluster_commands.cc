@@ -253,6 +253,15 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
                    "Parity protecting the workers' data: xor (parity on this manager), rs:K+M "
                    "(K data workers, M workers started with --role parity) or none")
       ->capture_default_str();
+  manager
+      ->add_option(
+          "--poll-us", mo->poll_us,
+          "How long a connection that just answered polls for its next request before its thread "
+          "sleeps, in microseconds (0: sleep at once). Polling yields to any runnable thread; it "
+          "saves a wake-up per request where waking a sleeping thread is slow (virtual machines) "
+          "and costs up to this much CPU per request that does not follow soon")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
   manager->add_option("--token-file", *mtoken, "File holding the cluster token");
   manager->callback([&ctx, mo, mtoken] {
     ctx.action = [mo, mtoken] {
@@ -299,6 +308,16 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
                    "Longest time between protected generations while writes arrive")
       ->capture_default_str()
       ->check(CLI::Range(10, 3600000));
+  worker
+      ->add_option(
+          "--poll-us", wo->poll_us,
+          "How long a connection that just answered polls for its next request, and a write for "
+          "its parity holders' answers, before its thread "
+          "sleeps, in microseconds (0: sleep at once). Polling yields to any runnable thread; it "
+          "saves a wake-up per request where waking a sleeping thread is slow (virtual machines) "
+          "and costs up to this much CPU per request that does not follow soon")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
   worker->callback([&ctx, wo, wtoken] {
     ctx.action = [wo, wtoken] {
       auto t = orchestrator::ReadTokenFile(*wtoken);

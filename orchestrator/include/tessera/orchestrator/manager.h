@@ -35,6 +35,8 @@ struct ManagerOptions {
   // Every manager of a replicated control plane, "HOST:PORT,HOST:PORT,HOST:PORT" (3 or 5), the
   // same list in the same order on each, `listen` among them. Empty: one manager alone.
   std::string peers;
+  // How long a connection polls for its next request before its thread sleeps (rpc::ServerOptions).
+  int poll_us = 100;  // rpc::kDefaultPoll
 };
 
 // Parses --protection: scheme ("none", "xor", "rs"), k and m (k from `workers` for xor).

@@ -31,6 +31,9 @@ struct WorkerOptions {
   int min_holders = 0;             // parity holders that must store a write's tail; 0: all
   int protect_every = 20000;       // commits between protected generations
   int protect_interval_ms = 2000;  // and at most this long between them
+  // How long a connection polls for its next request, and a tail append for its parity holder's
+  // answer, before the thread sleeps (rpc::ServerOptions::poll).
+  int poll_us = 100;  // rpc::kDefaultPoll
 };
 
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop);
