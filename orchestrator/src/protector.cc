@@ -345,7 +345,8 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer) {
   auto ep = rpc::Endpoint::Parse(addr);
   if (!ep.ok()) return ep.status();
   Status last;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  constexpr int kAttempts = 3;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
     auto lease = holder_pool_.Get(*ep);
     if (!lease.ok()) {
       std::string msg = "parity holder " + node;
@@ -375,7 +376,9 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer) {
         last = Status::Unavailable(msg);
       }
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
+    // A pause before the next attempt only: after the last one the caller learns at once.
+    if (attempt + 1 < kAttempts)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
   }
   return last;
 }
