@@ -5,7 +5,7 @@
 // every cluster call crosses processes, as a round trip to it does. Prints ops/s, p50 and p99
 // latency, and the ratio to each.
 //
-//   cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]
+//   cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT] [--poll-us N]
 //
 // The rows run in order (per client count: puts unprotected, puts xor, gets); the gets start
 // once the xor cluster's processes are idle (it has sent the generation those puts started). Then
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   size_t value_size = 100;
   int base = 27080;
   std::string only;
+  int poll_us = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--ops" && i + 1 < argc) {
@@ -96,10 +97,14 @@ int main(int argc, char** argv) {
       base = std::stoi(argv[++i]);
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
+    } else if (a == "--poll-us" && i + 1 < argc) {
+      poll_us = std::stoi(argv[++i]);
     } else {
       std::printf(
           "usage: cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]\n"
-          "  --only TEXT  run only the rows whose name contains TEXT (and the ceiling)\n");
+          "                     [--poll-us N]\n"
+          "  --only TEXT  run only the rows whose name contains TEXT (and the ceiling)\n"
+          "  --poll-us N  the servers' --poll-us, the echoes' included (default 0)\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -112,7 +117,7 @@ int main(int argc, char** argv) {
   if (far_pid == 0) {
     auto far = tessera::rpc::Server::Start(
         far_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()),
-        tessera::rpc::ServerOptions{tessera::rpc::kDefaultPoll});
+        tessera::rpc::ServerOptions{std::chrono::microseconds(poll_us)});
     if (!far.ok()) _exit(1);
     for (;;) pause();
   }
@@ -121,11 +126,11 @@ int main(int argc, char** argv) {
   std::string dir = tmpl;
 
   // Ceiling: bare Thrift round trips to an in-process server (polling as the workers' servers
-  // do by default).
+  // do).
   auto echo_ep = tessera::rpc::Endpoint{"127.0.0.1", base + 9};
   auto echo = tessera::rpc::Server::Start(
       echo_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()),
-      tessera::rpc::ServerOptions{tessera::rpc::kDefaultPoll});
+      tessera::rpc::ServerOptions{std::chrono::microseconds(poll_us)});
   if (!echo.ok()) Die(echo.status().ToString());
   tessera::rpc::ClientPool<gen::WorkerServiceClient> pool;
   auto echo_op = [&](int, uint64_t) {
@@ -184,14 +189,14 @@ int main(int argc, char** argv) {
     std::string sub = dir + "/" + protection;
     c.m = std::make_unique<Proc>();
     c.m->Start({"tessera", "manager", "--listen", mgr, "--data", sub + "/m", "--workers", "3",
-                "--protection", protection},
+                "--protection", protection, "--poll-us", std::to_string(poll_us)},
                sub + "-m.log");
     for (int i = 0; i < 3; ++i) {
       c.ws.push_back(std::make_unique<Proc>());
-      c.ws.back()->Start(
-          {"tessera", "worker", "--listen", "127.0.0.1:" + std::to_string(port0 + 1 + i),
-           "--manager", mgr, "--data", sub + "/w" + std::to_string(i)},
-          sub + "-w" + std::to_string(i) + ".log");
+      c.ws.back()->Start({"tessera", "worker", "--listen",
+                          "127.0.0.1:" + std::to_string(port0 + 1 + i), "--manager", mgr, "--data",
+                          sub + "/w" + std::to_string(i), "--poll-us", std::to_string(poll_us)},
+                         sub + "-w" + std::to_string(i) + ".log");
     }
     tessera::orchestrator::ClientOptions co;
     co.manager = mgr;

@@ -1376,8 +1376,6 @@ Result<std::vector<ReplicaPeer>> ParsePeers(const std::string& text, const std::
   return out;
 }
 
-static_assert(ManagerOptions().poll_us == rpc::kDefaultPoll.count());
-
 Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   KeepLargeBuffersInHeap();
   if (options.num_shards < 1 || options.num_shards > kMaxShards) {

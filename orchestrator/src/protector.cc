@@ -587,8 +587,8 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
               }
             }
             // The answer is due within a round trip: waiting for it awake saves the wake-up
-            // of a sleeping read (see rpc::ServerOptions::poll).
-            rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
+            // of a sleeping read (`--poll-us`; see rpc::ServerOptions::poll).
+            if (o_.poll.count() > 0) rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
             recorded = c.recv_AppendTail();
           },
           &no_answer);

@@ -42,7 +42,7 @@ struct ProtectorOptions {
   int protect_every = 20000;       // commits between generation advances
   int protect_interval_ms = 2000;  // and at most this long between them
   // How long a tail append polls for a holder's answer before sleeping (rpc::SpinForReply).
-  std::chrono::microseconds poll = rpc::kDefaultPoll;
+  std::chrono::microseconds poll{0};
 };
 
 class Protector {

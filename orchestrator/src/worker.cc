@@ -378,8 +378,6 @@ class Processor : public gen::WorkerServiceProcessor {
 
 }  // namespace
 
-static_assert(WorkerOptions().poll_us == rpc::kDefaultPoll.count());
-
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   KeepLargeBuffersInHeap();
   WorkerState s;

@@ -50,7 +50,8 @@ class PCluster {
     nodes_.resize(ports_.size());
   }
 
-  int protect_interval_ms = 200;  // --protect-interval-ms of the nodes started after
+  int protect_interval_ms = 200;   // --protect-interval-ms of the nodes started after
+  std::vector<std::string> flags;  // added to the manager's and every node's command line
 
   void StartManager() {
     std::vector<std::string> argv{TESSERA_BIN,    "manager",
@@ -59,6 +60,7 @@ class PCluster {
                                   "--workers",    std::to_string(data_),
                                   "--protection", protection_};
     for (auto& f : testing::FastManagerFlags()) argv.push_back(f);
+    argv.insert(argv.end(), flags.begin(), flags.end());
     manager_ = std::make_unique<Process>(argv, dir_.File("manager.log"));
   }
 
@@ -78,6 +80,7 @@ class PCluster {
                                      "300",
                                      "--protect-interval-ms",
                                      std::to_string(protect_interval_ms)};
+    argv.insert(argv.end(), flags.begin(), flags.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     nodes_[i] = std::make_unique<Process>(
         argv, dir_.File("node" + std::to_string(i) + "-" + std::to_string(++starts_) + ".log"),
@@ -301,9 +304,12 @@ TEST(ProtectionTest, XorWipedWorkerRebuildsEveryAcknowledgedWrite) {
 }
 
 // Node 1 of an xor cluster under load dies by the failpoint at its 400th write; restarted with
-// its disk intact, every acknowledged write is there and the parity scrubs clean.
-void CrashAtFailpointLosesNothing(const std::string& failpoint) {
+// its disk intact, every acknowledged write is there and the parity scrubs clean. `flags` go to
+// every process.
+void CrashAtFailpointLosesNothing(const std::string& failpoint,
+                                  const std::vector<std::string>& flags = {}) {
   PCluster c("xor", 3, 0);
+  c.flags = flags;
   c.StartManager();
   c.StartNode(0);
   c.StartNode(1, {"TESSERA_FAILPOINT=" + failpoint + ":400"});
@@ -341,8 +347,9 @@ TEST(ProtectionTest, CrashBetweenTailAppendsAndLocalCommitLosesNothing) {
 }
 
 // With one holder the local commit goes ahead while the append is in flight: die in between.
+// Every connection polls (--poll-us), and the worker polls for the holder's answers.
 TEST(ProtectionTest, CrashBetweenLocalCommitAndTailAcknowledgementLosesNothing) {
-  CrashAtFailpointLosesNothing("crash_before_ack");
+  CrashAtFailpointLosesNothing("crash_before_ack", {"--poll-us", "200"});
 }
 
 // One holder: a data worker commits a group locally while its tail append is in flight. No

@@ -257,9 +257,10 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
       ->add_option(
           "--poll-us", mo->poll_us,
           "How long a connection that just answered polls for its next request before its thread "
-          "sleeps, in microseconds (0: sleep at once). Polling yields to any runnable thread; it "
-          "saves a wake-up per request where waking a sleeping thread is slow (virtual machines) "
-          "and costs up to this much CPU per request that does not follow soon")
+          "sleeps, in microseconds (0: sleep at once). Saves a wake-up per request where waking "
+          "a sleeping thread is slow (virtual machines) if CPUs are idle; with busy CPUs it makes "
+          "requests slower (a poller waits out a busy thread's time slice); costs up to this much "
+          "CPU per request that does not follow soon")
       ->capture_default_str()
       ->check(CLI::Range(0, 100000));
   manager->add_option("--token-file", *mtoken, "File holding the cluster token");
@@ -312,10 +313,11 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
       ->add_option(
           "--poll-us", wo->poll_us,
           "How long a connection that just answered polls for its next request, and a write for "
-          "its parity holders' answers, before its thread "
-          "sleeps, in microseconds (0: sleep at once). Polling yields to any runnable thread; it "
-          "saves a wake-up per request where waking a sleeping thread is slow (virtual machines) "
-          "and costs up to this much CPU per request that does not follow soon")
+          "its parity holders' answers, before its thread sleeps, in microseconds (0: sleep at "
+          "once). Saves a wake-up per request where waking a sleeping thread is slow (virtual "
+          "machines) if CPUs are idle; with busy CPUs it makes requests slower (a poller waits "
+          "out a busy thread's time slice); costs up to this much CPU per request or tail append "
+          "that does not follow soon")
       ->capture_default_str()
       ->check(CLI::Range(0, 100000));
   worker->callback([&ctx, wo, wtoken] {
