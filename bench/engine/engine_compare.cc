@@ -74,6 +74,9 @@ void RemoveAll(const std::string& path) {
   if (std::system(cmd.c_str()) != 0) Die("cannot remove " + path);
 }
 
+// --group-commit-spin-us: Tessera's Options::group_commit_spin_us.
+uint32_t g_group_commit_spin_us = 0;
+
 // One engine behind a small common interface.
 class Engine {
  public:
@@ -94,7 +97,9 @@ class TesseraEngine : public Engine {
   std::string Name() const override { return "tessera"; }
   void Open(const std::string& dir) override {
     path_ = dir + "/tessera.db";
-    auto db = tessera::engine::Db::Open(path_);
+    tessera::engine::Options o;
+    o.group_commit_spin_us = g_group_commit_spin_us;
+    auto db = tessera::engine::Db::Open(path_, o);
     if (!db.ok()) Die(db.status().ToString());
     db_ = std::move(db).value();
   }
@@ -516,14 +521,18 @@ int main(int argc, char** argv) {
       c.only = SplitCommas(next());
     } else if (a == "--engines") {
       c.engines = SplitCommas(next());
+    } else if (a == "--group-commit-spin-us") {
+      g_group_commit_spin_us = static_cast<uint32_t>(std::stoul(next()));
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: engine_compare [--num N] [--value-size B] [--big-num N] [--sync-ops N]\n"
           "                      [--dir DIR] [--only fillseq,overwrite,readrandom,readseq,\n"
           "                       readmissing,mixed,sync,deleterandom,big]\n"
           "                      [--engines tessera,lmdb,lmdb-writemap,rocksdb]\n"
+          "                      [--group-commit-spin-us N]\n"
           "fillrandom always runs (the later workloads read its keys); --engines runs a\n"
-          "subset, and tessera must be among them (every ratio is against it).\n");
+          "subset, and tessera must be among them (every ratio is against it).\n"
+          "--group-commit-spin-us sets Tessera's Options::group_commit_spin_us (default 0).\n");
       return 0;
     } else {
       Die("unknown argument " + a + " (see --help)");

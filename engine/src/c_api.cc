@@ -95,6 +95,8 @@ int ParseOptions(const char* s, tessera::engine::Options* o, bool* sync) {
       o->commit_log = b;
     } else if (k == "shrink_on_close" && ParseBool(v, &b)) {
       o->shrink_on_close = b;
+    } else if (k == "group_commit_spin_us" && ParseU64(v, &n) && n <= 1000000) {
+      o->group_commit_spin_us = static_cast<uint32_t>(n);
     } else if (k == "format_version" && ParseU64(v, &n) && n <= 3) {
       o->format_version = static_cast<uint32_t>(n);
     } else {

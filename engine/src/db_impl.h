@@ -22,6 +22,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -131,12 +132,20 @@ struct Db::Impl {
     bool sync;
     std::mutex mu;
     std::condition_variable cv;
-    bool lead = false;  // the previous leader handed the queue to this writer
-    bool done = false;  // a leader committed this writer's batch; status holds the result
+    // Set under mu; atomic so that a waiting writer may poll them before it sleeps on cv.
+    std::atomic<bool> lead{false};  // the previous leader handed the queue to this writer
+    std::atomic<bool> done{false};  // a leader committed this writer's batch; status holds it
     Status status;
   };
   std::mutex gc_mu;
   std::deque<Writer*> gc_queue;
+  // Options::group_commit_spin_us: a waiting writer polls its flags, yielding between polls,
+  // until they change or the time is up. A yield longer than kSlowYield means busy CPUs: then
+  // no writer polls until spin_off_until (steady_clock ticks).
+  void AwaitGroupPolling(const Writer& w);
+  static constexpr std::chrono::microseconds kSlowYield{200};
+  static constexpr std::chrono::milliseconds kSpinOff{100};
+  std::atomic<int64_t> spin_off_until{0};
 
   // ---- counters ----
   std::atomic<uint64_t> commits{0};

@@ -82,6 +82,15 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   tessera_txn_abort(nullptr);
   tessera_cursor_close(nullptr);
 
+  // Writers that poll for their group commit; a poll over a second is a bad option.
+  EXPECT_EQ(tessera_db_open(path.c_str(), "group_commit_spin_us=1000001", &db),
+            TESSERA_BAD_OPTIONS);
+  ASSERT_EQ(tessera_db_open(path.c_str(), "group_commit_spin_us=300;sync=1", &db), TESSERA_OK);
+  ASSERT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_OK);
+  EXPECT_EQ(tessera_put(w, "c", 1, "3", 1), TESSERA_OK);
+  EXPECT_EQ(tessera_txn_commit(w), TESSERA_OK);
+  tessera_db_close(db);
+
   ASSERT_EQ(tessera_db_open(path.c_str(), "read_only=1", &db), TESSERA_OK);
   EXPECT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_READ_ONLY);
   tessera_db_close(db);

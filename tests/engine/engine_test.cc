@@ -1231,9 +1231,14 @@ TEST(EngineTest, BadMetaAfterACrashIsRepairedFromTheLog) {
   }
 }
 
-TEST(EngineTest, GroupCommitCombinesConcurrentWriters) {
+// Writers sleeping until their group commits, and writers polling for it (group_commit_spin_us).
+class GroupCommitTest : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(GroupCommitTest, CombinesConcurrentWriters) {
   TempDir dir;
-  auto db = MustOpen(dir.File("db"));
+  Options o;
+  o.group_commit_spin_us = GetParam();
+  auto db = MustOpen(dir.File("db"), o);
   const int threads = 16, per = 50;
   std::vector<std::thread> ts;
   std::atomic<int> failures{0};
@@ -1257,6 +1262,18 @@ TEST(EngineTest, GroupCommitCombinesConcurrentWriters) {
               static_cast<unsigned long long>(st->commits),
               static_cast<unsigned long long>(st->flushes));
   EXPECT_TRUE(db->Verify().ok);
+}
+
+INSTANTIATE_TEST_SUITE_P(SleepOrSpin, GroupCommitTest, ::testing::Values(0u, 300u));
+
+TEST(EngineTest, GroupCommitSpinOverASecondIsRefused) {
+  TempDir dir;
+  Options o;
+  o.group_commit_spin_us = 1000001;
+  auto db = Db::Open(dir.File("db"), o);
+  ASSERT_FALSE(db.ok());
+  EXPECT_TRUE(db.status().IsInvalidArgument()) << db.status().ToString();
+  EXPECT_NE(db.status().message().find("group_commit_spin_us"), std::string::npos);
 }
 
 TEST(EngineTest, BackupWhileWriting) {

@@ -42,6 +42,12 @@ struct Options {
   size_t max_readers = 126;  // concurrent read transactions
   size_t group_commit_max_batches = 1024;  // batches combined into one commit at most
   size_t group_commit_max_bytes = size_t{16} << 20;
+  // How long a writer whose batch waits for another writer's group commit polls for it (yielding
+  // the CPU between polls) before it sleeps; 0..1000000, 0 (the default): it sleeps at once.
+  // Pays with idle CPUs where a sleeping thread wakes slowly (a virtual machine), as while sync
+  // commits wait for the disk. With busy CPUs a yielding writer waits out another thread's time
+  // slice, so a yield that took long stops every writer's polling for 100 ms.
+  uint32_t group_commit_spin_us = 0;
   bool simulate_power_cut = false;  // test mode: see Db::SimulatePowerCut
   // Protection: pages freed by a transaction newer than this txnid are not reused after open
   // until a snapshot pinned with OpenSnapshot (or nothing older) needs them no more. Set it to

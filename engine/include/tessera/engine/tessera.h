@@ -44,6 +44,10 @@ typedef struct tessera_cursor tessera_cursor;
  *                  the first format (whole-page checksums); an existing file keeps its own
  *   shrink_on_close=0|1  at close, when a quarter of the file (and at least 8 MiB) is free,
  *                  move the pages in use at its end down and truncate it (default 1)
+ *   group_commit_spin_us=N  0..1000000: a writer waiting for another's group commit polls for
+ *                  it this long, yielding the CPU, before it sleeps (default 0: sleeps at once);
+ *                  faster where idle CPUs wake slowly; stops for a while when yields show busy
+ *                  CPUs
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
  * value), TESSERA_BAD_PAGE_SIZE, TESSERA_BUSY (another writer has the file open),
  * TESSERA_NOTFOUND (missing and create=0), TESSERA_CORRUPTION (not a Tessera file, or no valid
