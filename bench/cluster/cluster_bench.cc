@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   size_t value_size = 100;
   int base = 27080;
   std::string only;
-  int poll_us = 0;
+  int poll_us = 100;  // the manager's and workers' default
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--ops" && i + 1 < argc) {
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
           "usage: cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]\n"
           "                     [--poll-us N]\n"
           "  --only TEXT  run only the rows whose name contains TEXT (and the ceiling)\n"
-          "  --poll-us N  the servers' --poll-us, the echoes' included (default 0)\n");
+          "  --poll-us N  the servers' --poll-us, the echoes' included (default 100)\n");
       return a == "--help" ? 0 : 2;
     }
   }

@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -44,6 +45,12 @@ std::shared_ptr<TConfiguration> Config() {
   static auto cfg = std::make_shared<TConfiguration>(kMaxFrameBytes + 1024, kMaxFrameBytes, 64);
   return cfg;
 }
+
+// Polling (ServerOptions::poll, SpinForReply) stops for kPollOff once a yield took longer than
+// kSlowYield: steady_clock ticks until which no connection of this process polls.
+constexpr std::chrono::microseconds kSlowYield{200};
+constexpr std::chrono::milliseconds kPollOff{100};
+std::atomic<int64_t> g_poll_off_until{0};
 
 // A framed transport into whose frame a writer can splice buffers that are sent from where they
 // lie (SpliceIntoFrame): the frame goes out with one sendmsg over its own buffer and the
@@ -79,13 +86,28 @@ class SplicingFramedTransport : public TFramedTransport {
     auto* sock = dynamic_cast<TSocket*>(transport_.get());
     if (sock == nullptr || !sock->isOpen()) return false;
     pollfd p{sock->getSocketFD(), POLLIN, 0};
-    const auto until = std::chrono::steady_clock::now() + spin;
+    if (::poll(&p, 1, 0) != 0) return true;  // what is there already is always seen
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    if (start.time_since_epoch().count() < g_poll_off_until.load(std::memory_order_relaxed)) {
+      return false;
+    }
+    const auto until = start + spin;
     for (;;) {
       // Ready also on an error or a closed peer: the read that follows reports it.
       if (::poll(&p, 1, 0) != 0) return true;
-      if (std::chrono::steady_clock::now() >= until) return false;
+      const auto before = Clock::now();
+      if (before >= until) return false;
       // Runnable threads of this machine go first: the spin uses only CPU nobody else wants.
       sched_yield();
+      if (Clock::now() - before > kSlowYield) {
+        // Another thread had this CPU for a long stretch: the CPUs are busy, and a poller that
+        // yields to busy threads waits out their time slices, where a sleeping thread runs as
+        // soon as it is woken. Every poller of this process sleeps at once for a while.
+        g_poll_off_until.store((Clock::now() + kPollOff).time_since_epoch().count(),
+                               std::memory_order_relaxed);
+        return false;
+      }
     }
   }
 

@@ -258,9 +258,8 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
           "--poll-us", mo->poll_us,
           "How long a connection that just answered polls for its next request before its thread "
           "sleeps, in microseconds (0: sleep at once). Saves a wake-up per request where waking "
-          "a sleeping thread is slow (virtual machines) if CPUs are idle; with busy CPUs it makes "
-          "requests slower (a poller waits out a busy thread's time slice); costs up to this much "
-          "CPU per request that does not follow soon")
+          "a sleeping thread is slow (virtual machines); stops for 100 ms whenever a yield shows "
+          "busy CPUs; costs up to this much CPU per request that does not follow soon")
       ->capture_default_str()
       ->check(CLI::Range(0, 100000));
   manager->add_option("--token-file", *mtoken, "File holding the cluster token");
@@ -315,9 +314,8 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
           "How long a connection that just answered polls for its next request, and a write for "
           "its parity holders' answers, before its thread sleeps, in microseconds (0: sleep at "
           "once). Saves a wake-up per request where waking a sleeping thread is slow (virtual "
-          "machines) if CPUs are idle; with busy CPUs it makes requests slower (a poller waits "
-          "out a busy thread's time slice); costs up to this much CPU per request or tail append "
-          "that does not follow soon")
+          "machines); stops for 100 ms whenever a yield shows busy CPUs; costs up to this much "
+          "CPU per request or tail append that does not follow soon")
       ->capture_default_str()
       ->check(CLI::Range(0, 100000));
   worker->callback([&ctx, wo, wtoken] {

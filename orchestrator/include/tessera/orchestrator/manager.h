@@ -36,7 +36,7 @@ struct ManagerOptions {
   // same list in the same order on each, `listen` among them. Empty: one manager alone.
   std::string peers;
   // How long a connection polls for its next request before its thread sleeps (rpc::ServerOptions).
-  int poll_us = 0;
+  int poll_us = 100;
 };
 
 // Parses --protection: scheme ("none", "xor", "rs"), k and m (k from `workers` for xor).

@@ -33,7 +33,7 @@ struct WorkerOptions {
   int protect_interval_ms = 2000;  // and at most this long between them
   // How long a connection polls for its next request, and a tail append for its parity holder's
   // answer, before the thread sleeps (rpc::ServerOptions::poll).
-  int poll_us = 0;
+  int poll_us = 100;
 };
 
 Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop);
