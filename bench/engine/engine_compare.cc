@@ -522,7 +522,9 @@ int main(int argc, char** argv) {
     } else if (a == "--engines") {
       c.engines = SplitCommas(next());
     } else if (a == "--group-commit-spin-us") {
-      g_group_commit_spin_us = static_cast<uint32_t>(std::stoul(next()));
+      const unsigned long us = std::stoul(next());
+      if (us > 1000000) Die("--group-commit-spin-us is at most 1000000");
+      g_group_commit_spin_us = static_cast<uint32_t>(us);
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: engine_compare [--num N] [--value-size B] [--big-num N] [--sync-ops N]\n"

@@ -51,6 +51,7 @@ std::shared_ptr<TConfiguration> Config() {
 constexpr std::chrono::microseconds kSlowYield{200};
 constexpr std::chrono::milliseconds kPollOff{100};
 std::atomic<int64_t> g_poll_off_until{0};
+std::atomic<int> g_speculative_pollers{0};  // server connections polling now (at most one)
 
 // A framed transport into whose frame a writer can splice buffers that are sent from where they
 // lie (SpliceIntoFrame): the frame goes out with one sendmsg over its own buffer and the
@@ -82,7 +83,11 @@ class SplicingFramedTransport : public TFramedTransport {
 
   // Polls the socket, yielding the CPU between polls, until it is readable or `spin` has
   // passed; true when readable.
-  bool PollFor(std::chrono::microseconds spin) {
+  // `speculative`: a wait for a request that may not come (a server's connection); at most one
+  // such poller runs in the process, so that busy CPUs cost one time slice, not one per
+  // connection, before the slow-yield rule below stops polling. A wait for an answer that is
+  // due (SpinForReply) is not limited.
+  bool PollFor(std::chrono::microseconds spin, bool speculative) {
     auto* sock = dynamic_cast<TSocket*>(transport_.get());
     if (sock == nullptr || !sock->isOpen()) return false;
     pollfd p{sock->getSocketFD(), POLLIN, 0};
@@ -92,6 +97,16 @@ class SplicingFramedTransport : public TFramedTransport {
     if (start.time_since_epoch().count() < g_poll_off_until.load(std::memory_order_relaxed)) {
       return false;
     }
+    if (speculative && g_speculative_pollers.fetch_add(1, std::memory_order_acq_rel) != 0) {
+      g_speculative_pollers.fetch_sub(1, std::memory_order_acq_rel);
+      return false;
+    }
+    struct Leave {
+      bool on;
+      ~Leave() {
+        if (on) g_speculative_pollers.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    } leave{speculative};
     const auto until = start + spin;
     for (;;) {
       // Ready also on an error or a closed peer: the read that follows reports it.
@@ -204,7 +219,7 @@ class SplicingFramedTransport : public TFramedTransport {
       ahead_ = 0;
     }
     if (in_cap_ == 0) Reserve(kReadAhead);
-    if (filled_ == 0 && poll_.count() > 0) PollFor(poll_);
+    if (filled_ == 0 && poll_.count() > 0) PollFor(poll_, /*speculative=*/true);
     while (filled_ < sizeof(int32_t)) {
       const uint32_t got = Fill(sizeof(int32_t));
       if (got == 0) {
@@ -430,7 +445,7 @@ bool SpinForReply(apache::thrift::protocol::TProtocol* protocol, std::chrono::mi
   auto* t = dynamic_cast<SplicingFramedTransport*>(protocol->getTransport().get());
   if (t == nullptr) return false;
   if (t->Buffered()) return true;
-  return t->PollFor(spin);
+  return t->PollFor(spin, /*speculative=*/false);
 }
 
 Result<Connection> Connect(const Endpoint& endpoint, const Timeouts& timeouts) {
