@@ -54,8 +54,9 @@ struct Endpoint {
 // polls; a thread that yielded to a busy one waits out that thread's time slice, where a
 // sleeping thread would run as soon as it is woken (with two busy threads on a 2-CPU machine,
 // 16 connections' mean latency went from 61 to 570 us), so once a yield takes over 200 us
-// every poller of the process sleeps at once for 100 ms (then: 47 us against 50 sleeping). It
-// costs up to `poll` of CPU per request that does not follow soon.
+// every poller of the process sleeps at once for 100 ms, and at most one connection of the
+// process polls at a time, so that busy CPUs cost one time slice per pause rather than one per
+// connection. It costs up to `poll` of CPU per request that does not follow soon.
 struct ServerOptions {
   std::chrono::microseconds poll{0};
 };
