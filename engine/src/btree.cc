@@ -319,14 +319,11 @@ Status InsertAt(Txn& txn, TreeInfo* tree, Path& path, size_t level, unsigned idx
 // later than this txn, and (with a header) its header agrees: freeing pages in use would let
 // other values be overwritten.
 Result<uint64_t> RunToFree(const Txn& txn, LeafCell lc) {
-  const uint64_t p = lc.ovf_pgno(), last = txn.meta.last_page;
+  const uint64_t p = lc.ovf_pgno();
   const uint64_t n = txn.db->RunPagesFor(lc.vlen());
+  TESSERA_RETURN_IF_ERROR(txn.db->RunInFile(lc, txn.meta.last_page));
   const std::string run = "overflow run at page " + std::to_string(p) + " (a value of " +
                           std::to_string(lc.vlen()) + " bytes)";
-  if (p < format::kMetaPages || p >= last || n > last - p) {
-    return Status::Corruption(run + " is outside the database (" + std::to_string(last) +
-                              " pages)");
-  }
   if (lc.ovf_txnid() == 0 || lc.ovf_txnid() > txn.txnid) {
     return Status::Corruption(run + " names txn " + std::to_string(lc.ovf_txnid()));
   }
@@ -516,7 +513,6 @@ Status RelocatePage(Txn& txn, TreeInfo* tree, uint64_t* pgno, uint64_t* pg_txnid
     if (ovf + txn.db->RunPagesFor(lc.vlen()) <= limit) continue;
     TESSERA_RETURN_IF_ERROR(txn.db->CheckRun(lc, txn.meta.last_page).status());
     const uint64_t n = txn.db->RunPages(lc);
-
     // Allocated before the leaf is made writable: a run with no room below the limit stays where
     // it is (the file is cut above it), and nothing has changed.
     auto np = AllocPages(txn, n);

@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <sched.h>
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -17,6 +16,7 @@
 #include "btree.h"
 #include "db_impl.h"
 #include "tessera/common/errors.h"
+#include "tessera/common/poll.h"
 
 namespace tessera::engine {
 
@@ -1256,26 +1256,6 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   return std::unique_ptr<WriteTxn>(new WriteTxn(std::move(t)));
 }
 
-void Db::Impl::AwaitGroupPolling(const Writer& w) {
-  using Clock = std::chrono::steady_clock;
-  const auto start = Clock::now();
-  if (start.time_since_epoch().count() < spin_off_until.load(std::memory_order_relaxed)) return;
-  const auto until = start + std::chrono::microseconds(opts.group_commit_spin_us);
-  while (!w.done.load(std::memory_order_acquire) && !w.lead.load(std::memory_order_acquire)) {
-    const auto before = Clock::now();
-    if (before >= until) return;
-    sched_yield();
-    if (Clock::now() - before > kSlowYield) {
-      // Another thread had this CPU for a long stretch: the CPUs are busy, and a writer that
-      // yields to busy threads waits out their time slices, where a sleeping one runs as soon
-      // as it is woken. Every writer sleeps at once for a while.
-      spin_off_until.store((Clock::now() + kSpinOff).time_since_epoch().count(),
-                           std::memory_order_relaxed);
-      return;
-    }
-  }
-}
-
 Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
   for (const auto& op : batch.ops()) {
     TESSERA_RETURN_IF_ERROR(CheckKey(op.key));
@@ -1295,7 +1275,11 @@ Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
     lead = gc_queue.size() == 1;
   }
   if (!lead) {
-    if (opts.group_commit_spin_us > 0) AwaitGroupPolling(w);
+    if (opts.group_commit_spin_us > 0) {
+      PollYielding(spin_off_until, std::chrono::microseconds(opts.group_commit_spin_us), [&] {
+        return w.done.load(std::memory_order_acquire) || w.lead.load(std::memory_order_acquire);
+      });
+    }
     // Taken even when the poll saw the answer: the leader may still hold mu to notify cv.
     std::unique_lock<std::mutex> l(w.mu);
     w.cv.wait(l, [&] { return w.done.load() || w.lead.load(); });

@@ -22,7 +22,6 @@
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -139,12 +138,8 @@ struct Db::Impl {
   };
   std::mutex gc_mu;
   std::deque<Writer*> gc_queue;
-  // Options::group_commit_spin_us: a waiting writer polls its flags, yielding between polls,
-  // until they change or the time is up. A yield longer than kSlowYield means busy CPUs: then
-  // no writer polls until spin_off_until (steady_clock ticks).
-  void AwaitGroupPolling(const Writer& w);
-  static constexpr std::chrono::microseconds kSlowYield{200};
-  static constexpr std::chrono::milliseconds kSpinOff{100};
+  // Options::group_commit_spin_us: a waiting writer polls its flags (PollYielding) until they
+  // change or the time is up; this Db's writers share the switch that busy CPUs turn off.
   std::atomic<int64_t> spin_off_until{0};
 
   // ---- counters ----
@@ -198,8 +193,9 @@ struct Db::Impl {
     return headerless_runs ? format::HeaderlessRunPages(vlen, page_size)
                            : (vlen + format::kHeaderSize + page_size - 1) / page_size;
   }
-  // The version 3 run `lc` refers to lies inside a snapshot whose high-water mark is last_page;
-  // RunMatches: its bytes match the reference's checksum (computed now). Corruption names it.
+  // The run `lc` refers to, as long as Put made it for its value, lies inside a snapshot whose
+  // high-water mark is last_page; RunMatches: the bytes of a version 3 run match the reference's
+  // checksum (computed now). Corruption names the run.
   Status RunInFile(format::LeafCell lc, uint64_t last_page) const;
   Status RunMatches(format::LeafCell lc) const;
   // A version 3 run this process just wrote at p (n pages): known good as a run, and never to

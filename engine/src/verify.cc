@@ -104,15 +104,12 @@ struct Walker {
   void CheckRun(LeafCell lc, uint64_t leaf_txnid, const std::string& what, TreeInfo* count) {
     const uint64_t p = lc.ovf_pgno();
     const uint64_t n = t.db->RunPagesFor(lc.vlen());
-    if (p < kMetaPages || p >= t.meta.last_page || n > t.meta.last_page - p) {
-      Problem(what + ": overflow run at " + Pg(p) + " (" + std::to_string(n) +
-              " pages) is outside the database");
+    if (Status s = t.db->RunInFile(lc, t.meta.last_page); !s.ok()) {
+      Problem(what + ": " + s.message());
       return;
     }
     ++rep.pages_checked;
-    if (Db::Impl::RunCrc(t.db->Page(p), lc.vlen()) != lc.ovf_crc()) {
-      Problem(what + ": overflow run at " + Pg(p) + " checksum mismatch");
-    }
+    if (Status s = t.db->RunMatches(lc); !s.ok()) Problem(what + ": " + s.message());
     // Copy-on-write: the run was written no later than the leaf that refers to it.
     if (lc.ovf_txnid() == 0 || lc.ovf_txnid() > leaf_txnid) {
       Problem(what + ": overflow run at " + Pg(p) + " names txn " + std::to_string(lc.ovf_txnid()) +

@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <limits.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -24,6 +23,8 @@
 #include <memory>
 #include <mutex>
 #include <vector>
+
+#include "tessera/common/poll.h"
 
 namespace tessera::rpc {
 
@@ -46,10 +47,8 @@ std::shared_ptr<TConfiguration> Config() {
   return cfg;
 }
 
-// Polling (ServerOptions::poll, SpinForReply) stops for kPollOff once a yield took longer than
-// kSlowYield: steady_clock ticks until which no connection of this process polls.
-constexpr std::chrono::microseconds kSlowYield{200};
-constexpr std::chrono::milliseconds kPollOff{100};
+// Polling (ServerOptions::poll, SpinForReply) of every connection of this process shares the
+// switch that busy CPUs turn off (PollYielding).
 std::atomic<int64_t> g_poll_off_until{0};
 std::atomic<int> g_speculative_pollers{0};  // server connections polling now (at most one)
 
@@ -81,22 +80,18 @@ class SplicingFramedTransport : public TFramedTransport {
   // Bytes of a reply already read from the socket and not consumed yet.
   bool Buffered() const { return rBase_ < rBound_ || ahead_ < filled_; }
 
-  // Polls the socket, yielding the CPU between polls, until it is readable or `spin` has
-  // passed; true when readable.
-  // `speculative`: a wait for a request that may not come (a server's connection); at most one
-  // such poller runs in the process, so that busy CPUs cost one time slice, not one per
+  // Polls the socket (PollYielding) until it is readable or `spin` has passed; true when
+  // readable. `speculative`: a wait for a request that may not come (a server's connection); at
+  // most one such poller runs in the process, so that busy CPUs cost one time slice, not one per
   // connection, before the slow-yield rule below stops polling. A wait for an answer that is
   // due (SpinForReply) is not limited.
   bool PollFor(std::chrono::microseconds spin, bool speculative) {
     auto* sock = dynamic_cast<TSocket*>(transport_.get());
     if (sock == nullptr || !sock->isOpen()) return false;
     pollfd p{sock->getSocketFD(), POLLIN, 0};
-    if (::poll(&p, 1, 0) != 0) return true;  // what is there already is always seen
-    using Clock = std::chrono::steady_clock;
-    const auto start = Clock::now();
-    if (start.time_since_epoch().count() < g_poll_off_until.load(std::memory_order_relaxed)) {
-      return false;
-    }
+    // Ready also on an error or a closed peer: the read that follows reports it.
+    auto readable = [&] { return ::poll(&p, 1, 0) != 0; };
+    if (readable()) return true;  // what is there already is always seen
     if (speculative && g_speculative_pollers.fetch_add(1, std::memory_order_acq_rel) != 0) {
       g_speculative_pollers.fetch_sub(1, std::memory_order_acq_rel);
       return false;
@@ -107,23 +102,7 @@ class SplicingFramedTransport : public TFramedTransport {
         if (on) g_speculative_pollers.fetch_sub(1, std::memory_order_acq_rel);
       }
     } leave{speculative};
-    const auto until = start + spin;
-    for (;;) {
-      // Ready also on an error or a closed peer: the read that follows reports it.
-      if (::poll(&p, 1, 0) != 0) return true;
-      const auto before = Clock::now();
-      if (before >= until) return false;
-      // Runnable threads of this machine go first: the spin uses only CPU nobody else wants.
-      sched_yield();
-      if (Clock::now() - before > kSlowYield) {
-        // Another thread had this CPU for a long stretch: the CPUs are busy, and a poller that
-        // yields to busy threads waits out their time slices, where a sleeping thread runs as
-        // soon as it is woken. Every poller of this process sleeps at once for a while.
-        g_poll_off_until.store((Clock::now() + kPollOff).time_since_epoch().count(),
-                               std::memory_order_relaxed);
-        return false;
-      }
-    }
+    return PollYielding(g_poll_off_until, spin, readable);
   }
 
   // Bytes read with this frame, its size field included (what the processor reports).
