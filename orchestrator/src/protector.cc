@@ -797,7 +797,11 @@ Status Protector::ApplyTailEntry(engine::Db* db, const gen::TailEntry& e) {
   return db->Write(b, engine::WriteOptions{false});
 }
 
-// Replays, from the holder with the longest tail, every entry after `from_seq`.
+// Replays every entry after `from_seq` that any reachable holder keeps, in seq order: the union
+// of their tails (as `TailsOf` in tla/Protection.tla). One holder's tail alone is not enough:
+// with --min-holders below the holder count a write is acknowledged while a holder is down, and
+// that holder, back with its disk, stores the later entries, so its tail can be as long as
+// another's with a hole in it.
 Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
   int slot = slot_.load();
   int64_t epoch;
@@ -807,39 +811,56 @@ Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
     epoch = epoch_;
     m = holders_.size();
   }
-  size_t best = m;
-  int64_t best_last = from_seq;
+  struct Source {
+    size_t holder;
+    std::vector<gen::TailEntry> entries;  // read ahead, in seq order
+    size_t next = 0;
+    bool exhausted = false;
+  };
+  std::vector<Source> sources;
   for (size_t j = 0; j < m; ++j) {
     gen::GenRecord r;
     Status st =
         CallHolder(j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); });
-    if (!st.ok()) {
-      spdlog::warn("{}: replay: {}", o_.node_id, st.message());
-      continue;
-    }
+    // Every holder is read: one left out may keep the only copy of an acknowledged write, or
+    // entries of an older incarnation that a later seq would then contradict. (The advance
+    // that follows a replay needs every holder as well.)
+    if (!st.ok()) return Status::Unavailable("replaying the tail: " + st.message());
     // A holder whose generation covers seqs beyond from_seq (re-protected after losing its
-    // data) has no tail entries for them: replaying from it would skip writes.
-    if (r.covered_seq > from_seq) continue;
-    if (r.tail_last > best_last) {
-      best_last = r.tail_last;
-      best = j;
-    }
+    // data) keeps only the entries after its generation: the others supply the ones before.
+    if (r.tail_last > from_seq) sources.push_back(Source{j, {}, 0, false});
   }
   int64_t after = from_seq;
   int64_t replayed = 0;
-  while (best < m && after < best_last) {
-    std::vector<gen::TailEntry> entries;
-    TESSERA_RETURN_IF_ERROR(CallHolder(best, [&](gen::ParityServiceClient& c) {
-      c.ReadTail(entries, o_.token, slot, epoch, after, 1000);
-    }));
-    if (entries.empty()) break;
-    for (const auto& e : entries) {
-      if (e.seq <= after) continue;
-      TESSERA_RETURN_IF_ERROR(ApplyTailEntry(db, e));
-      after = e.seq;
-      ++replayed;
+  for (;;) {
+    // The next entry is the lowest seq after `after` at any holder.
+    const gen::TailEntry* next = nullptr;
+    for (Source& src : sources) {
+      while (!src.exhausted) {
+        while (src.next < src.entries.size() && src.entries[src.next].seq <= after) ++src.next;
+        if (src.next < src.entries.size()) break;
+        src.entries.clear();
+        src.next = 0;
+        TESSERA_RETURN_IF_ERROR(CallHolder(src.holder, [&](gen::ParityServiceClient& c) {
+          c.ReadTail(src.entries, o_.token, slot, epoch, after, 1000);
+        }));
+        src.exhausted = src.entries.empty();
+      }
+      if (src.exhausted) continue;
+      const gen::TailEntry& head = src.entries[src.next];
+      if (next == nullptr || head.seq < next->seq) {
+        next = &head;
+      } else if (head.seq == next->seq && head.batch != next->batch) {
+        spdlog::warn("{}: replay: parity holders {} and another keep different entries for seq {}",
+                     o_.node_id, src.holder, head.seq);
+      }
     }
-    SetProgress(nlohmann::json({{"phase", "replaying tail"}, {"entries", replayed}}).dump());
+    if (next == nullptr) break;
+    TESSERA_RETURN_IF_ERROR(ApplyTailEntry(db, *next));
+    after = next->seq;
+    if (++replayed % 1000 == 0) {
+      SetProgress(nlohmann::json({{"phase", "replaying tail"}, {"entries", replayed}}).dump());
+    }
   }
   TESSERA_RETURN_IF_ERROR(db->Sync());
   {
