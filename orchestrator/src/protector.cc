@@ -331,7 +331,7 @@ std::string Protector::Progress() const {
 }
 
 template <typename F>
-Status Protector::CallHolder(size_t j, F&& f, bool* no_answer) {
+Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable) {
   std::string addr, node;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -380,6 +380,7 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer) {
     if (attempt + 1 < kAttempts)
       std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
   }
+  if (unreachable != nullptr) *unreachable = true;
   return last;
 }
 
@@ -526,6 +527,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       bytes += group.back()->entry->batch.size();
     }
     b->queue.erase(b->queue.begin(), b->queue.begin() + static_cast<ptrdiff_t>(group.size()));
+    const bool skip = Clock::now() < b->skip_until;
     l.unlock();
     // Overlap: with one holder, and this group next in seq order with no commit under way, its
     // local commit goes ahead while the append is in flight (one round trip instead of a round
@@ -533,7 +535,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     // crash_after_tail failpoint is armed for these seqs: it needs the commit after the append.
     const int64_t last = group.back()->pending->seq;
     bool overlap = false;
-    {
+    if (!skip) {
       std::lock_guard<std::mutex> sl(seq_mu_);
       overlap =
           !committing_ && ready_.empty() && !(crash_after_tail_ > 0 && last >= crash_after_tail_);
@@ -553,47 +555,58 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     Status st, local;
     bool commit_tried = false;
     bool no_answer = false;
-    try {
-      std::vector<gen::TailEntry> entries;
-      entries.reserve(group.size());
-      bool sync = false;
-      for (TailReq* q : group) {
-        entries.push_back(*q->entry);
-        sync = sync || q->sync;
-      }
-      engine::WriteBatch wb;
-      if (overlap) {
-        for (TailReq* q : group) AddOps(*q->pending->ops, &wb);
-        wb.Put(kSeqTree, kSeqKey, SeqBytes(last));
-      }
-      st = CallHolder(
-          b->index,
-          [&](gen::ParityServiceClient& c) {
-            c.send_AppendTail(o_.token, slot, epoch, entries, sync);
-            if (overlap && !commit_tried) {  // once, whatever attempt the call succeeds at
-              commit_tried = true;
-              try {
-                local = db->Write(wb, engine::WriteOptions{sync});
-              } catch (const std::exception& ex) {  // not a transport error: no retry. (Db::Write
-                                                    // throws only allocation failures, before it
-                                                    // publishes anything.)
-                local = Status::Internal(std::string("local commit: ") + ex.what());
+    bool unreachable = false;
+    if (skip) {
+      // Nothing is sent: the entry is certainly not stored there (no_answer stays false).
+      std::lock_guard<std::mutex> ml(mu_);
+      const bool known = b->index < holders_.size();
+      st = Status::Unavailable(
+          "parity holder " + (known ? holders_[b->index].node : std::to_string(b->index)) +
+          (known ? " at " + holders_[b->index].address : std::string()) +
+          " gave no answer lately; appends skip it until a probe (one call a second) reaches it");
+    } else {
+      try {
+        std::vector<gen::TailEntry> entries;
+        entries.reserve(group.size());
+        bool sync = false;
+        for (TailReq* q : group) {
+          entries.push_back(*q->entry);
+          sync = sync || q->sync;
+        }
+        engine::WriteBatch wb;
+        if (overlap) {
+          for (TailReq* q : group) AddOps(*q->pending->ops, &wb);
+          wb.Put(kSeqTree, kSeqKey, SeqBytes(last));
+        }
+        st = CallHolder(
+            b->index,
+            [&](gen::ParityServiceClient& c) {
+              c.send_AppendTail(o_.token, slot, epoch, entries, sync);
+              if (overlap && !commit_tried) {  // once, whatever attempt the call succeeds at
+                commit_tried = true;
+                try {
+                  local = db->Write(wb, engine::WriteOptions{sync});
+                } catch (const std::exception& ex) {  // not a transport error: no retry. (Db::Write
+                                                      // throws only allocation failures, before it
+                                                      // publishes anything.)
+                  local = Status::Internal(std::string("local commit: ") + ex.what());
+                }
+                if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
+                  // Test failpoint (TESSERA_FAILPOINT=crash_before_ack:N): die between the local
+                  // commit and the tail acknowledgement.
+                  spdlog::warn("{}: failpoint crash_before_ack at seq {}", o_.node_id, last);
+                  ::raise(SIGKILL);
+                }
               }
-              if (crash_before_ack_ > 0 && last >= crash_before_ack_) {
-                // Test failpoint (TESSERA_FAILPOINT=crash_before_ack:N): die between the local
-                // commit and the tail acknowledgement.
-                spdlog::warn("{}: failpoint crash_before_ack at seq {}", o_.node_id, last);
-                ::raise(SIGKILL);
-              }
-            }
-            // The answer is due within a round trip: waiting for it awake saves the wake-up
-            // of a sleeping read (`--poll-us`; see rpc::ServerOptions::poll).
-            if (o_.poll.count() > 0) rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
-            recorded = c.recv_AppendTail();
-          },
-          &no_answer);
-    } catch (const std::exception& ex) {  // allocation: the group must still be answered
-      st = Status::Internal(std::string("tail append: ") + ex.what());
+              // The answer is due within a round trip: waiting for it awake saves the wake-up
+              // of a sleeping read (`--poll-us`; see rpc::ServerOptions::poll).
+              if (o_.poll.count() > 0) rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
+              recorded = c.recv_AppendTail();
+            },
+            &no_answer, &unreachable);
+      } catch (const std::exception& ex) {  // allocation: the group must still be answered
+        st = Status::Internal(std::string("tail append: ") + ex.what());
+      }
     }
     bool any_ready = false;
     if (overlap) {
@@ -669,6 +682,16 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     l.lock();
     b->busy = false;
+    if (unreachable) {
+      if (b->skip_until == Clock::time_point{}) {
+        spdlog::warn("{}: {}; appends skip it, but for one call every {} ms", o_.node_id,
+                     st.message(), kHolderProbe.count());
+      }
+      b->skip_until = Clock::now() + kHolderProbe;
+    } else if (st.ok() && b->skip_until != Clock::time_point{}) {
+      b->skip_until = {};
+      spdlog::info("{}: parity holder {} answers again", o_.node_id, b->index);
+    }
     // The next group goes out while this one commits: led by the first queued writer waiting
     // here (with several holders, a writer may still be busy at another one).
     for (TailReq* q : b->queue) {

@@ -120,7 +120,12 @@ class Protector {
     std::mutex mu;
     std::vector<TailReq*> queue;  // in seq order
     bool busy = false;            // a call is in flight
+    // Until then appends skip this holder, failing at once as if it had refused: its last call
+    // got no answer through every attempt (down, or unreachable), and a write must not wait
+    // out those attempts again. One call per kHolderProbe finds out whether it is back.
+    std::chrono::steady_clock::time_point skip_until{};
   };
+  static constexpr std::chrono::milliseconds kHolderProbe{1000};
   void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) noexcept;
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
@@ -162,8 +167,9 @@ class Protector {
   void SetProgress(const std::string& json);
   // Calls f on a connection to holder j, retrying transport errors. *no_answer (when given) is
   // set when an attempt failed after sending and without an answer: the holder may have acted.
+  // *unreachable (when given) is set when every attempt failed in transport.
   template <typename F>
-  Status CallHolder(size_t j, F&& f, bool* no_answer = nullptr);
+  Status CallHolder(size_t j, F&& f, bool* no_answer = nullptr, bool* unreachable = nullptr);
   // After a write was given up that a holder may have stored: a forced advance of the visible
   // snapshot (whose recorded seq includes the given-up one) makes every holder drop the entry.
   // True when a generation covering `seq` is recorded by every holder.
