@@ -189,6 +189,7 @@ Protector::Protector(ProtectorOptions o)
       crash_before_ack_(FailpointSeq("crash_before_ack")),
       fail_undo_(FailpointSeq("fail_undo")),
       crash_in_advance_(FailpointSeq("crash_in_advance")),
+      fail_commit_after_first_(FailpointSeq("fail_commit_after_first")),
       o_(std::move(o)),
       holder_pool_(
           rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(10000)}),
@@ -874,8 +875,12 @@ Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
       if (next == nullptr || head.seq < next->seq) {
         next = &head;
       } else if (head.seq == next->seq && head.batch != next->batch) {
-        spdlog::warn("{}: replay: parity holders {} and another keep different entries for seq {}",
-                     o_.node_id, src.holder, head.seq);
+        // Not guessed: the worker does not serve until the holders agree (a seq is never
+        // reused by this code; tails written before the replay read every holder could).
+        return Status::Corruption(
+            "replaying the tail: parity holders keep different entries for seq " +
+            std::to_string(head.seq) + " (holder " + std::to_string(src.holder) +
+            " and an earlier one)");
       }
     }
     if (next == nullptr) break;
@@ -913,7 +918,17 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq,
                                     const std::atomic<bool>& stop) {
   SetProgress(R"({"phase":"replaying tail"})");
   for (;;) {
-    Status st = ReplayTails(db, from_seq);
+    // A retry starts after what the engine holds: the entries an earlier attempt applied may be
+    // gone from the tails since (its advance applied at some holders, dropping their tails, and
+    // failed at others), and replaying the rest from `from_seq` would put older values back
+    // over the write a dropped tail held alone (found in review).
+    int64_t start = from_seq;
+    {
+      auto now = db->BeginRead();
+      if (!now.ok()) return now.status();
+      start = std::max(start, SeqOf(**now));
+    }
+    Status st = ReplayTails(db, start);
     if (st.ok()) st = Advance(db, true);
     if (st.ok()) break;
     if (stop.load()) return Status::Unavailable("stopped during recovery");
@@ -1595,7 +1610,19 @@ Status Protector::AdvanceTo(engine::Db* db, const engine::ReadTxn& pinned, int64
     if (!st.ok() && first_error.ok()) first_error = st;
   }
   for (size_t j = 0; j < m && first_error.ok(); ++j) {
-    Status st = CommitTo(j, pinned, covered, bases[j]);
+    Status st;
+    if (fail_commit_after_first_ > 0 && advances_ == fail_commit_after_first_ && j >= 1) {
+      // Test failpoint (TESSERA_FAILPOINT=fail_commit_after_first:N): in the Nth advance the
+      // holders after the first fail to apply the generation the first one applied.
+      spdlog::warn("{}: failpoint fail_commit_after_first at holder {}", o_.node_id, j);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        holders_[j].gen = -1;
+      }
+      st = Status::Unavailable("failpoint fail_commit_after_first");
+    } else {
+      st = CommitTo(j, pinned, covered, bases[j]);
+    }
     if (!st.ok() && first_error.ok()) first_error = st;
     if (crash_in_advance_ > 0 && advances_ >= crash_in_advance_ && j == 0) {
       // Test failpoint (TESSERA_FAILPOINT=crash_in_advance:N): die in the Nth advance after the

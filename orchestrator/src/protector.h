@@ -181,6 +181,7 @@ class Protector {
   const int64_t crash_before_ack_;
   const int64_t fail_undo_;
   const int64_t crash_in_advance_;
+  const int64_t fail_commit_after_first_;
   int64_t advances_ = 0;  // guarded by advance_mu_
   ProtectorOptions o_;
   std::atomic<bool> enabled_{false};

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -892,23 +893,51 @@ bool WaitRebuilt(const PCluster& c, size_t i) {
   return rebuilt();
 }
 
-// With --min-holders 1 a write is acknowledged while a parity holder is down: that holder's tail
-// lacks the entry. It comes back with its disk and stores the next writes, so its tail ends
-// where the other holder's does, with a hole. A rebuild of the wiped owner must still replay the
-// acknowledged write, whichever holder it reads the tail from.
-TEST(ProtectionTest, AWriteAHolderMissedSurvivesARebuildAfterTheHolderCameBack) {
+// Seqs of the tail entries of every slot the parity holder at `address` keeps (slots 0..k-1).
+std::vector<std::set<int64_t>> HolderTails(const std::string& address, int k) {
+  std::vector<std::set<int64_t>> out(static_cast<size_t>(k));
+  auto conn = rpc::Connect(*rpc::Endpoint::Parse(address), {});
+  if (!conn.ok()) return out;
+  gen::ParityServiceClient holder(conn->protocol);
+  for (int slot = 0; slot < k; ++slot) {
+    std::vector<gen::TailEntry> entries;
+    try {  // the highest epoch: a read raises nothing
+      holder.ReadTail(entries, "", slot, std::numeric_limits<int64_t>::max(), 0, 100000);
+    } catch (const std::exception&) {
+      return {};
+    }
+    for (const auto& e : entries) out[static_cast<size_t>(slot)].insert(e.seq);
+  }
+  return out;
+}
+
+// With --min-holders 1 a write ("k" = "v2") is acknowledged while parity holder `hole_row` is
+// down: that holder's tail lacks the entry. It comes back with its disk and stores the next
+// writes, so its tail ends where the other holder's does, with a hole. The owner is then wiped,
+// and its rebuild (started with `rebuild_env`) must serve "v2".
+void HoleInAHolderTail(size_t hole_row, const std::vector<std::string>& rebuild_env = {},
+                       const std::string& rebuild_logs = "") {
   PCluster c("rs:2+2", 2, 2);
   c.protect_interval_ms = 3600 * 1000;  // no advance covers the hole before the rebuild
   c.StartManager();
   for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
   for (size_t i : {2, 3}) c.StartNode(i);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  // Each worker's first generation (made when the map formed) before the writes, so that none
+  // made later covers the hole.
+  for (int i = 0; i < 200; ++i) {
+    if (c.NodeLogs(0).find("protected generation") != std::string::npos &&
+        c.NodeLogs(1).find("protected generation") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   auto client = c.NewClient();
   auto map = client->GetShardMap(true);
   ASSERT_TRUE(map.ok() && map->protection.holder_nodes.size() == 2u);
-  // The holder listed first: the one a replay asks first.
-  const size_t down = map->protection.holder_nodes[0] == c.NodeId(2) ? 2 : 3;
-  ASSERT_EQ(map->protection.holder_nodes[0], c.NodeId(down));
+  const size_t down = map->protection.holder_nodes[hole_row] == c.NodeId(2) ? 2 : 3;
+  ASSERT_EQ(map->protection.holder_nodes[hole_row], c.NodeId(down));
+  const size_t up = 5 - down;
   const std::string owner = map->shards[ShardOf("k", map->num_shards)].owner;
   const size_t victim = owner == c.NodeId(0) ? 0 : 1;
   ASSERT_EQ(owner, c.NodeId(victim));
@@ -917,10 +946,13 @@ TEST(ProtectionTest, AWriteAHolderMissedSurvivesARebuildAfterTheHolderCameBack) 
   c.node(down).Kill(SIGKILL);
   c.node(down).Wait(std::chrono::milliseconds(5000));
   ASSERT_TRUE(client->Put("k", "v2").ok());  // acknowledged by the other holder alone
+  const auto missed_at = std::chrono::steady_clock::now();
   c.StartNode(down);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  // The worker skips a holder that gave no answer for a second (Protector::kHolderProbe).
+  std::this_thread::sleep_until(missed_at + std::chrono::milliseconds(1500));
   // Writes to the same worker that the returned holder stores: its tail now ends where the
-  // other holder's does.
+  // other holder's does, with a hole.
   int after = 0;
   for (int i = 0; after < 5; ++i) {
     std::string key = "after-" + std::to_string(i);
@@ -928,15 +960,43 @@ TEST(ProtectionTest, AWriteAHolderMissedSurvivesARebuildAfterTheHolderCameBack) 
     ASSERT_TRUE(client->Put(key, "x").ok());
     ++after;
   }
+  const auto with_hole = HolderTails(Addr(c.port(down)), 2);
+  const auto full = HolderTails(Addr(c.port(up)), 2);
+  bool hole = false;
+  for (size_t slot = 0; slot < 2 && with_hole.size() == 2 && full.size() == 2; ++slot) {
+    for (int64_t seq : full[slot]) {
+      hole = hole ||
+             (!with_hole[slot].count(seq) && !with_hole[slot].empty() &&
+              seq < *with_hole[slot].rbegin() && *with_hole[slot].rbegin() == *full[slot].rbegin());
+    }
+  }
+  ASSERT_TRUE(hole) << "no hole in the tails of the holder that was down\n" << c.Logs();
+
   c.node(victim).Kill(SIGKILL);
   c.node(victim).Wait(std::chrono::milliseconds(5000));
   c.Wipe(victim);
-  c.StartNode(victim, {}, {"--min-holders", "1"});
+  c.StartNode(victim, rebuild_env, {"--min-holders", "1"});
   ASSERT_TRUE(WaitRebuilt(c, victim)) << c.NodeLogs(victim);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  EXPECT_NE(c.NodeLogs(victim).find(rebuild_logs), std::string::npos) << c.NodeLogs(victim);
   auto v = c.NewClient()->Get("k");
   ASSERT_TRUE(v.ok() && v->has_value()) << v.status().ToString();
   EXPECT_EQ(**v, "v2") << c.Logs();
+}
+
+// The replay asks the holder with the hole first: with the longest tail alone (the code before
+// 0890b26) the rebuild served "v1".
+TEST(ProtectionTest, AWriteAHolderMissedSurvivesARebuildAfterTheHolderCameBack) {
+  HoleInAHolderTail(0);
+}
+
+// The hole is at the second holder; the rebuilt worker's first advance applies at the first
+// holder (which drops its tail, the only copy of "v2") and fails at the second. The retry must
+// start after what the engine already holds: replayed again from the rebuild's seq, the second
+// holder's tail alone put "v1" back over "v2" (found in review).
+TEST(ProtectionTest, ARetryAfterAPartialCatchUpAdvanceKeepsAWriteOnlyADroppedTailHeld) {
+  HoleInAHolderTail(1, {"TESSERA_FAILPOINT=fail_commit_after_first:1"},
+                    "failpoint fail_commit_after_first");
 }
 
 // With --min-holders 1 and a parity holder down, writes go on through the other holder without
