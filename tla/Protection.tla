@@ -9,7 +9,8 @@
 (*    it only if the message's epoch is not below the highest epoch it has *)
 (*    seen for the worker), and only when every holder acknowledged is it  *)
 (*    committed locally (visible to readers) and acknowledged to the       *)
-(*    client.  One write in flight per worker.                             *)
+(*    client ([MinHolders < M] when MinHolders holders did: degraded       *)
+(*    mode, below).  One write in flight per worker.                       *)
 (*  - Parity generations: the worker pins a snapshot at its applied seq a  *)
 (*    and sends every holder Delta(from, to = a); the holder applies it    *)
 (*    only if it records generation `from`, and then, in one atomic step,  *)
@@ -116,6 +117,28 @@
 (*                    the holder did store (its answer lost: a timeout, a  *)
 (*                    holder restart); otherwise a given-up append is one  *)
 (*                    no holder stores (refused, holder gone, unreachable). *)
+(* Degraded acknowledgement (`tessera worker --min-holders N`):            *)
+(*  MinHolders        1..M: a write is committed locally (visible) and     *)
+(*                    acknowledged once MinHolders holders stored its tail *)
+(*                    entry (Protector::Write, `p.need`); the others did   *)
+(*                    not store it (refused, unreachable) and may store    *)
+(*                    later entries: a HOLE in their tail, until a         *)
+(*                    generation they record covers it or a restart's      *)
+(*                    catch-up fills it.  MinHolders = M is the code's     *)
+(*                    default and the model without degraded mode.  The    *)
+(*                    guarantee is weakened accordingly (Durability below: *)
+(*                    MinHolders failures, not M, for a worker while one   *)
+(*                    of its writes acknowledged degraded is missing at a  *)
+(*                    holder), and so is the environment's failure bound   *)
+(*                    (FailBound): failures beyond what is promised lose   *)
+(*                    writes by definition and are not generated.          *)
+(*  UnionReplay       a restart or rebuild replays the UNION of every      *)
+(*                    holder's tail (Protector::ReplayTails since 0890b26; *)
+(*                    right: TRUE).  FALSE: the code before, which replayed *)
+(*                    only the holder with the longest tail (the highest   *)
+(*                    tail_last among those whose generation does not     *)
+(*                    cover the replay's start; ties either way).          *)
+(*                    Indistinguishable with MinHolders = M.               *)
 (***************************************************************************)
 EXTENDS Naturals, Integers, FiniteSets, TLC
 
@@ -129,12 +152,15 @@ CONSTANTS
     MaxLoss,           \* disk losses (workers or holders) in total
     Zombies,           \* a worker whose disk is declared lost may live on
     VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck, KeepPrevParity,
-    CommitFirst, SyncUndo, AnswerLost, SettleBeforeFail
+    CommitFirst, SyncUndo, AnswerLost, SettleBeforeFail,
+    MinHolders,        \* holders that must store a tail entry (--min-holders)
+    UnionReplay
 
-ASSUME K \in 1..3 /\ M \in 1..2 /\ MaxSeq \in 1..4
+ASSUME K \in 1..3 /\ M \in 1..2 /\ MaxSeq \in 1..4 /\ MinHolders \in 1..M
 ASSUME Prime \in Nat /\ Prime > K * MaxSeq /\ Prime > K
 ASSUME {Zombies, VisibleFirst, FromCheck, ReleaseOnFirstAck, EpochCheck,
-        KeepPrevParity, CommitFirst, SyncUndo, AnswerLost, SettleBeforeFail} \subseteq BOOLEAN
+        KeepPrevParity, CommitFirst, SyncUndo, AnswerLost, SettleBeforeFail,
+        UnionReplay} \subseteq BOOLEAN
 ASSUME ~(VisibleFirst /\ CommitFirst)
 
 Workers  == 1..K
@@ -197,6 +223,8 @@ VARIABLES
     seen,      \* highest seq of w that has been visible to readers
     base,      \* seq the latest incarnation of w resumed from (after replay)
     rebuilt,   \* <<gen, decoded image>> of w's last rebuild, or <<NoGen, 0>>
+    degraded,  \* [MinHolders < M] seqs of w acknowledged while some holder had
+               \* not stored their tail entry (constant {} when MinHolders = M)
     \* ---- CommitFirst (constant {} and FALSE without it) ----
     \* A given-up seq (its write undone locally) is in exactly one of dropped,
     \* settling and unsure (GivenUp).
@@ -213,7 +241,7 @@ VARIABLES
 workerVars == <<wst, ep, iep, applied, wr, wacks, pg, ng, gacks, dfrom, cut>>
 holderVars == <<par, rec, prev, dpar, tail, hep, hdown>>
 zombieVars == <<zst, zw, ze, zapplied, zwr, zacks>>
-histVars   == <<crashes, losses, advances, ackedMax, seen, base, rebuilt>>
+histVars   == <<crashes, losses, advances, ackedMax, seen, base, rebuilt, degraded>>
 cfVars     == <<dropped, settling, unsure, undos, revived>>
 vars == <<workerVars, holderVars, zombieVars, histVars, cfVars>>
 
@@ -254,6 +282,30 @@ DownW     == {w \in Workers : wst[w] = "lost" \/ cut[w]}
 DownH     == {j \in Holders : hdown[j]}
 NumDown   == Cardinality(DownW) + Cardinality(DownH)
 
+\* [MinHolders < M] The writes of w acknowledged degraded that a holder which
+\* is not down still misses: neither in its tail nor covered by the
+\* generation it records.  Such a hole goes when a generation that holder
+\* records covers the seq, or a restart or rebuild of w catches the holder
+\* up; a holder that is down (a replacement not yet re-protected) counts as
+\* failed anyway.
+Weak(w) == {s \in degraded[w] :
+               \E j \in Holders \ DownH : s > rec[j][w] /\ s \notin tail[j][w]}
+
+\* The durability promised for w's acknowledged (and read) writes: how many
+\* failures, counting the nodes down now, they survive.  M, unless one of
+\* w's writes acknowledged degraded is still missing at a holder: then
+\* MinHolders, for ALL of w's writes acknowledged so far, not only the
+\* degraded one, because a replay cannot cross the hole (a later write stored
+\* at every holder is lost with the one before it).  Always M when
+\* MinHolders = M (degraded stays empty).
+Durability(w) == IF Weak(w) = {} THEN M ELSE MinHolders
+
+\* The environment's bound on nodes down at once: M, as before, except while
+\* a worker has a weak write (then MinHolders).  A failure beyond what is
+\* promised loses the write by definition; generating it would only make the
+\* invariants fail in every later state, so such failures are not generated.
+FailBound == Min({Durability(w) : w \in Workers})
+
 TypeOK ==
     /\ wst \in [Workers -> {"up", "crashed", "lost"}]
     /\ ep \in [Workers -> Epochs] /\ iep \in [Workers -> Epochs]
@@ -275,6 +327,7 @@ TypeOK ==
     /\ ackedMax \in [Workers -> Seqs]
     /\ seen \in [Workers -> Seqs] /\ base \in [Workers -> Seqs]
     /\ rebuilt \in [Workers -> ({NoGen} \cup Seqs) \X F_p]
+    /\ degraded \in [Workers -> SUBSET (1..MaxSeq)]
     /\ dropped \in [Workers -> SUBSET (1..MaxSeq)]
     /\ settling \in [Workers -> SUBSET (1..MaxSeq)]
     /\ unsure \in [Workers -> SUBSET (1..MaxSeq)]
@@ -303,6 +356,7 @@ Init ==
     /\ crashes = 0 /\ losses = 0 /\ advances = 0
     /\ ackedMax = [w \in Workers |-> 0] /\ seen = [w \in Workers |-> 0] /\ base = [w \in Workers |-> 0]
     /\ rebuilt = [w \in Workers |-> <<NoGen, 0>>]
+    /\ degraded = [w \in Workers |-> {}]
     /\ dropped = [w \in Workers |-> {}]
     /\ settling = [w \in Workers |-> {}]
     /\ unsure = [w \in Workers |-> {}]
@@ -354,6 +408,24 @@ Options(w, L, FH) ==
 
 TailsOf(w, FH) == UNION {tail[j][w] : j \in Holders \ FH}
 
+\* The tail entries a restart or rebuild of w replays after seq b: the union
+\* of every holder's tail [UnionReplay], or [~UnionReplay, the code before
+\* 0890b26] the tail of one holder: among those whose generation does not
+\* cover b, one with the highest tail_last (its highest entry, 0 if none)
+\* above b; none: nothing is replayed.  Ties go either way (the code took the
+\* first in holder order, which is arbitrary).  The old code applied every
+\* entry of that tail, across a hole too (a state that never existed); the
+\* model's replay stops at the hole.  Either way the write in the hole is
+\* not applied.
+TailLast(j, w) == IF tail[j][w] = {} THEN 0 ELSE Max(tail[j][w])
+LongestTails(w, b) ==
+    LET el == {j \in Holders : rec[j][w] <= b /\ TailLast(j, w) > b}
+    IN {j \in el : \A i \in el : TailLast(i, w) <= TailLast(j, w)}
+ReplaySources(w, b) ==
+    IF UnionReplay THEN {TailsOf(w, {})}
+    ELSE IF LongestTails(w, b) = {} THEN {{}}
+    ELSE {tail[j][w] : j \in LongestTails(w, b)}
+
 \* The seq recovery produces for worker w when the workers FW and the holders
 \* FH have lost their disks: w's own state (if its disk survives) or the best
 \* correct decode, followed by the replay of the surviving tails.  NoGen:
@@ -373,11 +445,12 @@ RecoverRevivesOf(S, w, FW, FH) ==
             /\ RevivesOf(S, w, o[1], TailsOf(w, FH))
 RecoverRevives(w, FW, FH) == RecoverRevivesOf(dropped[w], w, FW, FH)
 
-\* Every failure pattern of at most M nodes that includes the nodes that are
-\* down now (lost and not yet recovered).
-Failures == {f \in (SUBSET Workers) \X (SUBSET Holders) :
-                DownW \subseteq f[1] /\ DownH \subseteq f[2]
-                /\ Cardinality(f[1]) + Cardinality(f[2]) <= M}
+\* Every failure pattern of at most n nodes that includes the nodes that are
+\* down now (lost and not yet recovered); Failures: of at most M.
+FailuresOf(n) == {f \in (SUBSET Workers) \X (SUBSET Holders) :
+                     DownW \subseteq f[1] /\ DownH \subseteq f[2]
+                     /\ Cardinality(f[1]) + Cardinality(f[2]) <= n}
+Failures == FailuresOf(M)
 
 (***************************************************************************)
 (* Writes                                                                  *)
@@ -399,7 +472,7 @@ BeginWrite(w) ==
               /\ UNCHANGED seen
          ELSE UNCHANGED <<applied, seen>>
     /\ UNCHANGED <<wst, ep, iep, cut, pg, ng, gacks, dfrom, holderVars, zombieVars,
-                   crashes, losses, advances, ackedMax, base, rebuilt, cfVars>>
+                   crashes, losses, advances, ackedMax, base, rebuilt, degraded, cfVars>>
 
 \* Holder j stores the append (epoch not stale) and acknowledges.  Also for a
 \* dead incarnation's append still in flight, until its successor fences j.
@@ -417,13 +490,21 @@ DeliverAppend(w, j) ==
 \* (`seen`: a reader may read any visible state, so the model assumes one
 \* does), and acknowledge the client.  [CommitFirst, one holder] the commit
 \* is there already: the acknowledgement reveals it.
+\* [MinHolders < M] MinHolders holders acknowledged are enough: the others
+\* answered that they did not store it (refused) or gave no answer (down,
+\* unreachable) and their append is over (Protector::Write: ready once every
+\* holder answered, committed if `stored >= need`).  They did not store the
+\* entry (a late delivery would only fill the hole: not modelled) and may
+\* store the next ones (DeliverAppend does not look for holes).
 CommitWrite(w) ==
-    /\ wst[w] = "up" /\ wr[w] # 0 /\ wacks[w] = Holders
+    /\ wst[w] = "up" /\ wr[w] # 0 /\ Cardinality(wacks[w]) >= MinHolders
     /\ applied' = [applied EXCEPT ![w] = wr[w]]
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ ackedMax' = [ackedMax EXCEPT ![w] = Max({@, wr[w]})]
     /\ seen' = [seen EXCEPT ![w] = Max({@, wr[w]})]
+    /\ degraded' = IF wacks[w] = Holders THEN degraded
+                   ELSE [degraded EXCEPT ![w] = @ \cup {wr[w]}]
     /\ UNCHANGED <<wst, ep, iep, cut, pg, ng, gacks, dfrom, holderVars,
                    zombieVars, crashes, losses, advances, base, rebuilt, cfVars>>
 
@@ -505,7 +586,7 @@ BeginAdvance(w) ==
     /\ dfrom' = [dfrom EXCEPT ![w] = [j \in Holders |-> pg[w]]]
     /\ advances' = IF advances < MaxAdv THEN advances + 1 ELSE advances
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, wacks, pg, holderVars, zombieVars,
-                   crashes, losses, ackedMax, seen, base, rebuilt, cfVars>>
+                   crashes, losses, ackedMax, seen, base, rebuilt, degraded, cfVars>>
 
 \* [SettleBeforeFail] The settling advance for a given-up seq (Protector::
 \* SettleGivenUp: Advance of the visible snapshot, which holds the undo
@@ -594,14 +675,14 @@ Crash(w) ==
          LET lost == a < applied[w] \/ lostUndo IN
          /\ lostUndo => a \in undos[w] /\ a > ng[w]
          /\ applied' = [applied EXCEPT ![w] = a]
-         /\ lost => ~cut[w] /\ NumDown < M
+         /\ lost => ~cut[w] /\ NumDown < FailBound
          /\ cut' = [cut EXCEPT ![w] = @ \/ lost]
          /\ revived' = [revived EXCEPT ![w] = @ \/ (lostUndo /\ a \in dropped[w])]
     /\ undos' = [undos EXCEPT ![w] = {}]
     /\ unsure' = [unsure EXCEPT ![w] = @ \cup settling[w]]
     /\ settling' = [settling EXCEPT ![w] = {}]
     /\ UNCHANGED <<ep, iep, wr, wacks, pg, ng, gacks, dfrom, holderVars, zombieVars,
-                   losses, advances, ackedMax, seen, base, rebuilt, dropped>>
+                   losses, advances, ackedMax, seen, base, rebuilt, degraded, dropped>>
 
 \* After a restart or rebuild: the delta still owed to holder j starts from
 \* the generation j records (0 = none owed: j records the newest).
@@ -622,10 +703,12 @@ CaughtUp(w, j, lo, a) ==
 \* its state, including replayed writes that were never acknowledged.  (One
 \* step: nothing is served before the appends, and the acknowledged writes
 \* are in the tails already, so no interleaving with it matters.)
+\* [~UnionReplay] it replays one holder's tail (ReplaySources).
 Restart(w) ==
     /\ wst[w] = "crashed"
-    /\ LET e    == ep[w] + 1
-           a    == Replay(w, applied[w], TailsOf(w, {}))
+    /\ \E T \in ReplaySources(w, applied[w]) :
+       LET e    == ep[w] + 1
+           a    == Replay(w, applied[w], T)
            recs == {rec[j][w] : j \in Holders}
        IN /\ \A g \in recs : Avail(w, g) \/ g \in applied[w]..a
           /\ ep' = [ep EXCEPT ![w] = e]
@@ -638,13 +721,14 @@ Restart(w) ==
           /\ gacks' = [gacks EXCEPT ![w] = {j \in Holders : rec[j][w] = Max(recs)}]
           /\ dfrom' = [dfrom EXCEPT ![w] = [j \in Holders |-> PendFrom(w, j, recs)]]
           /\ tail' = [j \in Holders |-> [tail[j] EXCEPT ![w] = CaughtUp(w, j, Min(recs), a)]]
-          /\ revived' = [revived EXCEPT ![w] = @ \/ Revives(w, applied[w], TailsOf(w, {}))]
+          /\ revived' = [revived EXCEPT ![w] = @ \/ Revives(w, applied[w], T)]
     /\ wst' = [wst EXCEPT ![w] = "up"]
     /\ cut' = [cut EXCEPT ![w] = FALSE]
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ UNCHANGED <<par, rec, prev, dpar, hdown, zombieVars, crashes, losses,
-                   advances, ackedMax, base, rebuilt, dropped, settling, unsure, undos>>
+                   advances, ackedMax, base, rebuilt, degraded, dropped, settling, unsure,
+                   undos>>
 
 (***************************************************************************)
 (* Disk loss of a worker, rebuild, zombie                                  *)
@@ -658,7 +742,7 @@ Restart(w) ==
 \* own advances are not modelled) or not at all.
 LoseWorker(w) ==
     /\ wst[w] \in {"up", "crashed"}
-    /\ losses < MaxLoss /\ NumDown < M
+    /\ losses < MaxLoss /\ NumDown < FailBound
     /\ losses' = losses + 1
     /\ wst' = [wst EXCEPT ![w] = "lost"]
     /\ ep' = [ep EXCEPT ![w] = @ + 1]
@@ -673,7 +757,7 @@ LoseWorker(w) ==
     /\ unsure' = [unsure EXCEPT ![w] = @ \cup settling[w]]
     /\ settling' = [settling EXCEPT ![w] = {}]
     /\ UNCHANGED <<iep, cut, wacks, pg, ng, gacks, dfrom, holderVars,
-                   crashes, advances, ackedMax, seen, base, rebuilt, dropped>>
+                   crashes, advances, ackedMax, seen, base, rebuilt, degraded, dropped>>
 
 \* The new incarnation of a lost worker: it fences every holder (raises the
 \* epoch it has seen for w), decodes its image from the parity and the
@@ -681,17 +765,19 @@ LoseWorker(w) ==
 \* unknown), takes the decode from which the tail replay gets furthest,
 \* replays the tail, pins the generations the holders record (each must be
 \* decodable or reachable by replay), appends to every holder the entries it
-\* is missing and serves (one step, as in Restart).
+\* is missing and serves (one step, as in Restart).  [~UnionReplay] the
+\* decode is chosen as with the union, and then only one holder's tail is
+\* replayed (ReplaySources).
 Rebuild(w) ==
     /\ wst[w] = "lost"
     /\ LET opts  == Options(w, {v \in Workers : wst[v] = "lost"}, {})
-           T     == TailsOf(w, {})
-           best  == Max({Replay(w, o[1], T) : o \in opts} \cup {NoGen})
+           U     == TailsOf(w, {})
+           best  == Max({Replay(w, o[1], U) : o \in opts} \cup {NoGen})
            recs  == {rec[j][w] : j \in Holders}
            e     == ep[w]
-       IN \E o \in opts :
+       IN \E o \in opts : \E T \in ReplaySources(w, o[1]) :
             LET a == Replay(w, o[1], T) IN
-            /\ a = best
+            /\ Replay(w, o[1], U) = best
             /\ \A g \in recs : g = 0 \/ g \in o[1]..a \/ g \in {p[1] : p \in opts}
             /\ rebuilt' = [rebuilt EXCEPT ![w] = o]
             /\ applied' = [applied EXCEPT ![w] = a]
@@ -709,7 +795,7 @@ Rebuild(w) ==
     /\ wr' = [wr EXCEPT ![w] = 0]
     /\ wacks' = [wacks EXCEPT ![w] = {}]
     /\ UNCHANGED <<ep, cut, par, rec, prev, dpar, hdown, zombieVars, crashes, losses,
-                   advances, ackedMax, dropped, settling, unsure, undos>>
+                   advances, ackedMax, degraded, dropped, settling, unsure, undos>>
 
 \* The zombie keeps writing with its old epoch ...
 ZBegin ==
@@ -732,12 +818,14 @@ ZDeliver(j) ==
                    cfVars>>
 
 \* ... and commits (readers may see it) and acknowledges when every holder
-\* acknowledged.
+\* acknowledged ([MinHolders < M] MinHolders of them, as CommitWrite).
 ZCommit ==
-    /\ zst = "alive" /\ zwr # 0 /\ zacks = Holders
+    /\ zst = "alive" /\ zwr # 0 /\ Cardinality(zacks) >= MinHolders
     /\ zapplied' = zwr /\ zwr' = 0 /\ zacks' = {}
     /\ ackedMax' = [ackedMax EXCEPT ![zw] = Max({@, zwr})]
     /\ seen' = [seen EXCEPT ![zw] = Max({@, zwr})]
+    /\ degraded' = IF zacks = Holders THEN degraded
+                   ELSE [degraded EXCEPT ![zw] = @ \cup {zwr}]
     /\ UNCHANGED <<workerVars, holderVars, zst, zw, ze, crashes, losses, advances,
                    base, rebuilt, cfVars>>
 
@@ -755,7 +843,7 @@ ZCommit ==
 \* not relied upon before).  Messages of dead incarnations to the old j are
 \* lost.  The zombie too must append to the replacement (which refuses it).
 LoseHolder(j) ==
-    /\ ~hdown[j] /\ losses < MaxLoss /\ NumDown < M
+    /\ ~hdown[j] /\ losses < MaxLoss /\ NumDown < FailBound
     /\ losses' = losses + 1
     /\ hdown' = [hdown EXCEPT ![j] = TRUE]
     /\ par' = [par EXCEPT ![j] = 0]
@@ -773,7 +861,7 @@ LoseHolder(j) ==
                                    ELSE [dfrom[w] EXCEPT ![j] = 0]]
     /\ zacks' = zacks \ {j}
     /\ UNCHANGED <<wst, ep, iep, cut, applied, wr, pg, ng, zst, zw, ze, zapplied, zwr,
-                   crashes, advances, ackedMax, seen, base, rebuilt, cfVars>>
+                   crashes, advances, ackedMax, seen, base, rebuilt, degraded, cfVars>>
 
 \* The replacement is fully protected again: every worker is up, has re-
 \* protected to it and brought its tail up to date.
@@ -811,14 +899,25 @@ ParityConsistent ==
                 dpar[j][i] = Mod(Coef(j, i) * (Img(i, rec[j][i]) - Img(i, prev[j][i])))
 
 \* Every acknowledged write survives the loss of any M nodes (counting the
-\* ones down now).
+\* ones down now).  [MinHolders < M] Of any Durability(w) nodes: every write
+\* acknowledged survives any MinHolders failures (counting the ones down
+\* now), and w's writes survive any M once no holder that is up misses one
+\* of w's writes acknowledged degraded.  (Why per worker and not per write:
+\* a write acknowledged by every holder after a degraded one is lost with it
+\* when the only holders that stored the degraded one fail, since a replay
+\* cannot cross the hole.  Why not globally MinHolders: a worker without
+\* such a hole, or every worker once the holes are covered, is back to M,
+\* and the model checks that.)  Identical to the M bound when MinHolders = M.
 AckedRecoverable ==
-    \A f \in Failures : \A w \in Workers : ackedMax[w] <= Recover(w, f[1], f[2])
+    \A w \in Workers : \A f \in FailuresOf(Durability(w)) :
+        ackedMax[w] <= Recover(w, f[1], f[2])
 
-\* What a reader has seen survives any M losses, and a worker that serves
-\* after a recovery serves at least that.
+\* What a reader has seen survives any M losses ([MinHolders < M] any
+\* Durability(w), as above), and a worker that serves after a recovery
+\* serves at least that.
 ReadNeverLost ==
-    /\ \A f \in Failures : \A w \in Workers : seen[w] <= Recover(w, f[1], f[2])
+    /\ \A w \in Workers : \A f \in FailuresOf(Durability(w)) :
+          seen[w] <= Recover(w, f[1], f[2])
     /\ \A w \in Workers : wst[w] = "up" => seen[w] <= applied[w]
 
 \* The image the last rebuild of w decoded equals w's image at the generation
@@ -858,6 +957,16 @@ NoFailedWriteRevived ==
 \* counterexample shows the case that remains.
 NoUnknownWriteRevived ==
     \A f \in Failures : \A w \in Workers : ~RecoverRevivesOf(unsure[w], w, f[1], f[2])
+
+\* [MinHolders < M] Witness, checked only in tla/findings/ (expected to be
+\* violated): no worker whose disk is lost has a holder with a hole in its
+\* tail (a write acknowledged degraded that the holder missed, below an entry
+\* it stored).  Its counterexample shows that Protection_degraded.cfg reaches
+\* the rebuilds that finding 8 is about, and passes with them.
+HoleBelowEntry(w) ==
+    \E j \in Holders : \E s \in degraded[w] :
+        s > rec[j][w] /\ s \notin tail[j][w] /\ \E t \in tail[j][w] : t > s
+NoHoleAtRebuild == \A w \in Workers : ~(wst[w] = "lost" /\ HoleBelowEntry(w))
 
 \* Model sanity: a given-up seq (whatever was reported) is never taken again
 \* by a serving worker (Img gives seq s one content: that of s - 1).
