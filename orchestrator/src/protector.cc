@@ -826,7 +826,7 @@ Status Protector::ApplyTailEntry(engine::Db* db, const gen::TailEntry& e) {
 // with --min-holders below the holder count a write is acknowledged while a holder is down, and
 // that holder, back with its disk, stores the later entries, so its tail can be as long as
 // another's with a hole in it.
-Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
+Status Protector::ReplayTails(engine::Db* db, int64_t from_seq, int64_t* newest) {
   int slot = slot_.load();
   int64_t epoch;
   size_t m;
@@ -850,6 +850,7 @@ Status Protector::ReplayTails(engine::Db* db, int64_t from_seq) {
     // entries of an older incarnation that a later seq would then contradict. (The advance
     // that follows a replay needs every holder as well.)
     if (!st.ok()) return Status::Unavailable("replaying the tail: " + st.message());
+    if (newest != nullptr) *newest = std::max(*newest, r.gen);
     // A holder whose generation covers seqs beyond from_seq (re-protected after losing its
     // data) keeps only the entries after its generation: the others supply the ones before.
     if (r.tail_last > from_seq) sources.push_back(Source{j, {}, 0, false});
@@ -914,8 +915,8 @@ Status Protector::SavePins(const std::set<int64_t>& except) {
 
 // Replays the tail after `from_seq` and protects everything the engine holds, retrying until it
 // succeeds (a restarted or rebuilt worker serves nothing before that) or `stop`.
-Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq,
-                                    const std::atomic<bool>& stop) {
+Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std::atomic<bool>& stop,
+                                    bool* newer) {
   SetProgress(R"({"phase":"replaying tail"})");
   for (;;) {
     // A retry starts after what the engine holds: the entries an earlier attempt applied may be
@@ -928,7 +929,19 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq,
       if (!now.ok()) return now.status();
       start = std::max(start, SeqOf(**now));
     }
-    Status st = ReplayTails(db, start);
+    int64_t newest = 0;
+    Status st = ReplayTails(db, start, &newest);
+    if (st.ok() && newer != nullptr && newest > 0) {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!pins_.count(newest)) {
+        spdlog::warn(
+            "{}: a parity holder records generation {}, newer than any this worker holds: "
+            "rebuilding again",
+            o_.node_id, newest);
+        *newer = true;
+        return Status::Ok();
+      }
+    }
     if (st.ok()) st = Advance(db, true);
     if (st.ok()) break;
     if (stop.load()) return Status::Unavailable("stopped during recovery");
@@ -1389,7 +1402,11 @@ Result<std::unique_ptr<engine::Db>> Protector::Rebuild(const std::atomic<bool>& 
         holders_[j].gen = recs[j] ? recs[j]->gen : -1;
       }
     }
-    TESSERA_RETURN_IF_ERROR(CatchUpAndProtect(db->get(), covered, stop));
+    // A holder not reached above may record a newer generation (an advance applied at it
+    // alone): once it answers, the rebuild starts again from that generation.
+    bool newer = false;
+    TESSERA_RETURN_IF_ERROR(CatchUpAndProtect(db->get(), covered, stop, &newer));
+    if (newer) continue;  // the guard drops the pins before the engine closes
     guard.armed = false;
     return std::move(db).value();
   }

@@ -129,8 +129,13 @@ class Protector {
   void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) noexcept;
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);
-  Status ReplayTails(engine::Db* db, int64_t from_seq);
-  Status CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std::atomic<bool>& stop);
+  // *newest (when given): the newest generation any holder records.
+  Status ReplayTails(engine::Db* db, int64_t from_seq, int64_t* newest = nullptr);
+  // `newer` (a rebuild's): when some holder records a generation that this worker has not
+  // pinned, *newer is set and the call returns at once (the rebuild decoded an older one and
+  // must start again: no advance could start from that holder's generation).
+  Status CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std::atomic<bool>& stop,
+                           bool* newer = nullptr);
   Result<std::unique_ptr<engine::Db>> Rebuild(const std::atomic<bool>& stop);
   Result<std::unique_ptr<engine::Db>> RebuildInstead(const std::string& path,
                                                      const std::string& suffix,

@@ -283,6 +283,21 @@ void ExpectScrubClean(PCluster& c) {
   EXPECT_EQ(rep->unverified, 0u) << (rep->problems.empty() ? "" : rep->problems.front());
 }
 
+// Until the manager learns of a restart the cluster may look served as before: waits (up to a
+// minute) for node i's new incarnation to serve after rebuilding (there is no "rebuilt N pages"
+// line when its slot had no generation past the empty image yet: the tail is the whole rebuild).
+bool WaitRebuilt(const PCluster& c, size_t i) {
+  auto rebuilt = [&] {
+    std::string logs = c.NodeLogs(i);
+    size_t at = logs.find("its data was lost: rebuilding from parity");
+    return at != std::string::npos && logs.find("serving (protected)", at) != std::string::npos;
+  };
+  for (int k = 0; k < 1200 && !rebuilt(); ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return rebuilt();
+}
+
 TEST(ProtectionTest, XorWipedWorkerRebuildsEveryAcknowledgedWrite) {
   PCluster c("xor", 3, 0);
   c.Start();
@@ -626,6 +641,46 @@ TEST(ProtectionTest, CrashMidAdvanceThenBothDataWorkersWipedAreRebuilt) {
   ExpectScrubClean(c);
 }
 
+// A worker dies in an advance after the first holder applied the new generation and before the
+// second did, and that first holder is down while the worker, wiped, rebuilds: the rebuild can
+// only decode the older generation the second holder records. Once the first holder is back the
+// worker finds it records a generation the worker does not hold, and rebuilds again from it
+// (before, no advance could start from that generation and the worker never served: found in
+// review).
+TEST(ProtectionTest, ARebuildThatMissedANewerGenerationRebuildsAgainFromIt) {
+  PCluster c("rs:2+2", 2, 2);
+  c.StartManager();
+  c.StartNode(0, {"TESSERA_FAILPOINT=crash_in_advance:3"});
+  for (size_t i = 1; i < 4; ++i) c.StartNode(i);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto map = c.NewClient()->GetShardMap(true);
+  ASSERT_TRUE(map.ok() && map->protection.holder_nodes.size() == 2u);
+  const size_t first = map->protection.holder_nodes[0] == c.NodeId(2) ? 2 : 3;
+  ASSERT_EQ(map->protection.holder_nodes[0], c.NodeId(first));
+  Load load(c, 2, 300);
+  // Node 0 dies in its third advance: the first holder records the new generation, the
+  // second not.
+  for (int i = 0; i < 600 && c.node(0).Running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_FALSE(c.node(0).Running()) << c.NodeLogs(0);
+  load.Stop();
+  c.node(first).Kill(SIGKILL);
+  c.node(first).Wait(std::chrono::milliseconds(5000));
+  c.Wipe(0);
+  c.StartNode(0);
+  for (int i = 0; i < 600 && c.NodeLogs(0).find("rebuilt") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_NE(c.NodeLogs(0).find("rebuilt"), std::string::npos) << c.NodeLogs(0);
+  c.StartNode(first);
+  ASSERT_TRUE(WaitRebuilt(c, 0)) << c.Logs();
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  EXPECT_NE(c.NodeLogs(0).find("rebuilding again"), std::string::npos) << c.NodeLogs(0);
+  load.Check(*c.NewClient());
+  ExpectScrubClean(c);
+}
+
 TEST(ProtectionTest, WipedParityWorkerIsReprotectedAndCarriesARebuild) {
   PCluster c("rs:2+2", 2, 2);
   c.Start();
@@ -876,21 +931,6 @@ TEST(ProtectionTest, PinsStopAtTheCapWhileAnUnknownHolderIsDownAndAreReleasedAft
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   EXPECT_NE(c.NodeLogs(0).find("rebuilt"), std::string::npos);
   load.Check(*c.NewClient());
-}
-
-// Until the manager learns of a restart the cluster may look served as before: waits (up to a
-// minute) for node i's new incarnation to serve after rebuilding (there is no "rebuilt N pages"
-// line when its slot had no generation past the empty image yet: the tail is the whole rebuild).
-bool WaitRebuilt(const PCluster& c, size_t i) {
-  auto rebuilt = [&] {
-    std::string logs = c.NodeLogs(i);
-    size_t at = logs.find("its data was lost: rebuilding from parity");
-    return at != std::string::npos && logs.find("serving (protected)", at) != std::string::npos;
-  };
-  for (int k = 0; k < 1200 && !rebuilt(); ++k) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return rebuilt();
 }
 
 // Seqs of the tail entries of every slot the parity holder at `address` keeps (slots 0..k-1).
