@@ -311,11 +311,20 @@ void Protector::ApplyMap(const ShardMap& map) {
   slot_addresses_ = p.slot_addresses;
   holders_.resize(p.holder_nodes.size());
   for (size_t j = 0; j < p.holder_nodes.size(); ++j) {
+    const std::string address = j < p.holder_addresses.size() ? p.holder_addresses[j] : "";
+    if (holders_[j].node != p.holder_nodes[j] || holders_[j].address != address) {
+      // Another node, or the same one elsewhere: what the last one did not answer says nothing
+      // about it. (A batcher's lock is never held while mu_ is taken.)
+      if (j < batchers_.size()) {
+        std::lock_guard<std::mutex> bl(batchers_[j]->mu);
+        batchers_[j]->skipped = false;
+      }
+    }
     if (holders_[j].node != p.holder_nodes[j]) {
       holders_[j].node = p.holder_nodes[j];
       holders_[j].gen = -1;  // a new holder: learn what it records
     }
-    holders_[j].address = j < p.holder_addresses.size() ? p.holder_addresses[j] : "";
+    holders_[j].address = address;
   }
   frozen_.store(p.frozen);
   enabled_.store(slot >= 0);
@@ -484,8 +493,10 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
     // replay it: the failure is reported only once every holder's generation covers the seq.
     if (maybe_stored && !SettleGivenUp(db, p.seq)) {
       Throw(ErrorCode::UNAVAILABLE,
-            "write outcome unknown: not applied on this worker, but a parity holder may keep its "
-            "tail entry and could not be told to drop it yet (" +
+            "write outcome unknown: not applied on this worker, but its tail entry is at " +
+                std::to_string(stored) + " of " + std::to_string(m) +
+                " parity holders (and perhaps at one that gave no answer), which cannot be told "
+                "to drop it yet (the others: " +
                 missing +
                 "); if this worker's disk is lost before that, its rebuild may apply the write",
             o_.node_id);
@@ -528,7 +539,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       bytes += group.back()->entry->batch.size();
     }
     b->queue.erase(b->queue.begin(), b->queue.begin() + static_cast<ptrdiff_t>(group.size()));
-    const bool skip = Clock::now() < b->skip_until;
+    const bool skip = b->skipped;
     l.unlock();
     // Overlap: with one holder, and this group next in seq order with no commit under way, its
     // local commit goes ahead while the append is in flight (one round trip instead of a round
@@ -564,7 +575,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       st = Status::Unavailable(
           "parity holder " + (known ? holders_[b->index].node : std::to_string(b->index)) +
           (known ? " at " + holders_[b->index].address : std::string()) +
-          " gave no answer lately; appends skip it until a probe (one call a second) reaches it");
+          " is not answering; appends skip it until a call once a second reaches it again");
     } else {
       try {
         std::vector<gen::TailEntry> entries;
@@ -683,15 +694,10 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     l.lock();
     b->busy = false;
-    if (unreachable) {
-      if (b->skip_until == Clock::time_point{}) {
-        spdlog::warn("{}: {}; appends skip it, but for one call every {} ms", o_.node_id,
-                     st.message(), kHolderProbe.count());
-      }
-      b->skip_until = Clock::now() + kHolderProbe;
-    } else if (st.ok() && b->skip_until != Clock::time_point{}) {
-      b->skip_until = {};
-      spdlog::info("{}: parity holder {} answers again", o_.node_id, b->index);
+    if (unreachable && !b->skipped) {
+      b->skipped = true;
+      spdlog::warn("{}: {}; appends skip it until a call once a second reaches it again",
+                   o_.node_id, st.message());
     }
     // The next group goes out while this one commits: led by the first queued writer waiting
     // here (with several holders, a writer may still be busy at another one).
@@ -1709,11 +1715,50 @@ void Protector::AuditHolders() {
   }
 }
 
+// Calls each holder that appends skip (TailBatcher::skipped), once, and lets appends go to it
+// again when it answers: off the write path, so that no write waits for a holder that may hang.
+void Protector::ProbeSkippedHolders() {
+  const int slot = slot_.load();
+  std::vector<size_t> skipped;
+  int64_t epoch;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    epoch = epoch_;
+    for (const auto& b : batchers_) {
+      std::lock_guard<std::mutex> bl(b->mu);
+      if (b->skipped) skipped.push_back(b->index);
+    }
+  }
+  for (size_t j : skipped) {
+    gen::GenRecord r;
+    bool unreachable = false;
+    Status st = CallHolder(
+        j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); }, nullptr,
+        &unreachable);
+    if (unreachable) continue;  // a refusal is an answer: it is there
+    std::string node;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (j >= batchers_.size()) continue;
+      node = j < holders_.size() ? holders_[j].node : std::to_string(j);
+      std::lock_guard<std::mutex> bl(batchers_[j]->mu);
+      batchers_[j]->skipped = false;
+    }
+    spdlog::info("{}: parity holder {} answers again{}", o_.node_id, node,
+                 st.ok() ? "" : " (" + st.message() + ")");
+  }
+}
+
 void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
   auto last = Clock::now();
   auto last_audit = Clock::now();
+  auto last_probe = Clock::now();
   while (!stop.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (enabled_.load() && Clock::now() - last_probe >= kHolderProbe) {
+      ProbeSkippedHolders();  // frozen or not: writes go on while another worker rebuilds
+      last_probe = Clock::now();
+    }
     if (!enabled_.load() || frozen_.load()) continue;
     if (Clock::now() - last_audit >= std::chrono::seconds(1)) {
       // A holder that lost its disk answers with an older generation: notice it even when no

@@ -120,12 +120,15 @@ class Protector {
     std::mutex mu;
     std::vector<TailReq*> queue;  // in seq order
     bool busy = false;            // a call is in flight
-    // Until then appends skip this holder, failing at once as if it had refused: its last call
-    // got no answer through every attempt (down, or unreachable), and a write must not wait
-    // out those attempts again. One call per kHolderProbe finds out whether it is back.
-    std::chrono::steady_clock::time_point skip_until{};
+    // Appends skip this holder, failing at once as if it had refused (nothing is sent: the entry
+    // is certainly not stored there): its last call got no answer through every attempt (down,
+    // or unreachable), and a write must not wait out those attempts again. Cleared when the
+    // advance loop's call every kHolderProbe (ProbeSkippedHolders) gets an answer, or when the
+    // map names another node or address for the row.
+    bool skipped = false;
   };
   static constexpr std::chrono::milliseconds kHolderProbe{1000};
+  void ProbeSkippedHolders();
   void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) noexcept;
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);

@@ -1040,9 +1040,9 @@ TEST(ProtectionTest, ARetryAfterAPartialCatchUpAdvanceKeepsAWriteOnlyADroppedTai
 }
 
 // With --min-holders 1 and a parity holder down, writes go on through the other holder without
-// each waiting out the attempts at the dead one (150 ms): after one failed call the worker skips
-// it, calling it once a second to see whether it is back. Every acknowledged write survives a
-// rebuild once the holder is back.
+// each waiting out the attempts at the dead one (150 ms): after one failed call the worker's
+// appends skip it, and a call once a second off the write path finds it back. Every
+// acknowledged write survives a rebuild once the holder is back.
 TEST(ProtectionTest, WritesSkipAParityHolderThatIsDownAndProbeItOnceASecond) {
   PCluster c("rs:2+2", 2, 2);
   c.StartManager();
@@ -1052,21 +1052,22 @@ TEST(ProtectionTest, WritesSkipAParityHolderThatIsDownAndProbeItOnceASecond) {
   auto client = c.NewClient();
   c.node(3).Kill(SIGKILL);
   c.node(3).Wait(std::chrono::milliseconds(5000));
-  constexpr int kWrites = 40;
-  int slow = 0;
+  // Writes for 3 s: the probes of the dead holder (one a second) happen meanwhile.
+  int writes = 0, slow = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < kWrites; ++i) {
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(3)) {
     const auto t0 = std::chrono::steady_clock::now();
-    ASSERT_TRUE(client->Put("k" + std::to_string(i), "v" + std::to_string(i)).ok()) << c.Logs();
+    ASSERT_TRUE(client->Put("k" + std::to_string(writes), "v" + std::to_string(writes)).ok())
+        << c.Logs();
+    ++writes;
     slow += std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(140);
   }
-  const auto seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // A write that waited for the dead holder took its three attempts, 150 ms: without the skip
-  // every write does; with it, the first one at each worker and one probe a second.
+  // every write does; with it, the first one at each worker only (2; 2 more allowed for a slow
+  // machine).
   EXPECT_GE(slow, 1) << "no write found the holder down";
-  EXPECT_LE(slow, 2 + 2 * static_cast<int>(seconds + 1))
-      << slow << " of " << kWrites << " writes waited for the dead holder in " << seconds << " s";
+  EXPECT_LE(slow, 4) << slow << " of " << writes << " writes took over 140 ms";
+  EXPECT_GT(writes, 10);
   EXPECT_NE((c.NodeLogs(0) + c.NodeLogs(1)).find("appends skip it"), std::string::npos)
       << c.NodeLogs(0);
 
@@ -1089,7 +1090,7 @@ TEST(ProtectionTest, WritesSkipAParityHolderThatIsDownAndProbeItOnceASecond) {
   ASSERT_TRUE(WaitRebuilt(c, 0)) << c.NodeLogs(0);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   auto reader = c.NewClient();
-  for (int i = 0; i < kWrites; ++i) {
+  for (int i = 0; i < writes; ++i) {
     auto v = reader->Get("k" + std::to_string(i));
     ASSERT_TRUE(v.ok() && v->has_value()) << "k" << i << ": " << v.status().ToString();
     EXPECT_EQ(**v, "v" + std::to_string(i));
