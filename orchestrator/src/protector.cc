@@ -930,13 +930,17 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std:
     // failed at others), and replaying the rest from `from_seq` would put older values back
     // over the write a dropped tail held alone (found in review).
     int64_t start = from_seq;
-    {
-      auto now = db->BeginRead();
-      if (!now.ok()) return now.status();
-      start = std::max(start, SeqOf(**now));
-    }
     int64_t newest = 0;
-    Status st = ReplayTails(db, start, &newest);
+    Status st;
+    {
+      auto now = db->BeginRead();  // a failure (no reader slot, say) is retried like the rest
+      if (now.ok()) {
+        start = std::max(start, SeqOf(**now));
+      } else {
+        st = now.status();
+      }
+    }
+    if (st.ok()) st = ReplayTails(db, start, &newest);
     if (st.ok() && newer != nullptr && newest > 0) {
       std::lock_guard<std::mutex> l(mu_);
       if (!pins_.count(newest)) {
@@ -952,8 +956,13 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std:
     if (st.ok()) break;
     if (stop.load()) return Status::Unavailable("stopped during recovery");
     spdlog::warn("{}: protecting before serving: {}; retrying", o_.node_id, st.message());
-    SetProgress(
-        nlohmann::json({{"phase", "waiting for parity holders"}, {"error", st.message()}}).dump());
+    // Holders that keep different entries for one seq need an operator, not patience.
+    SetProgress(nlohmann::json(
+                    {{"phase", st.IsCorruption() ? "refusing to serve: the parity holders' tails "
+                                                   "disagree"
+                                                 : "waiting for parity holders"},
+                     {"error", st.message()}})
+                    .dump());
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
   SetProgress("");
