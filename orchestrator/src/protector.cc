@@ -317,6 +317,7 @@ void Protector::ApplyMap(const ShardMap& map) {
       // about it. (A batcher's lock is never held while mu_ is taken.)
       if (j < batchers_.size()) {
         std::lock_guard<std::mutex> bl(batchers_[j]->mu);
+        if (batchers_[j]->skipped) skipped_holders_.fetch_sub(1);
         batchers_[j]->skipped = false;
       }
     }
@@ -366,8 +367,10 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable
     } else {
       try {
         f(*(*lease).operator->());
+        Unskip(j);
         return Status::Ok();
       } catch (const gen::TesseraError& e) {
+        Unskip(j);  // a refusal is an answer: it is there
         Status s = FromError(e);
         if (e.code == ErrorCode::STALE_EPOCH) {
           return Status::Unavailable("stale epoch: " + s.message()).WithCCode(-2);
@@ -696,6 +699,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     b->busy = false;
     if (unreachable && !b->skipped) {
       b->skipped = true;
+      skipped_holders_.fetch_add(1);
       spdlog::warn("{}: {}; appends skip it until a call once a second reaches it again",
                    o_.node_id, st.message());
     }
@@ -958,8 +962,7 @@ Status Protector::CatchUpAndProtect(engine::Db* db, int64_t from_seq, const std:
     spdlog::warn("{}: protecting before serving: {}; retrying", o_.node_id, st.message());
     // Holders that keep different entries for one seq need an operator, not patience.
     SetProgress(nlohmann::json(
-                    {{"phase", st.IsCorruption() ? "refusing to serve: the parity holders' tails "
-                                                   "disagree"
+                    {{"phase", st.IsCorruption() ? "refusing to serve: corrupt or conflicting tail"
                                                  : "waiting for parity holders"},
                      {"error", st.message()}})
                     .dump());
@@ -1724,8 +1727,25 @@ void Protector::AuditHolders() {
   }
 }
 
-// Calls each holder that appends skip (TailBatcher::skipped), once, and lets appends go to it
-// again when it answers: off the write path, so that no write waits for a holder that may hang.
+// Appends may go to holder j again: it answered a call (any call: a write's, an advance's, the
+// audit's or the probe's). Takes mu_ and then the batcher's lock: never called under either.
+void Protector::Unskip(size_t j) {
+  if (skipped_holders_.load() == 0) return;  // the common case: no lock on an append's path
+  std::string node;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (j >= batchers_.size()) return;
+    std::lock_guard<std::mutex> bl(batchers_[j]->mu);
+    if (!batchers_[j]->skipped) return;
+    batchers_[j]->skipped = false;
+    skipped_holders_.fetch_sub(1);
+    node = j < holders_.size() ? holders_[j].node : std::to_string(j);
+  }
+  spdlog::info("{}: parity holder {} answers again", o_.node_id, node);
+}
+
+// Calls each holder that appends skip (TailBatcher::skipped) once: off the write path, so that
+// no write waits for a holder that may hang. An answer ends the skip (CallHolder).
 void Protector::ProbeSkippedHolders() {
   const int slot = slot_.load();
   std::vector<size_t> skipped;
@@ -1740,21 +1760,8 @@ void Protector::ProbeSkippedHolders() {
   }
   for (size_t j : skipped) {
     gen::GenRecord r;
-    bool unreachable = false;
-    Status st = CallHolder(
-        j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); }, nullptr,
-        &unreachable);
-    if (unreachable) continue;  // a refusal is an answer: it is there
-    std::string node;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (j >= batchers_.size()) continue;
-      node = j < holders_.size() ? holders_[j].node : std::to_string(j);
-      std::lock_guard<std::mutex> bl(batchers_[j]->mu);
-      batchers_[j]->skipped = false;
-    }
-    spdlog::info("{}: parity holder {} answers again{}", o_.node_id, node,
-                 st.ok() ? "" : " (" + st.message() + ")");
+    (void)CallHolder(j,
+                     [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); });
   }
 }
 

@@ -122,13 +122,15 @@ class Protector {
     bool busy = false;            // a call is in flight
     // Appends skip this holder, failing at once as if it had refused (nothing is sent: the entry
     // is certainly not stored there): its last call got no answer through every attempt (down,
-    // or unreachable), and a write must not wait out those attempts again. Cleared when the
-    // advance loop's call every kHolderProbe (ProbeSkippedHolders) gets an answer, or when the
-    // map names another node or address for the row.
+    // or unreachable), and a write must not wait out those attempts again. Cleared when any call
+    // to it gets an answer (the advance loop calls it every kHolderProbe: ProbeSkippedHolders),
+    // or when the map names another node or address for the row.
     bool skipped = false;
   };
   static constexpr std::chrono::milliseconds kHolderProbe{1000};
   void ProbeSkippedHolders();
+  void Unskip(size_t j);
+  std::atomic<int> skipped_holders_{0};  // batchers with `skipped` set
   void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) noexcept;
 
   Status ApplyTailEntry(engine::Db* db, const gen::TailEntry& e);

@@ -986,11 +986,14 @@ void HoleInAHolderTail(size_t hole_row, const std::vector<std::string>& rebuild_
   c.node(down).Kill(SIGKILL);
   c.node(down).Wait(std::chrono::milliseconds(5000));
   ASSERT_TRUE(client->Put("k", "v2").ok());  // acknowledged by the other holder alone
-  const auto missed_at = std::chrono::steady_clock::now();
   c.StartNode(down);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
-  // The worker skips a holder that gave no answer for a second (Protector::kHolderProbe).
-  std::this_thread::sleep_until(missed_at + std::chrono::milliseconds(1500));
+  // The worker's appends skip a holder that gave no answer until a call reaches it again (one a
+  // second).
+  for (int i = 0; i < 200 && c.NodeLogs(victim).find("answers again") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_NE(c.NodeLogs(victim).find("answers again"), std::string::npos) << c.NodeLogs(victim);
   // Writes to the same worker that the returned holder stores: its tail now ends where the
   // other holder's does, with a hole.
   int after = 0;
