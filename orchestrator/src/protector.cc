@@ -31,6 +31,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using gen::ErrorCode;
 
+// Why an append to a skipped holder failed without being sent (TailBatcher::skipped).
+constexpr const char* kSkipNote = "; appends skip it until a call once a second reaches it again";
+
 constexpr const char* kSeqTree = "_p";
 constexpr const char* kSeqKey = "seq";
 constexpr int kDeltaChunk = 256;  // pages per StageDelta call (1 MiB)
@@ -317,8 +320,7 @@ void Protector::ApplyMap(const ShardMap& map) {
       // about it. (A batcher's lock is never held while mu_ is taken.)
       if (j < batchers_.size()) {
         std::lock_guard<std::mutex> bl(batchers_[j]->mu);
-        if (batchers_[j]->skipped) skipped_holders_.fetch_sub(1);
-        batchers_[j]->skipped = false;
+        SetSkipped(batchers_[j].get(), false);
       }
     }
     if (holders_[j].node != p.holder_nodes[j]) {
@@ -575,10 +577,10 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       // Nothing is sent: the entry is certainly not stored there (no_answer stays false).
       std::lock_guard<std::mutex> ml(mu_);
       const bool known = b->index < holders_.size();
-      st = Status::Unavailable(
-          "parity holder " + (known ? holders_[b->index].node : std::to_string(b->index)) +
-          (known ? " at " + holders_[b->index].address : std::string()) +
-          " is not answering; appends skip it until a call once a second reaches it again");
+      st = Status::Unavailable("parity holder " +
+                               (known ? holders_[b->index].node : std::to_string(b->index)) +
+                               (known ? " at " + holders_[b->index].address : std::string()) +
+                               " is not answering" + kSkipNote);
     } else {
       try {
         std::vector<gen::TailEntry> entries;
@@ -697,11 +699,8 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     }
     l.lock();
     b->busy = false;
-    if (unreachable && !b->skipped) {
-      b->skipped = true;
-      skipped_holders_.fetch_add(1);
-      spdlog::warn("{}: {}; appends skip it until a call once a second reaches it again",
-                   o_.node_id, st.message());
+    if (unreachable && SetSkipped(b, true)) {
+      spdlog::warn("{}: {}{}", o_.node_id, st.message(), kSkipNote);
     }
     // The next group goes out while this one commits: led by the first queued writer waiting
     // here (with several holders, a writer may still be busy at another one).
@@ -831,11 +830,11 @@ Status Protector::ApplyTailEntry(engine::Db* db, const gen::TailEntry& e) {
   return db->Write(b, engine::WriteOptions{false});
 }
 
-// Replays every entry after `from_seq` that any reachable holder keeps, in seq order: the union
-// of their tails (as `TailsOf` in tla/Protection.tla). One holder's tail alone is not enough:
-// with --min-holders below the holder count a write is acknowledged while a holder is down, and
-// that holder, back with its disk, stores the later entries, so its tail can be as long as
-// another's with a hole in it.
+// Replays every entry after `from_seq` that any holder keeps, in seq order: the union of their
+// tails (as `TailsOf` in tla/Protection.tla); every holder must answer. One holder's tail alone is
+// not enough: with --min-holders below the holder count a write is acknowledged while a holder is
+// down, and that holder, back with its disk, stores the later entries, so its tail can be as long
+// as another's with a hole in it.
 Status Protector::ReplayTails(engine::Db* db, int64_t from_seq, int64_t* newest) {
   int slot = slot_.load();
   int64_t epoch;
@@ -1727,6 +1726,13 @@ void Protector::AuditHolders() {
   }
 }
 
+bool Protector::SetSkipped(TailBatcher* b, bool skipped) {
+  if (b->skipped == skipped) return false;
+  b->skipped = skipped;
+  skipped_holders_.fetch_add(skipped ? 1 : -1);
+  return true;
+}
+
 // Appends may go to holder j again: it answered a call (any call: a write's, an advance's, the
 // audit's or the probe's). Takes mu_ and then the batcher's lock: never called under either.
 void Protector::Unskip(size_t j) {
@@ -1736,9 +1742,7 @@ void Protector::Unskip(size_t j) {
     std::lock_guard<std::mutex> l(mu_);
     if (j >= batchers_.size()) return;
     std::lock_guard<std::mutex> bl(batchers_[j]->mu);
-    if (!batchers_[j]->skipped) return;
-    batchers_[j]->skipped = false;
-    skipped_holders_.fetch_sub(1);
+    if (!SetSkipped(batchers_[j].get(), false)) return;
     node = j < holders_.size() ? holders_[j].node : std::to_string(j);
   }
   spdlog::info("{}: parity holder {} answers again", o_.node_id, node);

@@ -130,6 +130,8 @@ class Protector {
   static constexpr std::chrono::milliseconds kHolderProbe{1000};
   void ProbeSkippedHolders();
   void Unskip(size_t j);
+  // With b->mu held: sets b->skipped, keeping skipped_holders_ in step; true when it changed.
+  bool SetSkipped(TailBatcher* b, bool skipped);
   std::atomic<int> skipped_holders_{0};  // batchers with `skipped` set
   void DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot, int64_t epoch) noexcept;
 

@@ -283,19 +283,25 @@ void ExpectScrubClean(PCluster& c) {
   EXPECT_EQ(rep->unverified, 0u) << (rep->problems.empty() ? "" : rep->problems.front());
 }
 
+// Checks `done` every 50 ms until it holds (true) or `limit` has passed (false).
+template <typename Done>
+bool WaitUntil(std::chrono::milliseconds limit, Done&& done) {
+  for (auto until = std::chrono::steady_clock::now() + limit; !done();) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
 // Until the manager learns of a restart the cluster may look served as before: waits (up to a
 // minute) for node i's new incarnation to serve after rebuilding (there is no "rebuilt N pages"
 // line when its slot had no generation past the empty image yet: the tail is the whole rebuild).
 bool WaitRebuilt(const PCluster& c, size_t i) {
-  auto rebuilt = [&] {
+  return WaitUntil(std::chrono::seconds(60), [&] {
     std::string logs = c.NodeLogs(i);
     size_t at = logs.find("its data was lost: rebuilding from parity");
     return at != std::string::npos && logs.find("serving (protected)", at) != std::string::npos;
-  };
-  for (int k = 0; k < 1200 && !rebuilt(); ++k) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return rebuilt();
+  });
 }
 
 TEST(ProtectionTest, XorWipedWorkerRebuildsEveryAcknowledgedWrite) {
@@ -660,18 +666,15 @@ TEST(ProtectionTest, ARebuildThatMissedANewerGenerationRebuildsAgainFromIt) {
   Load load(c, 2, 300);
   // Node 0 dies in its third advance: the first holder records the new generation, the
   // second not.
-  for (int i = 0; i < 600 && c.node(0).Running(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  WaitUntil(std::chrono::seconds(30), [&] { return !c.node(0).Running(); });
   ASSERT_FALSE(c.node(0).Running()) << c.NodeLogs(0);
   load.Stop();
   c.node(first).Kill(SIGKILL);
   c.node(first).Wait(std::chrono::milliseconds(5000));
   c.Wipe(0);
   c.StartNode(0);
-  for (int i = 0; i < 600 && c.NodeLogs(0).find("rebuilt") == std::string::npos; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  WaitUntil(std::chrono::seconds(30),
+            [&] { return c.NodeLogs(0).find("rebuilt") != std::string::npos; });
   ASSERT_NE(c.NodeLogs(0).find("rebuilt"), std::string::npos) << c.NodeLogs(0);
   c.StartNode(first);
   ASSERT_TRUE(WaitRebuilt(c, 0)) << c.Logs();
@@ -965,13 +968,10 @@ void HoleInAHolderTail(size_t hole_row, const std::vector<std::string>& rebuild_
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   // Each worker's first generation (made when the map formed) before the writes, so that none
   // made later covers the hole.
-  for (int i = 0; i < 200; ++i) {
-    if (c.NodeLogs(0).find("protected generation") != std::string::npos &&
-        c.NodeLogs(1).find("protected generation") != std::string::npos) {
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  WaitUntil(std::chrono::seconds(10), [&] {
+    return c.NodeLogs(0).find("protected generation") != std::string::npos &&
+           c.NodeLogs(1).find("protected generation") != std::string::npos;
+  });
   auto client = c.NewClient();
   auto map = client->GetShardMap(true);
   ASSERT_TRUE(map.ok() && map->protection.holder_nodes.size() == 2u);
@@ -990,9 +990,8 @@ void HoleInAHolderTail(size_t hole_row, const std::vector<std::string>& rebuild_
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   // The worker's appends skip a holder that gave no answer until a call reaches it again (one a
   // second).
-  for (int i = 0; i < 200 && c.NodeLogs(victim).find("answers again") == std::string::npos; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  WaitUntil(std::chrono::seconds(10),
+            [&] { return c.NodeLogs(victim).find("answers again") != std::string::npos; });
   ASSERT_NE(c.NodeLogs(victim).find("answers again"), std::string::npos) << c.NodeLogs(victim);
   // Writes to the same worker that the returned holder stores: its tail now ends where the
   // other holder's does, with a hole.
