@@ -163,10 +163,10 @@ struct PinGuard {
   }
 };
 
-// One Write in flight. `answered`, `stored`, `abandon`, `done`, `commit_turn` and `status` are
-// guarded by seq_mu_; the writer sleeps on `cv` until `done` (or its turn to commit), and only
-// the thread that commits its batch or hands it the turn wakes it (never a broadcast: on two
-// cores every needless wake-up costs a context switch).
+// One Write in flight. `answered`, `stored`, `abandon`, `done`, `commit_turn`, `waiting` and
+// `status` are guarded by seq_mu_; the writer sleeps on its waiter until `done` (or its turn to
+// commit), and only the thread that commits its batch or hands it the turn wakes it (never a
+// broadcast: on two cores every needless wake-up costs a context switch).
 struct Protector::Pending {
   const std::vector<gen::Op>* ops = nullptr;
   int64_t seq = 0;
@@ -179,9 +179,29 @@ struct Protector::Pending {
   bool maybe_stored = false;  // a holder stored the entry or gave no answer (may have stored it)
   bool done = false;
   bool commit_turn = false;  // ready and next in seq order: its writer commits (see CommitReady)
+  bool waiting = false;      // its writer sleeps on `waiter` (in Write)
   Status status;
-  std::condition_variable cv;
+  std::shared_ptr<Waiter> waiter;
 };
+
+void Protector::Wakes::Add(bool* waiting, const std::shared_ptr<Waiter>& w) {
+  if (!*waiting) return;
+  *waiting = false;
+  list.push_back(w);
+}
+
+void Protector::Wakes::Run() {
+  for (auto& w : list) w->sem.release();
+  list.clear();
+}
+
+Protector::Wakes::~Wakes() { Run(); }
+
+void Protector::Waiter::Sleep(std::unique_lock<std::mutex>& l) {
+  l.unlock();
+  sem.acquire();
+  l.lock();
+}
 
 namespace {
 int64_t FailpointSeq(const char* name) { return std::atoll(FailpointArg(name).c_str()); }
@@ -407,9 +427,13 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   }
   gen::TailEntry e;
   e.batch = EncodeOps(ops);
+  // One per writer thread, shared with whoever may wake it (who may do so after this Write
+  // returned: the wake is sent after the notifier unlocked).
+  thread_local const auto waiter = std::make_shared<Waiter>();
   Pending p;
   p.ops = &ops;
   p.sync = sync;
+  p.waiter = waiter;
   int slot;
   int64_t epoch;
   size_t m;
@@ -432,6 +456,7 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
     reqs[j].entry = &e;
     reqs[j].sync = sync;
     reqs[j].pending = &p;
+    reqs[j].waiter = waiter;
   }
   // From the seq on, queues and ready_ point into this frame until `done`, and every later
   // writer waits for this seq to pass: nothing may throw before then (an allocation failure
@@ -467,7 +492,8 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
         l.lock();
         continue;
       }
-      p.cv.wait(l);
+      p.waiting = true;
+      p.waiter->Sleep(l);
     }
   }();
   const size_t stored = p.stored;  // p is done: nothing writes it any more
@@ -527,12 +553,12 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
 // under b->mu, so it is touched only under b->mu once answered.
 void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
                           int64_t epoch) noexcept {
+  Wakes wakes;  // declared first: sent once `l` is unlocked
   std::unique_lock<std::mutex> l(b->mu);
   while (!r->done) {
     if (b->busy || r->sent) {
-      r->waiting = true;
-      r->cv.wait(l);
-      r->waiting = false;
+      r->waiting = true;  // cleared by whoever wakes it
+      r->waiter->Sleep(l);
       continue;
     }
     b->busy = true;
@@ -680,9 +706,9 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         pd->abandon = pd->stored < pd->need;
         if (commit_tried) pd->status = local;
         pd->done = true;
-        pd->cv.notify_one();
+        wakes.Add(&pd->waiting, pd->waiter);
       }
-      EndCommit(last, group.size());
+      EndCommit(last, group.size(), &wakes);
     } else {
       std::lock_guard<std::mutex> sl(seq_mu_);
       for (TailReq* q : group) {
@@ -706,11 +732,12 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     // here (with several holders, a writer may still be busy at another one).
     for (TailReq* q : b->queue) {
       if (q->waiting) {
-        q->cv.notify_one();
+        wakes.Add(&q->waiting, q->waiter);
         break;
       }
     }
     l.unlock();
+    wakes.Run();
     // Commit before answering the group (one pass, so this is bounded): with one holder its
     // writers then usually wake once, already committed.
     if (any_ready) CommitReady(db);
@@ -720,7 +747,12 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       q->no_answer = no_answer;
       q->recorded = recorded;
       q->done = true;
-      if (q != r) q->cv.notify_one();
+      if (q != r) wakes.Add(&q->waiting, q->waiter);
+    }
+    if (!r->done) {  // this writer's entry is in a later group: wake this one's before waiting
+      l.unlock();
+      wakes.Run();
+      l.lock();
     }
   }
 }
@@ -731,6 +763,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
 // ready meanwhile (its thread found this commit under way and left it), its writer gets the
 // turn and commits it.
 void Protector::CommitReady(engine::Db* db) noexcept {
+  Wakes wakes;  // declared first: sent once `l` is unlocked
   std::unique_lock<std::mutex> l(seq_mu_);
   if (!committing_) {
     int64_t s = committed_seq_ + 1;
@@ -772,23 +805,23 @@ void Protector::CommitReady(engine::Db* db) noexcept {
     for (Pending* g : group) {
       g->status = st;
       g->done = true;
-      g->cv.notify_one();
+      wakes.Add(&g->waiting, g->waiter);
     }
-    EndCommit(s - 1, group.size());
+    EndCommit(s - 1, group.size(), &wakes);
   }
 }
 
 // With seq_mu_ held, after the committer answered seqs up to `last` (`count` batches): the
 // next seq, if it became ready meanwhile (its thread found this commit under way and left it),
 // gets its writer's turn to commit.
-void Protector::EndCommit(int64_t last, size_t count) {
+void Protector::EndCommit(int64_t last, size_t count, Wakes* wakes) {
   committed_seq_ = last;
   committing_ = false;
   commits_since_advance_.fetch_add(static_cast<int64_t>(count));
   auto next = ready_.find(last + 1);
   if (next != ready_.end()) {
     next->second->commit_turn = true;
-    next->second->cv.notify_one();
+    wakes->Add(&next->second->waiting, next->second->waiter);
   }
 }
 

@@ -19,11 +19,11 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <semaphore>
 #include <set>
 #include <string>
 #include <vector>
@@ -100,6 +100,24 @@ class Protector {
     int64_t gen = -1;  // the generation it records for this slot (-1: not known yet)
   };
   struct Pending;
+  // A writer thread's sleep. The thread that changes what a writer waits for, under a mutex,
+  // wakes it only after unlocking that mutex (Wakes): a thread woken while the mutex is still
+  // held would only go to sleep again on it, two context switches for one wake-up. Shared, as
+  // the waker may send the wake after the writer has returned.
+  struct Waiter {
+    std::counting_semaphore<> sem{0};
+    // Unlocks `l`, sleeps until woken, locks `l` again (the caller set its `waiting` flag under
+    // `l`; the waker clears it, so each sleep gets exactly one wake).
+    void Sleep(std::unique_lock<std::mutex>& l);
+  };
+  // Wakes collected under a mutex, sent by Run() or the destructor once it is unlocked.
+  struct Wakes {
+    std::vector<std::shared_ptr<Waiter>> list;
+    // With the writer's mutex held: when *waiting, clears it and queues the wake.
+    void Add(bool* waiting, const std::shared_ptr<Waiter>& w);
+    void Run();
+    ~Wakes();
+  };
   // Tail appends to one holder, combined: concurrent writers' entries travel in one call. A
   // TailReq's entry, pending and sync are set before it is queued and never change; its other
   // fields are guarded by its batcher's mu.
@@ -108,12 +126,12 @@ class Protector {
     Pending* pending = nullptr;
     bool sync = false;
     bool sent = false;     // taken into a call; its leader answers it
-    bool waiting = false;  // its writer sleeps on cv in DriveTail
+    bool waiting = false;  // its writer sleeps on `waiter` in DriveTail
     bool done = false;
     Status status;
     bool no_answer = false;  // failed without the holder's answer: it may have stored the entry
     int64_t recorded = 0;    // the generation the holder records
-    std::condition_variable cv;
+    std::shared_ptr<Waiter> waiter;
   };
   struct TailBatcher {
     size_t index = 0;  // the holder's position
@@ -166,7 +184,7 @@ class Protector {
   static constexpr size_t kMaxPins = 32;
   void AuditHolders();
   void CommitReady(engine::Db* db) noexcept;
-  void EndCommit(int64_t last, size_t count);
+  void EndCommit(int64_t last, size_t count, Wakes* wakes);
   // The overlapped commit of a group with one holder (see DriveTail): Hide makes readers use
   // the latest commit's snapshot (before the append is sent: it needs a reader slot), then the
   // group is committed locally while its append is in flight.
