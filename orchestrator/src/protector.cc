@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <thrift/transport/TTransportException.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -216,6 +217,7 @@ Protector::Protector(ProtectorOptions o)
       o_(std::move(o)),
       holder_pool_(
           rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(10000)}),
+      quick_pool_(rpc::Timeouts{std::chrono::milliseconds(1000), kQuickTimeout}),
       worker_pool_(
           rpc::Timeouts{std::chrono::milliseconds(1000), std::chrono::milliseconds(10000)}) {}
 
@@ -364,7 +366,7 @@ std::string Protector::Progress() const {
 }
 
 template <typename F>
-Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable) {
+Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable, bool quick) {
   std::string addr, node;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -379,8 +381,9 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable
   if (!ep.ok()) return ep.status();
   Status last;
   constexpr int kAttempts = 3;
+  auto& pool = quick ? quick_pool_ : holder_pool_;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
-    auto lease = holder_pool_.Get(*ep);
+    auto lease = pool.Get(*ep);
     if (!lease.ok()) {
       std::string msg = "parity holder " + node;
       msg += " at " + addr + ": ";
@@ -404,11 +407,20 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable
       } catch (const std::exception& e) {
         if (no_answer != nullptr) *no_answer = true;
         lease->Broken();
-        holder_pool_.Clear();  // the other pooled connections are likely dead too (a restart)
+        // The other pooled connections are likely dead too (a restart).
+        holder_pool_.Clear();
+        quick_pool_.Clear();
         std::string msg = "parity holder " + node;
         msg += " at " + addr + ": ";
         msg += e.what();
         last = Status::Unavailable(msg);
+        const auto* te = dynamic_cast<const apache::thrift::transport::TTransportException*>(&e);
+        if (quick && te != nullptr &&
+            te->getType() == apache::thrift::transport::TTransportException::TIMED_OUT) {
+          last = Status::Unavailable(msg + " (no answer in " +
+                                     std::to_string(kQuickTimeout.count()) + " ms)");
+          break;
+        }
       }
     }
     // A pause before the next attempt only: after the last one the caller learns at once.
@@ -646,7 +658,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
               if (o_.poll.count() > 0) rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
               recorded = c.recv_AppendTail();
             },
-            &no_answer, &unreachable);
+            &no_answer, &unreachable, /*quick=*/true);
       } catch (const std::exception& ex) {  // allocation: the group must still be answered
         st = Status::Internal(std::string("tail append: ") + ex.what());
       }
@@ -1783,7 +1795,7 @@ void Protector::Unskip(size_t j) {
 
 // Calls each holder that appends skip (TailBatcher::skipped) once: off the write path, so that
 // no write waits for a holder that may hang. An answer ends the skip (CallHolder).
-void Protector::ProbeSkippedHolders() {
+void Protector::ProbeSkippedHolders(const std::atomic<bool>& stop) {
   const int slot = slot_.load();
   std::vector<size_t> skipped;
   int64_t epoch;
@@ -1796,9 +1808,11 @@ void Protector::ProbeSkippedHolders() {
     }
   }
   for (size_t j : skipped) {
+    if (stop.load()) return;
     gen::GenRecord r;
-    (void)CallHolder(j,
-                     [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); });
+    (void)CallHolder(
+        j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); }, nullptr,
+        nullptr, /*quick=*/true);
   }
 }
 
@@ -1809,7 +1823,7 @@ void Protector::AdvanceLoop(engine::Db* db, const std::atomic<bool>& stop) {
   while (!stop.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (enabled_.load() && Clock::now() - last_probe >= kHolderProbe) {
-      ProbeSkippedHolders();  // frozen or not: writes go on while another worker rebuilds
+      ProbeSkippedHolders(stop);  // frozen or not: writes go on while another worker rebuilds
       last_probe = Clock::now();
     }
     if (!enabled_.load() || frozen_.load()) continue;

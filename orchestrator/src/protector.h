@@ -146,7 +146,7 @@ class Protector {
     bool skipped = false;
   };
   static constexpr std::chrono::milliseconds kHolderProbe{1000};
-  void ProbeSkippedHolders();
+  void ProbeSkippedHolders(const std::atomic<bool>& stop);
   void Unskip(size_t j);
   // With b->mu held: sets b->skipped, keeping skipped_holders_ in step; true when it changed.
   bool SetSkipped(TailBatcher* b, bool skipped);
@@ -197,9 +197,15 @@ class Protector {
   void SetProgress(const std::string& json);
   // Calls f on a connection to holder j, retrying transport errors. *no_answer (when given) is
   // set when an attempt failed after sending and without an answer: the holder may have acted.
-  // *unreachable (when given) is set when every attempt failed in transport.
+  // *unreachable (when given) is set when every attempt failed in transport. `quick` (a tail
+  // append, a probe: small calls a write may wait for): the call's I/O timeout is
+  // kQuickTimeout, and an attempt that timed out is the last one (the holder is hung or
+  // stalled; three attempts tripled the wait of every write queued behind it, past a client's
+  // deadline).
   template <typename F>
-  Status CallHolder(size_t j, F&& f, bool* no_answer = nullptr, bool* unreachable = nullptr);
+  Status CallHolder(size_t j, F&& f, bool* no_answer = nullptr, bool* unreachable = nullptr,
+                    bool quick = false);
+  static constexpr std::chrono::milliseconds kQuickTimeout{5000};
   // After a write was given up that a holder may have stored: a forced advance of the visible
   // snapshot (whose recorded seq includes the given-up one) makes every holder drop the entry.
   // True when a generation covering `seq` is recorded by every holder.
@@ -230,6 +236,7 @@ class Protector {
   std::vector<std::unique_ptr<TailBatcher>> batchers_;  // one per holder (grows only)
 
   rpc::ClientPool<gen::ParityServiceClient> holder_pool_;
+  rpc::ClientPool<gen::ParityServiceClient> quick_pool_;  // CallHolder's `quick` calls
   rpc::ClientPool<gen::WorkerServiceClient> worker_pool_;
 
   // Commit ordering (and each Pending's fields).

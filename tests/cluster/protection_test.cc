@@ -1099,5 +1099,47 @@ TEST(ProtectionTest, WritesSkipAParityHolderThatIsDownAndProbeItOnceASecond) {
   }
 }
 
+TEST(ProtectionTest, AHungParityHolderHoldsAWriteForOneShortTimeoutOnly) {
+  PCluster c("rs:2+2", 2, 2);
+  c.StartManager();
+  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
+  for (size_t i : {2, 3}) c.StartNode(i);
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto client = c.NewClient();
+  ASSERT_TRUE(client->Put("before", "x").ok()) << c.Logs();
+  // Hung, not dead: its connections stay open and nothing answers, so an append learns of it
+  // only by its I/O timeout.
+  c.node(3).Kill(SIGSTOP);
+  const int kWrites = 20;
+  auto slowest = std::chrono::steady_clock::duration::zero();
+  for (int i = 0; i < kWrites; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Status st = client->Put("k" + std::to_string(i), "v" + std::to_string(i));
+    slowest = std::max(slowest, std::chrono::steady_clock::now() - t0);
+    ASSERT_TRUE(st.ok()) << "k" << i << ": " << st.ToString() << c.NodeLogs(0) << c.NodeLogs(1);
+  }
+  // The first write at each worker waited one 5 s timeout, then appends skipped the holder.
+  // Three attempts (15 s) would have outlasted the client's 10 s deadline.
+  EXPECT_LT(slowest, std::chrono::seconds(9));
+  const std::string logs = c.NodeLogs(0) + c.NodeLogs(1);
+  EXPECT_NE(logs.find("no answer in 5000 ms"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("appends skip it"), std::string::npos) << logs;
+
+  // Resumed, it answers a probe and stores appends again.
+  c.node(3).Kill(SIGCONT);
+  bool answers = false;
+  for (int i = 0; i < 300 && !answers; ++i) {
+    ASSERT_TRUE(client->Put("after" + std::to_string(i), "x").ok()) << c.Logs();
+    answers = (c.NodeLogs(0) + c.NodeLogs(1)).find("answers again") != std::string::npos;
+    if (!answers) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(answers) << c.NodeLogs(0) << c.NodeLogs(1);
+  for (int i = 0; i < kWrites; ++i) {
+    auto v = client->Get("k" + std::to_string(i));
+    ASSERT_TRUE(v.ok() && v->has_value()) << "k" << i << ": " << v.status().ToString();
+    EXPECT_EQ(**v, "v" + std::to_string(i));
+  }
+}
+
 }  // namespace
 }  // namespace tessera::orchestrator
