@@ -817,6 +817,14 @@ int64_t NewestPin(const PCluster& c, size_t i) {
   return newest;
 }
 
+// Starts an rs:2+2 cluster in degraded mode: data workers (nodes 0 and 1) with
+// --min-holders 1, parity holders nodes 2 and 3.
+void StartDegraded(PCluster& c) {
+  c.StartManager();
+  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
+  for (size_t i : {2, 3}) c.StartNode(i);
+}
+
 // A parity holder's row is taken over by a new holder (the old one lost its disk and came back
 // empty on its address), which dies before any data worker reached it: the workers know nothing
 // it records, so a failed advance releases nothing and each leaves its snapshot pinned. With
@@ -827,9 +835,7 @@ TEST(ProtectionTest, PinsStopAtTheCapWhileAnUnknownHolderIsDownAndAreReleasedAft
   constexpr size_t kCap = 32;  // Protector::kMaxPins
   PCluster c("rs:2+2", 2, 2);
   c.protect_interval_ms = 10;  // an advance (a new pin) after every write, as fast as it can go
-  c.StartManager();
-  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
-  for (size_t i : {2, 3}) c.StartNode(i);
+  StartDegraded(c);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   auto client = c.NewClient();
   // Both data workers are frozen while parity worker 2 is replaced and dies again, so neither
@@ -962,9 +968,7 @@ void HoleInAHolderTail(size_t hole_row, const std::vector<std::string>& rebuild_
                        const std::string& rebuild_logs = "") {
   PCluster c("rs:2+2", 2, 2);
   c.protect_interval_ms = 3600 * 1000;  // no advance covers the hole before the rebuild
-  c.StartManager();
-  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
-  for (size_t i : {2, 3}) c.StartNode(i);
+  StartDegraded(c);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   // Each worker's first generation (made when the map formed) before the writes, so that none
   // made later covers the hole.
@@ -1047,9 +1051,7 @@ TEST(ProtectionTest, ARetryAfterAPartialCatchUpAdvanceKeepsAWriteOnlyADroppedTai
 // acknowledged write survives a rebuild once the holder is back.
 TEST(ProtectionTest, WritesSkipAParityHolderThatIsDownAndProbeItOnceASecond) {
   PCluster c("rs:2+2", 2, 2);
-  c.StartManager();
-  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
-  for (size_t i : {2, 3}) c.StartNode(i);
+  StartDegraded(c);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   auto client = c.NewClient();
   c.node(3).Kill(SIGKILL);
@@ -1101,9 +1103,7 @@ TEST(ProtectionTest, WritesSkipAParityHolderThatIsDownAndProbeItOnceASecond) {
 
 TEST(ProtectionTest, AHungParityHolderHoldsAWriteForOneShortTimeoutOnly) {
   PCluster c("rs:2+2", 2, 2);
-  c.StartManager();
-  for (size_t i : {0, 1}) c.StartNode(i, {}, {"--min-holders", "1"});
-  for (size_t i : {2, 3}) c.StartNode(i);
+  StartDegraded(c);
   ASSERT_TRUE(c.WaitServing()) << c.Logs();
   auto client = c.NewClient();
   ASSERT_TRUE(client->Put("before", "x").ok()) << c.Logs();
