@@ -187,8 +187,8 @@ struct Protector::Pending {
 
 void Protector::Wakes::Add(bool* waiting, const std::shared_ptr<Waiter>& w) {
   if (!*waiting) return;
+  list.push_back(w);  // first: a failed allocation leaves the flag set, not a wake lost
   *waiting = false;
-  list.push_back(w);
 }
 
 void Protector::Wakes::Run() {

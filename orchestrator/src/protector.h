@@ -103,7 +103,10 @@ class Protector {
   // A writer thread's sleep. The thread that changes what a writer waits for, under a mutex,
   // wakes it only after unlocking that mutex (Wakes): a thread woken while the mutex is still
   // held would only go to sleep again on it, two context switches for one wake-up. Shared, as
-  // the waker may send the wake after the writer has returned.
+  // the waker may send the wake after the writer has returned. One per writer thread, which runs
+  // one Write at a time and sets at most one `waiting` flag, only just before it sleeps, and
+  // never stops waiting on its own (no timed wait): so each release ends exactly the sleep it
+  // was sent for.
   struct Waiter {
     std::counting_semaphore<> sem{0};
     // Unlocks `l`, sleeps until woken, locks `l` again (the caller set its `waiting` flag under
