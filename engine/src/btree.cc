@@ -163,10 +163,27 @@ uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, bool hea
 // Makes page *pgno writable for this transaction; may move it (copy-on-write).
 Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
   PageView v{txn.db->Page(*pgno)};
-  if (v.txnid() == txn.txnid) return v.p;
+  if (v.txnid() == txn.txnid) {
+    txn.db->ClearCrcFresh(*pgno);  // about to change: a checksum computed before is stale
+    return v.p;
+  }
   uint64_t npages = v.type() == kOverflow ? v.overflow_pages() : 1;
   TESSERA_ASSIGN_OR_RETURN(uint64_t np, AllocPages(txn, npages));
   return CopyTo(txn, pgno, np, npages);
+}
+
+// Computes the checksum of the leaf the last Put or Delete changed into its header and marks it
+// (Db::Impl::crc_fresh): called once a write leads to another leaf, so the last one is done with
+// for now and still in the cache. A page that no longer is that leaf was freed, which forgot it.
+void SealPendingLeaf(Txn& txn) {
+  const uint64_t p = txn.crc_pending_leaf;
+  txn.crc_pending_leaf = 0;
+  Db::Impl* db = txn.db;
+  PageView v{db->Page(p)};
+  TESSERA_ASSERT(v.pgno() == p && v.txnid() == txn.txnid && v.type() == kLeaf, "page ", p,
+                 " is no longer the leaf this transaction last changed");
+  v.set_crc(db->PageCrc(v.p, 1));
+  db->SetCrcFresh(p);
 }
 
 // Descends to the leaf for `key`, making every page on the path writable.
@@ -186,6 +203,11 @@ Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, Path* pat
     if (v.type() == kLeaf) {
       unsigned idx = LeafLowerBound(v, key, found);
       path->push_back({pg, idx});
+      // The caller changes this leaf next; the one the last write changed is done with.
+      if (txn.crc_pending_leaf != pg) {
+        if (txn.crc_pending_leaf != 0) SealPendingLeaf(txn);
+        txn.crc_pending_leaf = pg;
+      }
       return Status::Ok();
     }
     unsigned idx = BranchSearch(v, key);
@@ -433,6 +455,8 @@ uint32_t FinalizePage(Txn& txn, TreeInfo* tree, uint64_t pgno) {
       BranchCell bc{c};
       if (bc.child_txnid() == txn.txnid) Store(c + 16, FinalizePage(txn, tree, bc.child()));
     }
+  } else if (tree->overflow_pages == 0 && db->IsCrcFresh(pgno)) {
+    return v.crc();                       // computed when the txn last changed it (SealPendingLeaf)
   } else if (tree->overflow_pages > 0) {  // a tree without overflow values has no refs to fix
     for (unsigned i = 0; i < v.count(); ++i) {
       LeafCell lc{v.cell(i)};
@@ -748,6 +772,7 @@ Status Relocate(Txn& txn, TreeInfo* tree, uint64_t limit) {
 }
 
 void Finalize(Txn& txn, TreeInfo* tree) {
+  txn.crc_pending_leaf = 0;  // not done with yet: the walk computes it
   if (tree->root == kInvalidPage || tree->root_txnid != txn.txnid) return;
   tree->root_crc = FinalizePage(txn, tree, tree->root);
 }
@@ -807,6 +832,7 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
   for (uint64_t k = 0; k < n; ++k) {
     db->SetVerified(p + k);
     db->ClearRunVerified(p + k);  // whatever it was, it is rewritten now
+    db->ClearCrcFresh(p + k);
   }
   PageView v{db->Page(p)};
   v.set_pgno(p);
@@ -823,7 +849,11 @@ void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid) {
     dst = &txn.freed;
     txn.freed_wmin = std::min(txn.freed_wmin, page_txnid);
   }
-  for (uint64_t k = 0; k < n; ++k) dst->push_back(pgno + k);
+  for (uint64_t k = 0; k < n; ++k) {
+    dst->push_back(pgno + k);
+    txn.db->ClearCrcFresh(pgno + k);
+  }
+  if (txn.crc_pending_leaf >= pgno && txn.crc_pending_leaf < pgno + n) txn.crc_pending_leaf = 0;
 }
 
 }  // namespace tessera::engine::btree

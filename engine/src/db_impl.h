@@ -74,6 +74,14 @@ struct Db::Impl {
   // wrote), apart from `verified`: such a run has no header, so a page verified as anything
   // else must not pass for one. Cleared when a page is allocated; never used read-only.
   std::unique_ptr<std::atomic<uint64_t>[]> run_verified;
+  // Leaves whose checksum the writing transaction computed into their header once it had
+  // finished changing them, while they were still in the cache (btree::DescendForWrite, on to
+  // another leaf): Finalize takes the checksum from the header instead of reading the whole page
+  // again at commit, cold. A mark is cleared whenever its page is touched for writing, allocated
+  // or freed, and Finalize consults it only for pages the committing transaction wrote, every one
+  // of which it allocated (clearing any mark an earlier or aborted transaction left). Used by
+  // the writer only (under write_mu).
+  std::unique_ptr<uint64_t[]> crc_fresh;
 
   std::unique_ptr<ReaderSlot[]> readers;
   struct RingEntry {
@@ -169,6 +177,9 @@ struct Db::Impl {
       run_verified[p >> 6].fetch_and(~(uint64_t{1} << (p & 63)), std::memory_order_relaxed);
     }
   }
+  bool IsCrcFresh(uint64_t p) const { return (crc_fresh[p >> 6] >> (p & 63)) & 1; }
+  void SetCrcFresh(uint64_t p) { crc_fresh[p >> 6] |= uint64_t{1} << (p & 63); }
+  void ClearCrcFresh(uint64_t p) { crc_fresh[p >> 6] &= ~(uint64_t{1} << (p & 63)); }
   uint8_t* Page(uint64_t p) const { return region->Page(p); }
 
   // Checks page p (its checksum once per open, its number and, when given, type) within a
@@ -264,6 +275,10 @@ struct ReadTxn::Impl {
   std::vector<uint64_t> txn_reusable;  // pages allocated then freed by this txn
   std::vector<uint64_t> taken;         // pages taken from Db::reusable (restored on abort)
   bool freelist_changed = false;
+  // The leaf the last Put or Delete changed (0: none), whose checksum the next write's descent
+  // computes once it leads to another leaf (Db::Impl::crc_fresh); forgotten when it is freed
+  // and at Finalize.
+  uint64_t crc_pending_leaf = 0;
   bool freelist_dump = false;  // write the whole free set, not a log record (Shrink)
   // Shrink: nonzero while pages are being moved down; allocations then take only free pages
   // below it (never the end of the file), and fail with NoSpace when there are none.
