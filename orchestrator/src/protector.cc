@@ -407,16 +407,21 @@ Status Protector::CallHolder(size_t j, F&& f, bool* no_answer, bool* unreachable
       } catch (const std::exception& e) {
         if (no_answer != nullptr) *no_answer = true;
         lease->Broken();
-        // The other pooled connections are likely dead too (a restart).
-        holder_pool_.Clear();
-        quick_pool_.Clear();
+        const auto* te = dynamic_cast<const apache::thrift::transport::TTransportException*>(&e);
+        const bool timed_out =
+            te != nullptr &&
+            te->getType() == apache::thrift::transport::TTransportException::TIMED_OUT;
+        if (!timed_out) {
+          // The other pooled connections are likely dead too (a restart). Not after a timeout:
+          // the holder is slow or hung, and the connections to the others are fine.
+          holder_pool_.Clear();
+          quick_pool_.Clear();
+        }
         std::string msg = "parity holder " + node;
         msg += " at " + addr + ": ";
         msg += e.what();
         last = Status::Unavailable(msg);
-        const auto* te = dynamic_cast<const apache::thrift::transport::TTransportException*>(&e);
-        if (quick && te != nullptr &&
-            te->getType() == apache::thrift::transport::TTransportException::TIMED_OUT) {
+        if (quick && timed_out) {
           last = Status::Unavailable(msg + " (no answer in " +
                                      std::to_string(kQuickTimeout.count()) + " ms)");
           break;
@@ -633,6 +638,12 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
           for (TailReq* q : group) AddOps(*q->pending->ops, &wb);
           wb.Put(kSeqTree, kSeqKey, SeqBytes(last));
         }
+        // A short timeout only when the writes can be acknowledged without this holder
+        // (--min-holders below the holder count): otherwise a write fails without it anyway, and
+        // a busy holder (an append waits for its LMDB writer lock behind a large advance, then
+        // syncs) must get its full time.
+        const Pending* first = group.front()->pending;
+        const bool quick = first->need < first->holders;
         st = CallHolder(
             b->index,
             [&](gen::ParityServiceClient& c) {
@@ -658,7 +669,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
               if (o_.poll.count() > 0) rpc::SpinForReply(c.getInputProtocol().get(), o_.poll);
               recorded = c.recv_AppendTail();
             },
-            &no_answer, &unreachable, /*quick=*/true);
+            &no_answer, &unreachable, quick);
       } catch (const std::exception& ex) {  // allocation: the group must still be answered
         st = Status::Internal(std::string("tail append: ") + ex.what());
       }
@@ -1752,12 +1763,20 @@ void Protector::AuditHolders() {
   const int slot = slot_.load();
   size_t m;
   int64_t epoch;
+  std::vector<bool> skipped;
   {
     std::lock_guard<std::mutex> l(mu_);
     m = holders_.size();
     epoch = epoch_;
+    for (const auto& b : batchers_) {
+      std::lock_guard<std::mutex> bl(b->mu);
+      skipped.push_back(b->skipped);
+    }
   }
   for (size_t j = 0; j < m; ++j) {
+    // A holder appends skip is called by the probe instead, with a short timeout: a hung one
+    // would hold the loop for three full attempts every second.
+    if (j < skipped.size() && skipped[j]) continue;
     gen::GenRecord r;
     Status st =
         CallHolder(j, [&](gen::ParityServiceClient& c) { c.GetRecord(r, o_.token, slot, epoch); });

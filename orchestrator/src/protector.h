@@ -200,11 +200,11 @@ class Protector {
   void SetProgress(const std::string& json);
   // Calls f on a connection to holder j, retrying transport errors. *no_answer (when given) is
   // set when an attempt failed after sending and without an answer: the holder may have acted.
-  // *unreachable (when given) is set when every attempt failed in transport. `quick` (a tail
-  // append, a probe: small calls a write may wait for): the call's I/O timeout is
-  // kQuickTimeout, and an attempt that timed out is the last one (the holder is hung or
-  // stalled; three attempts tripled the wait of every write queued behind it, past a client's
-  // deadline).
+  // *unreachable (when given) is set when every attempt failed in transport. `quick` (a probe,
+  // and a tail append when writes can be acknowledged without this holder): the call's I/O
+  // timeout is kQuickTimeout, and an attempt that timed out is the last one (the holder is hung
+  // or stalled; three attempts tripled the wait of every write queued behind it, past a
+  // client's 10 s I/O timeout).
   template <typename F>
   Status CallHolder(size_t j, F&& f, bool* no_answer = nullptr, bool* unreachable = nullptr,
                     bool quick = false);
