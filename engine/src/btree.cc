@@ -164,7 +164,11 @@ uint8_t* CopyTo(Txn& txn, uint64_t* pgno, uint64_t np, uint64_t npages, bool hea
 Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
   PageView v{txn.db->Page(*pgno)};
   if (v.txnid() == txn.txnid) {
-    txn.db->ClearCrcFresh(*pgno);  // about to change: a checksum computed before is stale
+    Db::Impl* db = txn.db;
+    if (db->IsCrcFresh(*pgno)) {  // about to change: the checksum computed before is stale
+      db->ClearCrcFresh(*pgno);
+      db->SetResealed(*pgno);  // and Finalize computes the next one
+    }
     return v.p;
   }
   uint64_t npages = v.type() == kOverflow ? v.overflow_pages() : 1;
@@ -206,7 +210,7 @@ Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, Path* pat
       // The caller changes this leaf next; the one the last write changed is done with.
       if (txn.crc_pending_leaf != pg) {
         if (txn.crc_pending_leaf != 0) SealPendingLeaf(txn);
-        txn.crc_pending_leaf = pg;
+        txn.crc_pending_leaf = txn.db->IsResealed(pg) ? 0 : pg;
       }
       return Status::Ok();
     }
@@ -833,6 +837,7 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
     db->SetVerified(p + k);
     db->ClearRunVerified(p + k);  // whatever it was, it is rewritten now
     db->ClearCrcFresh(p + k);
+    db->ClearResealed(p + k);
   }
   PageView v{db->Page(p)};
   v.set_pgno(p);

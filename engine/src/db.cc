@@ -975,6 +975,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   impl->verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
   impl->run_verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
   impl->crc_fresh.reset(new uint64_t[cap / 64 + 1]());
+  impl->crc_resealed.reset(new uint64_t[cap / 64 + 1]());
   impl->readers.reset(new ReaderSlot[options.max_readers]());
   impl->ring.reset(new Impl::RingEntry[Impl::kRing]());
 

@@ -79,9 +79,14 @@ struct Db::Impl {
   // another leaf): Finalize takes the checksum from the header instead of reading the whole page
   // again at commit, cold. A mark is cleared whenever its page is touched for writing, allocated
   // or freed, and Finalize consults it only for pages the committing transaction wrote, every one
-  // of which it allocated (clearing any mark an earlier or aborted transaction left). Used by
-  // the writer only (under write_mu).
+  // of which it allocated: the clear at allocation is what keeps a mark an earlier or aborted
+  // transaction left (its txnid may be reused) from being trusted. `crc_resealed`: leaves changed
+  // again after they were sealed in this transaction; they are not sealed again (a leaf changed
+  // over and over, with others in between, would be checksummed at every change), so a leaf is
+  // checksummed at most twice per transaction. Cleared at allocation too. Used by the writer only
+  // (under write_mu).
   std::unique_ptr<uint64_t[]> crc_fresh;
+  std::unique_ptr<uint64_t[]> crc_resealed;
 
   std::unique_ptr<ReaderSlot[]> readers;
   struct RingEntry {
@@ -180,6 +185,9 @@ struct Db::Impl {
   bool IsCrcFresh(uint64_t p) const { return (crc_fresh[p >> 6] >> (p & 63)) & 1; }
   void SetCrcFresh(uint64_t p) { crc_fresh[p >> 6] |= uint64_t{1} << (p & 63); }
   void ClearCrcFresh(uint64_t p) { crc_fresh[p >> 6] &= ~(uint64_t{1} << (p & 63)); }
+  bool IsResealed(uint64_t p) const { return (crc_resealed[p >> 6] >> (p & 63)) & 1; }
+  void SetResealed(uint64_t p) { crc_resealed[p >> 6] |= uint64_t{1} << (p & 63); }
+  void ClearResealed(uint64_t p) { crc_resealed[p >> 6] &= ~(uint64_t{1} << (p & 63)); }
   uint8_t* Page(uint64_t p) const { return region->Page(p); }
 
   // Checks page p (its checksum once per open, its number and, when given, type) within a

@@ -506,6 +506,37 @@ TEST(EngineTest, LeavesChangedAgainLaterInATransactionGetTheirFinalChecksums) {
   EXPECT_TRUE(rep.ok) << rep.ToString();
 }
 
+// A leaf sealed in a transaction that aborts leaves its mark behind; the next transaction gets
+// the same txnid and, allocating in the same order, copies the same leaf to the same page with
+// other contents. The allocation clears the mark, so Finalize checksums what the page now holds.
+TEST(EngineTest, ALeafSealedInAnAbortedTransactionIsChecksummedAgainWhenItsPageComesBack) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path, NosyncOptions());
+    WriteBatch b;
+    for (int i = 0; i < 2000; ++i) b.Put(Key(i), "v" + std::to_string(i));
+    ASSERT_TRUE(db->Write(b).ok());
+    {
+      auto w = std::move(db->BeginWrite()).value();
+      ASSERT_TRUE(w->Put(Key(10), "first").ok());
+      ASSERT_TRUE(w->Put(Key(1990), "moves on: seals Key(10)'s leaf").ok());
+      w->Abort();
+    }
+    auto w = std::move(db->BeginWrite()).value();
+    ASSERT_TRUE(w->Put(Key(10), "second, and longer").ok());
+    ASSERT_TRUE(w->Commit().ok());
+    auto rep = db->Verify();
+    ASSERT_TRUE(rep.ok) << rep.ToString();
+  }
+  auto db = MustOpen(path, NosyncOptions());
+  std::string v;
+  ASSERT_TRUE(db->Get(Key(10), &v).ok());
+  EXPECT_EQ(v, "second, and longer");
+  auto rep = db->Verify();
+  EXPECT_TRUE(rep.ok) << rep.ToString();
+}
+
 // Fills three trees (one with overflow values) so their pages interleave, makes the fill
 // durable, then deletes most of it: the pages left in use lie all over the file, and the free
 // ones cannot be reused before a flush, so the file grew while deleting.
