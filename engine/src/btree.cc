@@ -165,9 +165,9 @@ Result<uint8_t*> Touch(Txn& txn, uint64_t* pgno) {
   PageView v{txn.db->Page(*pgno)};
   if (v.txnid() == txn.txnid) {
     Db::Impl* db = txn.db;
-    if (db->IsCrcFresh(*pgno)) {  // about to change: the checksum computed before is stale
-      db->ClearCrcFresh(*pgno);
-      db->SetResealed(*pgno);  // and Finalize computes the next one
+    if (db->crc_fresh.Test(*pgno)) {  // about to change: the checksum computed before is stale
+      db->crc_fresh.Clear(*pgno);
+      db->crc_resealed.Set(*pgno);  // and Finalize computes the next one
     }
     return v.p;
   }
@@ -187,7 +187,7 @@ void SealPendingLeaf(Txn& txn) {
   TESSERA_ASSERT(v.pgno() == p && v.txnid() == txn.txnid && v.type() == kLeaf, "page ", p,
                  " is no longer the leaf this transaction last changed");
   v.set_crc(db->PageCrc(v.p, 1));
-  db->SetCrcFresh(p);
+  db->crc_fresh.Set(p);
 }
 
 // Descends to the leaf for `key`, making every page on the path writable.
@@ -210,7 +210,7 @@ Status DescendForWrite(Txn& txn, TreeInfo* tree, std::string_view key, Path* pat
       // The caller changes this leaf next; the one the last write changed is done with.
       if (txn.crc_pending_leaf != pg) {
         if (txn.crc_pending_leaf != 0) SealPendingLeaf(txn);
-        txn.crc_pending_leaf = txn.db->IsResealed(pg) ? 0 : pg;
+        txn.crc_pending_leaf = txn.db->crc_resealed.Test(pg) ? 0 : pg;
       }
       return Status::Ok();
     }
@@ -459,7 +459,7 @@ uint32_t FinalizePage(Txn& txn, TreeInfo* tree, uint64_t pgno) {
       BranchCell bc{c};
       if (bc.child_txnid() == txn.txnid) Store(c + 16, FinalizePage(txn, tree, bc.child()));
     }
-  } else if (tree->overflow_pages == 0 && db->IsCrcFresh(pgno)) {
+  } else if (tree->overflow_pages == 0 && db->crc_fresh.Test(pgno)) {
     return v.crc();                       // computed when the txn last changed it (SealPendingLeaf)
   } else if (tree->overflow_pages > 0) {  // a tree without overflow values has no refs to fix
     for (unsigned i = 0; i < v.count(); ++i) {
@@ -836,8 +836,8 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
   for (uint64_t k = 0; k < n; ++k) {
     db->SetVerified(p + k);
     db->ClearRunVerified(p + k);  // whatever it was, it is rewritten now
-    db->ClearCrcFresh(p + k);
-    db->ClearResealed(p + k);
+    db->crc_fresh.Clear(p + k);
+    db->crc_resealed.Clear(p + k);
   }
   PageView v{db->Page(p)};
   v.set_pgno(p);
@@ -856,7 +856,7 @@ void FreePages(Txn& txn, uint64_t pgno, uint64_t n, uint64_t page_txnid) {
   }
   for (uint64_t k = 0; k < n; ++k) {
     dst->push_back(pgno + k);
-    txn.db->ClearCrcFresh(pgno + k);
+    txn.db->crc_fresh.Clear(pgno + k);
   }
   if (txn.crc_pending_leaf >= pgno && txn.crc_pending_leaf < pgno + n) txn.crc_pending_leaf = 0;
 }

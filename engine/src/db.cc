@@ -974,8 +974,8 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   impl->verified_pages = cap;
   impl->verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
   impl->run_verified.reset(new std::atomic<uint64_t>[cap / 64 + 1]());
-  impl->crc_fresh.reset(new uint64_t[cap / 64 + 1]());
-  impl->crc_resealed.reset(new uint64_t[cap / 64 + 1]());
+  impl->crc_fresh.Reset(cap);
+  impl->crc_resealed.Reset(cap);
   impl->readers.reset(new ReaderSlot[options.max_readers]());
   impl->ring.reset(new Impl::RingEntry[Impl::kRing]());
 

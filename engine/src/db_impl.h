@@ -85,8 +85,15 @@ struct Db::Impl {
   // over and over, with others in between, would be checksummed at every change), so a leaf is
   // checksummed at most twice per transaction. Cleared at allocation too. Used by the writer only
   // (under write_mu).
-  std::unique_ptr<uint64_t[]> crc_fresh;
-  std::unique_ptr<uint64_t[]> crc_resealed;
+  struct PageBits {
+    std::unique_ptr<uint64_t[]> w;
+    void Reset(uint64_t pages) { w.reset(new uint64_t[pages / 64 + 1]()); }
+    bool Test(uint64_t p) const { return (w[p >> 6] >> (p & 63)) & 1; }
+    void Set(uint64_t p) { w[p >> 6] |= uint64_t{1} << (p & 63); }
+    void Clear(uint64_t p) { w[p >> 6] &= ~(uint64_t{1} << (p & 63)); }
+  };
+  PageBits crc_fresh;
+  PageBits crc_resealed;
 
   std::unique_ptr<ReaderSlot[]> readers;
   struct RingEntry {
@@ -182,12 +189,6 @@ struct Db::Impl {
       run_verified[p >> 6].fetch_and(~(uint64_t{1} << (p & 63)), std::memory_order_relaxed);
     }
   }
-  bool IsCrcFresh(uint64_t p) const { return (crc_fresh[p >> 6] >> (p & 63)) & 1; }
-  void SetCrcFresh(uint64_t p) { crc_fresh[p >> 6] |= uint64_t{1} << (p & 63); }
-  void ClearCrcFresh(uint64_t p) { crc_fresh[p >> 6] &= ~(uint64_t{1} << (p & 63)); }
-  bool IsResealed(uint64_t p) const { return (crc_resealed[p >> 6] >> (p & 63)) & 1; }
-  void SetResealed(uint64_t p) { crc_resealed[p >> 6] |= uint64_t{1} << (p & 63); }
-  void ClearResealed(uint64_t p) { crc_resealed[p >> 6] &= ~(uint64_t{1} << (p & 63)); }
   uint8_t* Page(uint64_t p) const { return region->Page(p); }
 
   // Checks page p (its checksum once per open, its number and, when given, type) within a

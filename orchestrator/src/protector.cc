@@ -1758,6 +1758,15 @@ Status Protector::ReleasePins(int64_t keep) {
   return Status::Ok();
 }
 
+std::vector<bool> Protector::SkippedFlags() {
+  std::vector<bool> skipped;
+  for (const auto& b : batchers_) {
+    std::lock_guard<std::mutex> bl(b->mu);
+    skipped.push_back(b->skipped);
+  }
+  return skipped;
+}
+
 void Protector::AuditHolders() {
   std::lock_guard<std::mutex> one(advance_mu_);
   const int slot = slot_.load();
@@ -1768,10 +1777,7 @@ void Protector::AuditHolders() {
     std::lock_guard<std::mutex> l(mu_);
     m = holders_.size();
     epoch = epoch_;
-    for (const auto& b : batchers_) {
-      std::lock_guard<std::mutex> bl(b->mu);
-      skipped.push_back(b->skipped);
-    }
+    skipped = SkippedFlags();
   }
   for (size_t j = 0; j < m; ++j) {
     // A holder appends skip is called by the probe instead, with a short timeout: a hung one
@@ -1816,17 +1822,15 @@ void Protector::Unskip(size_t j) {
 // no write waits for a holder that may hang. An answer ends the skip (CallHolder).
 void Protector::ProbeSkippedHolders(const std::atomic<bool>& stop) {
   const int slot = slot_.load();
-  std::vector<size_t> skipped;
+  std::vector<bool> skipped;
   int64_t epoch;
   {
     std::lock_guard<std::mutex> l(mu_);
     epoch = epoch_;
-    for (const auto& b : batchers_) {
-      std::lock_guard<std::mutex> bl(b->mu);
-      if (b->skipped) skipped.push_back(b->index);
-    }
+    skipped = SkippedFlags();
   }
-  for (size_t j : skipped) {
+  for (size_t j = 0; j < skipped.size(); ++j) {
+    if (!skipped[j]) continue;
     if (stop.load()) return;
     gen::GenRecord r;
     (void)CallHolder(

@@ -150,6 +150,8 @@ class Protector {
   };
   static constexpr std::chrono::milliseconds kHolderProbe{1000};
   void ProbeSkippedHolders(const std::atomic<bool>& stop);
+  // With mu_ held: each batcher's `skipped`, by holder index.
+  std::vector<bool> SkippedFlags();
   void Unskip(size_t j);
   // With b->mu held: sets b->skipped, keeping skipped_holders_ in step; true when it changed.
   bool SetSkipped(TailBatcher* b, bool skipped);

@@ -463,6 +463,14 @@ void ExpectEquals(Db& db, const Model& model) {
   }
 }
 
+// Opens the file again and expects it to hold exactly `model` and to verify clean.
+void ExpectReopenedHolds(const std::string& path, const Options& o, const Model& model) {
+  auto db = MustOpen(path, o);
+  ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
+  auto rep = db->Verify();
+  EXPECT_TRUE(rep.ok) << rep.ToString();
+}
+
 // A write transaction computes a leaf's checksum once it moves on to another leaf (the page is
 // still in the cache then), and Finalize takes it from the page's header. A leaf changed again
 // later in the same transaction, split, merged, freed and reused, or given an overflow value
@@ -500,10 +508,7 @@ TEST(EngineTest, LeavesChangedAgainLaterInATransactionGetTheirFinalChecksums) {
       ASSERT_TRUE(rep.ok) << "after txn " << txn << ": " << rep.ToString();
     }
   }
-  auto db = MustOpen(path, NosyncOptions());
-  ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
-  auto rep = db->Verify();
-  EXPECT_TRUE(rep.ok) << rep.ToString();
+  ASSERT_NO_FATAL_FAILURE(ExpectReopenedHolds(path, NosyncOptions(), model));
 }
 
 // A leaf sealed in a transaction that aborts leaves its mark behind; the next transaction gets
@@ -604,10 +609,7 @@ TEST(EngineTest, ShrinkMovesPagesDownAndCutsTheFile) {
     format::Meta m = ReadMeta(path, slot);
     EXPECT_LE(m.last_page * 4096, FileBytes(path)) << "meta slot " << slot;
   }
-  auto db = MustOpen(path);
-  ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
-  auto rep = db->Verify();
-  EXPECT_TRUE(rep.ok) << rep.ToString();
+  ASSERT_NO_FATAL_FAILURE(ExpectReopenedHolds(path, Options{}, model));
 }
 
 // Free space in holes too small for the large values at the end of the file: those stay where
@@ -705,10 +707,7 @@ TEST(EngineTest, CleanCloseShrinksAMostlyFreeFile) {
     } else {
       EXPECT_EQ(FileBytes(path), last_page * 4096);
     }
-    auto db = MustOpen(path, o);
-    ASSERT_NO_FATAL_FAILURE(ExpectEquals(*db, model));
-    auto rep = db->Verify();
-    EXPECT_TRUE(rep.ok) << rep.ToString();
+    ASSERT_NO_FATAL_FAILURE(ExpectReopenedHolds(path, o, model));
   }
 }
 
