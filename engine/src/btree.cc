@@ -573,6 +573,15 @@ inline int CompareKeys(std::string_view a, std::string_view b) {
     std::memcpy(&y, b.data() + i, 8);
     if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y) ? -1 : 1;
   }
+  if (i < n && n >= 8) {
+    // The last bytes as one word ending at n: the ones it shares with the words above are equal,
+    // so its first difference is the keys' (branch keys are cut short, and their tails varied).
+    uint64_t x, y;
+    std::memcpy(&x, a.data() + n - 8, 8);
+    std::memcpy(&y, b.data() + n - 8, 8);
+    if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y) ? -1 : 1;
+    i = n;
+  }
   for (; i < n; ++i) {
     const auto x = static_cast<unsigned char>(a[i]), y = static_cast<unsigned char>(b[i]);
     if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y) ? -1 : 1;
@@ -591,7 +600,9 @@ unsigned BranchSearch(PageView v, std::string_view key, const Db::Impl* db) {
       // while the last comparisons run (the lookup's next step misses the cache on it).
       fetched = true;
       for (unsigned i = lo - 1; i < hi; ++i) {
-        __builtin_prefetch(db->Page(BranchCell{v.cell(i)}.child()), 0, 3);
+        const uint8_t* child = db->Page(BranchCell{v.cell(i)}.child());
+        __builtin_prefetch(child, 0, 3);
+        __builtin_prefetch(child + 64, 0, 3);
       }
     }
     unsigned mid = (lo + hi) / 2;
@@ -604,9 +615,32 @@ unsigned BranchSearch(PageView v, std::string_view key, const Db::Impl* db) {
   return lo - 1;
 }
 
+namespace {
+
+// Starts fetching the cells the first three rounds of a binary search over [lo, hi) can probe
+// (seven at most), so that in a cold page their misses overlap instead of following one another.
+void PrefetchProbes(PageView v, unsigned lo, unsigned hi, uint32_t at) {
+  auto fetch = [&](unsigned a, unsigned b) {
+    if (a >= b) return b;
+    const unsigned mid = (a + b) / 2;
+    __builtin_prefetch(v.cell(mid) + at);
+    return mid;
+  };
+  const unsigned m = fetch(lo, hi);
+  if (m == hi) return;
+  const unsigned l = fetch(lo, m), r = fetch(m + 1, hi);
+  fetch(lo, l);
+  fetch(l + 1, m);
+  fetch(m + 1, r);
+  fetch(r + 1, hi);
+}
+
+}  // namespace
+
 unsigned LeafLowerBound(PageView v, std::string_view key, bool* found, bool cold) {
   unsigned lo = 0, hi = v.count();
   bool fetched = !cold;
+  if (cold) PrefetchProbes(v, lo, hi, format::kLeafCellHeader);
   while (lo < hi) {
     if (!fetched && hi - lo <= 6) {
       // The last probes land on these cells, each a miss of its own in a cold leaf: fetch them
@@ -637,28 +671,35 @@ Result<std::string_view> CellValue(const Txn& txn, LeafCell lc) {
 }
 
 Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::string_view* value) {
+  return Get(*txn.db, txn.meta.last_page, tree, key, value);
+}
+
+Status Get(const Db::Impl& db, uint64_t last_page, const TreeInfo& tree, std::string_view key,
+           std::string_view* value) {
   if (tree.root == kInvalidPage) return Status::NotFound("key not found");
   uint64_t pg = tree.root, expect = tree.root_txnid;
   for (uint32_t depth = 0;; ++depth) {
-    uint8_t* page;
-    if (txn.db->QuickChecked(pg, txn.meta.last_page, expect)) {
-      page = txn.db->Page(pg);
-    } else {
-      TESSERA_ASSIGN_OR_RETURN(page, ReadPage(txn, pg, -1, expect));
+    if (!db.QuickChecked(pg, last_page, expect)) {
+      TESSERA_RETURN_IF_ERROR(db.CheckPage(pg, last_page, -1, expect));
     }
-    PageView v{page};
+    PageView v{db.Page(pg)};
     if (v.type() == kLeaf) {
       bool found;
       unsigned idx = LeafLowerBound(v, key, &found, /*cold=*/true);
       if (!found) return Status::NotFound("key not found");
-      TESSERA_ASSIGN_OR_RETURN(*value, CellValue(txn, LeafCell{v.cell(idx)}));
+      const LeafCell lc{v.cell(idx)};
+      const uint8_t* bytes = lc.val();
+      if (lc.overflow()) {
+        TESSERA_ASSIGN_OR_RETURN(bytes, db.CheckRun(lc, last_page));
+      }
+      *value = std::string_view(reinterpret_cast<const char*>(bytes), lc.vlen());
       return Status::Ok();
     }
     if (v.type() != kBranch || v.count() == 0 || depth > 64) {
       return Status::Corruption("page " + std::to_string(pg) + " is not a valid tree node");
     }
     // Only the leaves are likely to be cold: prefetch at the level above them.
-    BranchCell bc{v.cell(BranchSearch(v, key, depth + 2 == tree.depth ? txn.db : nullptr))};
+    BranchCell bc{v.cell(BranchSearch(v, key, depth + 2 == tree.depth ? &db : nullptr))};
     pg = bc.child();
     expect = bc.child_txnid();
   }

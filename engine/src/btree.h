@@ -26,6 +26,9 @@ Result<uint8_t*> ReadPage(const Txn& txn, uint64_t pgno, int type, uint64_t expe
 Result<std::string_view> CellValue(const Txn& txn, format::LeafCell cell);
 
 Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::string_view* value);
+// Get in the snapshot whose high-water mark is last_page, which the caller keeps pinned.
+Status Get(const Db::Impl& db, uint64_t last_page, const TreeInfo& tree, std::string_view key,
+           std::string_view* value);
 Status Put(Txn& txn, TreeInfo* tree, std::string_view key, std::string_view value);
 // NotFound when absent.
 Status Delete(Txn& txn, TreeInfo* tree, std::string_view key);

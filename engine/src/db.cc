@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -392,33 +393,62 @@ Meta Db::Impl::LoadRing(uint64_t txn) const {
   return m;
 }
 
-Result<size_t> Db::Impl::AcquireReader(Meta* m) const {
+Result<size_t> Db::Impl::TakeReaderSlot() const {
   static thread_local size_t hint = std::hash<std::thread::id>()(std::this_thread::get_id());
   const size_t n = opts.max_readers;
-  size_t slot = SIZE_MAX;
   for (size_t i = 0; i < n; ++i) {
     size_t s = (hint + i) % n;
     uint32_t expected = 0;
     if (readers[s].busy.load(std::memory_order_relaxed) == 0 &&
         readers[s].busy.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) {
-      slot = s;
       hint = s;
-      break;
+      return s;
     }
   }
-  if (slot == SIZE_MAX) {
-    return Status::Busy("too many concurrent readers (max_readers = " + std::to_string(n) + ")");
-  }
+  return Status::Busy("too many concurrent readers (max_readers = " + std::to_string(n) + ")");
+}
+
+template <typename Load>
+void Db::Impl::PinNewest(size_t slot, Load load) const {
   for (;;) {
     uint64_t t = current_txn.load(std::memory_order_acquire);
     readers[slot].txn.store(t, std::memory_order_seq_cst);
     if (current_txn.load(std::memory_order_seq_cst) != t) continue;
-    *m = LoadRing(t);
+    const uint64_t read = load(t);
     std::atomic_thread_fence(std::memory_order_acquire);
+    // The entry may have been overwritten while it was read (a writer kRing commits ahead).
     if (current_txn.load(std::memory_order_relaxed) >= t + kRing - 1) continue;
-    if (m->txnid != t) continue;
-    return slot;
+    if (read != t) continue;
+    return;
   }
+}
+
+Result<size_t> Db::Impl::AcquireReader(Meta* m) const {
+  TESSERA_ASSIGN_OR_RETURN(size_t slot, TakeReaderSlot());
+  PinNewest(slot, [&](uint64_t t) {
+    *m = LoadRing(t);
+    return m->txnid;
+  });
+  return slot;
+}
+
+Result<size_t> Db::Impl::AcquireMainTree(TreeInfo* main, uint64_t* last_page) const {
+  static_assert(offsetof(Meta, txnid) % 8 == 0 && offsetof(Meta, last_page) % 8 == 0 &&
+                offsetof(Meta, main) % 8 == 0 && sizeof(TreeInfo) % 8 == 0);
+  constexpr size_t kTxn = offsetof(Meta, txnid) / 8, kLast = offsetof(Meta, last_page) / 8,
+                   kMain = offsetof(Meta, main) / 8, kMainWords = sizeof(TreeInfo) / 8;
+  TESSERA_ASSIGN_OR_RETURN(size_t slot, TakeReaderSlot());
+  PinNewest(slot, [&](uint64_t t) {
+    const RingEntry& e = ring[t % kRing];
+    uint64_t words[kMainWords];
+    for (size_t i = 0; i < kMainWords; ++i) {
+      words[i] = e.w[kMain + i].load(std::memory_order_relaxed);
+    }
+    std::memcpy(main, words, sizeof *main);
+    *last_page = e.w[kLast].load(std::memory_order_relaxed);
+    return e.w[kTxn].load(std::memory_order_relaxed);
+  });
+  return slot;
 }
 
 Result<size_t> Db::Impl::AcquireReaderAt(const Meta& m) const {
@@ -1374,6 +1404,21 @@ Status Db::Delete(std::string_view key) {
 Status Db::Get(std::string_view key, std::string* value) const { return Get({}, key, value); }
 
 Status Db::Get(std::string_view tree, std::string_view key, std::string* value) const {
+  if (tree.empty()) {
+    // The common lookup, without a ReadTxn::Impl or a whole meta copied from the ring.
+    TreeInfo main;
+    uint64_t last_page = 0;
+    TESSERA_ASSIGN_OR_RETURN(size_t slot, impl_->AcquireMainTree(&main, &last_page));
+    struct Release {
+      const Db::Impl* db;
+      size_t slot;
+      ~Release() { db->ReleaseReader(slot); }
+    } release{impl_.get(), slot};
+    std::string_view v;
+    TESSERA_RETURN_IF_ERROR(btree::Get(*impl_, last_page, main, key, &v));
+    value->assign(v.data(), v.size());  // before the slot is released: v points into the map
+    return Status::Ok();
+  }
   // A snapshot on the stack: no allocation on the read path.
   ReadTxn::Impl t;
   t.db = impl_.get();

@@ -239,8 +239,17 @@ struct Db::Impl {
   Status TrimToLastPage();
   void Publish(const Meta& m);
   Meta LoadRing(uint64_t txn) const;
+  // A free reader slot, marked busy (Busy when every slot is taken).
+  Result<size_t> TakeReaderSlot() const;
+  // Pins the newest snapshot in `slot`: `load(t)` copies what the caller needs of ring entry t
+  // and returns the txnid it read there; it is called again until the copy is consistent.
+  template <typename Load>
+  void PinNewest(size_t slot, Load load) const;
   // Registers a reader; returns its slot and fills `m` with a consistent snapshot.
   Result<size_t> AcquireReader(Meta* m) const;
+  // AcquireReader for a lookup in the main tree, which needs only its TreeInfo and the snapshot's
+  // last_page: reads 8 of the meta's 28 words (Db::Get without a tree name).
+  Result<size_t> AcquireMainTree(format::TreeInfo* main, uint64_t* last_page) const;
   // Registers a reader of the older snapshot `m` (protection: a pin restored after a restart).
   Result<size_t> AcquireReaderAt(const Meta& m) const;
   void ReleaseReader(size_t slot) const;

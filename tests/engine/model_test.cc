@@ -145,5 +145,70 @@ TEST(EngineModelTest, RandomOperationsMatchStdMap) {
   ASSERT_TRUE(rep.ok) << rep.ToString();
 }
 
+// Keys of bytes at the ends of the range (0x00, 0xff, 0x7f/0x80) that share prefixes of 0 to 13
+// bytes and differ in tails of any length, so the comparison meets every split of a key into
+// eight-byte words and a shorter tail, and branch pages hold cut-short separators.
+TEST(EngineModelTest, KeysDifferingAnywhereSortAndLookUpLikeStdMap) {
+  uint64_t seed = testing::TestSeed("key order test");
+  std::mt19937_64 rng(seed);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const char alphabet[] = {'\x00', '\x01', 'a', 'b', '\x7f', '\x80', '\xfe', '\xff'};
+  const std::string prefixes[] = {"", "pref0", "prefix-8", "prefix-13-by!", "prefix-8\xff"};
+  auto rand_key = [&] {
+    std::string k = prefixes[rng() % 5];
+    for (size_t n = rng() % 13; n > 0; --n) k += alphabet[rng() % 8];
+    return k.empty() ? std::string(1, alphabet[rng() % 8]) : k;
+  };
+  testing::TempDir dir;
+  Options opts;
+  opts.sync = false;
+  auto db = std::move(Db::Open(dir.File("db"), opts)).value();
+  std::map<std::string, std::string> want;
+  for (int batch = 0; batch < 30; ++batch) {
+    auto w = std::move(db->BeginWrite()).value();
+    for (int i = 0; i < 1000; ++i) {
+      std::string k = rand_key(), v = std::to_string(rng() % 1000000);
+      ASSERT_TRUE(w->Put(k, v).ok());
+      ASSERT_TRUE(w->Put("named", k, v).ok());
+      want[k] = v;
+    }
+    ASSERT_TRUE(w->Commit().ok());
+  }
+  ASSERT_GE(db->GetStats().value().trees.at(0).depth, 3u)
+      << "too few keys to give the tree branch levels";
+  auto r = std::move(db->BeginRead()).value();
+  auto c = std::move(r->NewCursor()).value();
+  auto it = want.begin();
+  for (Status s = c->First(); c->Valid(); s = c->Next(), ++it) {
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_NE(it, want.end());
+    ASSERT_EQ(c->key(), it->first);
+  }
+  ASSERT_EQ(it, want.end());
+  std::string got;
+  for (const auto& [k, v] : want) {
+    ASSERT_TRUE(db->Get(k, &got).ok()) << ::testing::PrintToString(k);
+    ASSERT_EQ(got, v);
+    ASSERT_TRUE(db->Get("named", k, &got).ok()) << ::testing::PrintToString(k);
+    ASSERT_EQ(got, v);
+  }
+  for (int i = 0; i < 20000; ++i) {
+    std::string k = rand_key();
+    auto lb = want.lower_bound(k);
+    ASSERT_TRUE(c->Seek(k).ok());
+    if (lb == want.end()) {
+      ASSERT_FALSE(c->Valid()) << ::testing::PrintToString(k);
+    } else {
+      ASSERT_TRUE(c->Valid()) << ::testing::PrintToString(k);
+      ASSERT_EQ(c->key(), lb->first) << ::testing::PrintToString(k);
+    }
+    Status g = db->Get(k, &got);
+    ASSERT_EQ(g.ok(), want.count(k) == 1) << ::testing::PrintToString(k) << ": " << g.ToString();
+    if (!g.ok()) {
+      ASSERT_TRUE(g.IsNotFound()) << g.ToString();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::engine
