@@ -380,6 +380,10 @@ void Db::Impl::Publish(const Meta& m) {
   uint64_t words[kMetaWords];
   std::memcpy(words, &m, sizeof m);
   RingEntry& e = ring[m.txnid % kRing];
+  // Orders the publication of the previous txn (current_txn) before this entry's stores: a reader
+  // that read entry m.txnid - kRing and then sees current_txn below m.txnid - 1 (PinNewest) must
+  // not have read any of these stores.
+  std::atomic_thread_fence(std::memory_order_release);
   for (size_t i = 0; i < kMetaWords; ++i) e.w[i].store(words[i], std::memory_order_relaxed);
   current_txn.store(m.txnid, std::memory_order_seq_cst);
 }

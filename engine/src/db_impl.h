@@ -248,7 +248,7 @@ struct Db::Impl {
   // Registers a reader; returns its slot and fills `m` with a consistent snapshot.
   Result<size_t> AcquireReader(Meta* m) const;
   // AcquireReader for a lookup in the main tree, which needs only its TreeInfo and the snapshot's
-  // last_page: reads 8 of the meta's 28 words (Db::Get without a tree name).
+  // last_page: reads 9 of the meta's 28 words (Db::Get without a tree name).
   Result<size_t> AcquireMainTree(format::TreeInfo* main, uint64_t* last_page) const;
   // Registers a reader of the older snapshot `m` (protection: a pin restored after a restart).
   Result<size_t> AcquireReaderAt(const Meta& m) const;
