@@ -387,8 +387,13 @@ Status Region::Advise(PageRange range, Advice advice) {
       if (options_.simulate_power_cut) return Status::Ok();
       hint = MADV_DONTNEED;
       break;
+    case Advice::kWillWrite:
+      if (options_.read_only) return Status::Ok();
+      hint = MADV_POPULATE_WRITE;
+      break;
   }
   if (madvise(Page(range.first), range.count << page_shift_, hint) != 0) {
+    if (advice == Advice::kWillWrite && errno == EINVAL) return Status::Ok();  // before Linux 5.14
     return ErrnoStatus(errno, "madvise");
   }
   return Status::Ok();

@@ -44,7 +44,9 @@ struct RegionOptions {
   bool simulate_power_cut = false;                // test mode, see SimulatePowerCut()
 };
 
-enum class Advice { kNormal, kSequential, kRandom, kWillNeed, kDontNeed };
+// kWillWrite faults the pages in for writing now (MADV_POPULATE_WRITE), so later stores take no
+// page fault each; a no-op on a read-only region and on kernels before 5.14.
+enum class Advice { kNormal, kSequential, kRandom, kWillNeed, kDontNeed, kWillWrite };
 
 struct PageRange {
   uint64_t first = 0;
