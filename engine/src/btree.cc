@@ -822,8 +822,8 @@ void Finalize(Txn& txn, TreeInfo* tree) {
   tree->root_crc = FinalizePage(txn, tree, tree->root);
 }
 
-// Pages faulted in for writing ahead of the file's last page (AllocPages).
-constexpr uint64_t kPrefaultPages = 512;
+// Bytes faulted in for writing ahead of the file's last page (AllocPages).
+constexpr uint64_t kPrefaultBytes = uint64_t{2} << 20;
 
 Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
   Db::Impl* db = txn.db;
@@ -864,6 +864,8 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
   if (p == kInvalidPage) {
     p = txn.meta.last_page;
     uint64_t need = p + n;
+    uint64_t& ahead = db->prefaulted_upto;
+    ahead = std::min(ahead, db->region->page_count());  // the file may have been cut since
     if (db->region->page_count() < need) {
       uint64_t cur = db->region->page_count();
       uint64_t chunk = std::clamp<uint64_t>(cur / 8, 256, 16384);
@@ -877,12 +879,13 @@ Result<uint64_t> AllocPages(Txn& txn, uint64_t n) {
     }
     // The file grows page by page at its end, and the first store to each new page faults; a
     // window ahead is faulted in with one call instead (fillrandom of 1M keys: 37k faults ->
-    // 8k). Only a hint: a failure leaves the faults to the stores.
-    uint64_t& ahead = db->prefaulted_upto;
-    ahead = std::min(ahead, db->region->page_count());
-    if (need > ahead) {
+    // 8k). Only a hint: a failure leaves the faults to the stores. Not while commits flush the
+    // data file (Db::Impl::flushed_lately): each flush would write the window's new pages as
+    // zeros and make their next store fault anyway.
+    if (need > ahead && !db->flushed_lately) {
       const uint64_t from = std::max(p, ahead);
-      const uint64_t to = std::min(db->region->page_count(), need + kPrefaultPages);
+      const uint64_t window = std::max<uint64_t>(kPrefaultBytes / db->page_size, 1);
+      const uint64_t to = std::min(db->region->page_count(), need + window);
       if (to > from) (void)db->region->Advise({from, to - from}, vmem::Advice::kWillWrite);
       ahead = to;
     }

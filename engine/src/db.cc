@@ -356,6 +356,7 @@ Status Db::Impl::TrimToLastPage() {
 }
 
 Status Db::Impl::FlushDurable(uint64_t txnid, uint32_t slot) {
+  flushed_lately = true;
   Status s = region->Flush();
   if (!s.ok()) {
     // Never guess after a durability failure: every later write gets this error.
@@ -801,6 +802,7 @@ Status WriteFreelist(Txn& t, std::vector<uint64_t>* chain_out, std::vector<uint6
 Status CommitTxn(Txn& t, bool sync) {
   Db::Impl* db = t.db;
   TESSERA_RETURN_IF_ERROR(WritableTxn(t));
+  const uint64_t flushes_before = db->flushes.load(std::memory_order_relaxed);
   // 1. Named trees: checksum their new pages, then record them in the catalog.
   for (auto& [name, st] : t.trees) {
     if (!st.dirty) continue;
@@ -876,6 +878,7 @@ Status CommitTxn(Txn& t, bool sync) {
   db->meta_slot = slot;
   db->Publish(m);
   db->commits.fetch_add(1, std::memory_order_relaxed);
+  db->flushed_lately = db->flushes.load(std::memory_order_relaxed) != flushes_before;
   t.finished = true;
   ++t.mod_count;
   t.lock.unlock();

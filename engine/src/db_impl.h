@@ -70,8 +70,12 @@ struct Db::Impl {
   // Pages whose checksum has been verified (or that this process wrote) since open.
   std::unique_ptr<std::atomic<uint64_t>[]> verified;
   uint64_t verified_pages = 0;
-  // The file's pages below this were faulted in for writing ahead of use (writer only; a hint).
+  // The file's pages below this were faulted in for writing ahead of use (btree::AllocPages;
+  // writer only; a hint). flushed_lately: the last commit flushed the data file, or FlushDurable
+  // ran since; a flush writes the faulted-in pages (zeros) and write-protects them again, so
+  // while the data file is flushed at commits no window is faulted in.
   uint64_t prefaulted_upto = 0;
+  bool flushed_lately = false;
   // First pages of version 3 overflow runs whose checksum this process verified (or that it
   // wrote), apart from `verified`: such a run has no header, so a page verified as anything
   // else must not pass for one. Cleared when a page is allocated; never used read-only.

@@ -393,7 +393,8 @@ Status Region::Advise(PageRange range, Advice advice) {
       break;
   }
   if (madvise(Page(range.first), range.count << page_shift_, hint) != 0) {
-    if (advice == Advice::kWillWrite && errno == EINVAL) return Status::Ok();  // before Linux 5.14
+    // EINVAL: before Linux 5.14, or pages made read-only (Protect); a hint either way.
+    if (advice == Advice::kWillWrite && errno == EINVAL) return Status::Ok();
     return ErrnoStatus(errno, "madvise");
   }
   return Status::Ok();

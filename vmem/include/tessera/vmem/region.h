@@ -45,7 +45,8 @@ struct RegionOptions {
 };
 
 // kWillWrite faults the pages in for writing now (MADV_POPULATE_WRITE), so later stores take no
-// page fault each; a no-op on a read-only region and on kernels before 5.14.
+// page fault each (until a flush write-protects them again); a no-op on a read-only region, and
+// Ok without effect where madvise says EINVAL (kernels before 5.14, pages Protect made read-only).
 enum class Advice { kNormal, kSequential, kRandom, kWillNeed, kDontNeed, kWillWrite };
 
 struct PageRange {
