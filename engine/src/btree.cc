@@ -687,6 +687,7 @@ Status Get(const Db::Impl& db, uint64_t last_page, const TreeInfo& tree, std::st
       bool found;
       unsigned idx = LeafLowerBound(v, key, &found, /*cold=*/true);
       if (!found) return Status::NotFound("key not found");
+      // CellValue by hand, as the cursor does: its Result cost a lookup 54 instructions.
       const LeafCell lc{v.cell(idx)};
       const uint8_t* bytes = lc.val();
       if (lc.overflow()) {
