@@ -3,6 +3,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +25,8 @@ struct Proc {
   void Start(const std::vector<std::string>& argv, const std::string& log) {
     pid = fork();
     if (pid == 0) {
+      // Gone with the bench, however it ends (a Die skips the destructors).
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
       FILE* f = std::fopen(log.c_str(), "a");
       if (f) {
         dup2(fileno(f), 1);

@@ -2,16 +2,20 @@
 // loopback (real `tessera` processes), with 1 and 16 concurrent clients, next to a bare Thrift
 // round trip (WorkerService.Ping to an in-process server on the same transport stack): the
 // ceiling. The same echo served by a forked process is measured too ("echo, other process"):
-// every cluster call crosses processes, as a round trip to it does. Prints ops/s, p50 and p99
-// latency, and the ratio to each.
+// every cluster call crosses processes, as a round trip to it does. So is an echo relayed by a
+// third process to that one ("echo, relayed"): the shape of a protected put, which the worker
+// answers only once its parity holder has answered. Prints ops/s, p50 and p99 latency, and the
+// ratio to each.
 //
 //   cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT] [--poll-us N]
+//                 [--manager-poll-us N] [--clients N,N...]
 //
 // The rows run in order (per client count: puts unprotected, puts xor, gets); the gets start
 // once the xor cluster's processes are idle (it has sent the generation those puts started). Then
 // paired rounds, two operations back to back five times, give median ratios: gets and
 // unprotected puts against the in-process echo, and xor puts against unprotected puts.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,6 +78,26 @@ class EchoHandler : public gen::WorkerServiceIf {
   void ReadParity(gen::ParityPages&, const std::string&, int64_t, int32_t) override {}
 };
 
+// An echo that first asks another process's echo, as a protected worker stores a tail entry at
+// its parity holder before it answers: the floor of any put that crosses a second process.
+class RelayHandler : public EchoHandler {
+ public:
+  RelayHandler(tessera::rpc::Endpoint next, std::chrono::microseconds spin)
+      : next_(std::move(next)), spin_(spin) {}
+  void Ping(std::string& r, const std::string& t) override {
+    auto lease = pool_.Get(next_);
+    if (!lease.ok()) throw std::runtime_error(lease.status().ToString());
+    (*lease)->send_Ping(t);
+    if (spin_.count() > 0) tessera::rpc::SpinForReply((*lease)->getInputProtocol().get(), spin_);
+    (*lease)->recv_Ping(r);
+  }
+
+ private:
+  tessera::rpc::Endpoint next_;
+  std::chrono::microseconds spin_;
+  tessera::rpc::ClientPool<gen::WorkerServiceClient> pool_;
+};
+
 using Result = tessera::bench::Rate;
 using tessera::bench::Measure;
 
@@ -86,7 +110,10 @@ int main(int argc, char** argv) {
   size_t value_size = 100;
   int base = 27080;
   std::string only;
-  int poll_us = 100;  // the manager's and workers' default
+  int poll_us = 100;         // the manager's and workers' default
+  int manager_poll_us = -1;  // -1: poll_us
+  std::vector<int> client_counts{1, 16};
+  int workers = 3;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--ops" && i + 1 < argc) {
@@ -99,12 +126,26 @@ int main(int argc, char** argv) {
       only = argv[++i];
     } else if (a == "--poll-us" && i + 1 < argc) {
       poll_us = std::stoi(argv[++i]);
+    } else if (a == "--clients" && i + 1 < argc) {
+      client_counts.clear();
+      for (std::string_view l = argv[++i]; !l.empty();) {
+        size_t comma = std::min(l.find(','), l.size());
+        client_counts.push_back(std::stoi(std::string(l.substr(0, comma))));
+        l.remove_prefix(std::min(comma + 1, l.size()));
+      }
+    } else if (a == "--workers" && i + 1 < argc) {
+      workers = std::stoi(argv[++i]);
+      if (workers < 2) Die("--workers must be at least 2 (xor protection needs two)");
+    } else if (a == "--manager-poll-us" && i + 1 < argc) {
+      manager_poll_us = std::stoi(argv[++i]);
     } else {
       std::printf(
           "usage: cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]\n"
-          "                     [--poll-us N]\n"
-          "  --only TEXT  run only the rows whose name contains TEXT (and the ceiling)\n"
-          "  --poll-us N  the servers' --poll-us, the echoes' included (default 100)\n");
+          "                     [--poll-us N] [--manager-poll-us N] [--clients N,N...]\n"
+          "  --only TEXT          run only the rows whose name contains TEXT (and the echoes)\n"
+          "  --poll-us N          the servers' --poll-us, the echoes' included (default 100)\n"
+          "  --manager-poll-us N  the managers' --poll-us (default: --poll-us)\n"
+          "  --clients N,N...     concurrent clients of each row (default 1,16)\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -115,10 +156,25 @@ int main(int argc, char** argv) {
   pid_t far_pid = fork();
   if (far_pid < 0) Die("fork");
   if (far_pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // gone with the bench, however it ends
     auto far = tessera::rpc::Server::Start(
         far_ep, std::make_shared<gen::WorkerServiceProcessor>(std::make_shared<EchoHandler>()),
         tessera::rpc::ServerOptions{std::chrono::microseconds(poll_us)});
     if (!far.ok()) _exit(1);
+    for (;;) pause();
+  }
+  // The relay, in a third process, in front of that echo.
+  auto relay_ep = tessera::rpc::Endpoint{"127.0.0.1", base + 6};
+  pid_t relay_pid = fork();
+  if (relay_pid < 0) Die("fork");
+  if (relay_pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto relay = tessera::rpc::Server::Start(
+        relay_ep,
+        std::make_shared<gen::WorkerServiceProcessor>(
+            std::make_shared<RelayHandler>(far_ep, std::chrono::microseconds(poll_us))),
+        tessera::rpc::ServerOptions{std::chrono::microseconds(poll_us)});
+    if (!relay.ok()) _exit(1);
     for (;;) pause();
   }
   char tmpl[] = "/tmp/cluster_bench-XXXXXX";
@@ -140,10 +196,11 @@ int main(int argc, char** argv) {
     (*lease)->Ping(r, "");
   };
 
-  tessera::rpc::ClientPool<gen::WorkerServiceClient> far_pool;
-  auto far_op = [&](int, uint64_t) {
-    for (int attempt = 0;; ++attempt) {  // the child may still be binding its port
-      auto lease = far_pool.Get(far_ep);
+  // A Ping to a forked echo, which may still be binding its port.
+  auto ping_child = [](tessera::rpc::ClientPool<gen::WorkerServiceClient>& pool,
+                       const tessera::rpc::Endpoint& ep) {
+    for (int attempt = 0;; ++attempt) {
+      auto lease = pool.Get(ep);
       if (lease.ok()) {
         std::string r;
         (*lease)->Ping(r, "");
@@ -153,6 +210,9 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   };
+  tessera::rpc::ClientPool<gen::WorkerServiceClient> far_pool, relay_pool;
+  auto far_op = [&](int, uint64_t) { ping_child(far_pool, far_ep); };
+  auto relay_op = [&](int, uint64_t) { ping_child(relay_pool, relay_ep); };
 
   // The same echo on TNonblockingServer (libevent, 2 I/O threads + a 4-thread worker pool), to
   // compare the two server models on this machine.
@@ -188,10 +248,11 @@ int main(int argc, char** argv) {
     std::string mgr = "127.0.0.1:" + std::to_string(port0);
     std::string sub = dir + "/" + protection;
     c.m = std::make_unique<Proc>();
-    c.m->Start({"tessera", "manager", "--listen", mgr, "--data", sub + "/m", "--workers", "3",
-                "--protection", protection, "--poll-us", std::to_string(poll_us)},
+    c.m->Start({"tessera", "manager", "--listen", mgr, "--data", sub + "/m", "--workers",
+                std::to_string(workers), "--protection", protection, "--poll-us",
+                std::to_string(manager_poll_us < 0 ? poll_us : manager_poll_us)},
                sub + "-m.log");
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < workers; ++i) {
       c.ws.push_back(std::make_unique<Proc>());
       c.ws.back()->Start({"tessera", "worker", "--listen",
                           "127.0.0.1:" + std::to_string(port0 + 1 + i), "--manager", mgr, "--data",
@@ -201,7 +262,9 @@ int main(int argc, char** argv) {
     tessera::orchestrator::ClientOptions co;
     co.manager = mgr;
     c.client = std::move(Client::Connect(co)).value();
-    (void)tessera::bench::WaitFormed(*c.client, std::chrono::seconds(10));
+    if (!tessera::bench::WaitFormed(*c.client, std::chrono::seconds(10))) {
+      Die("the " + protection + " cluster did not form in 10 s (see " + sub + "-m.log)");
+    }
     // Warm up: every worker learned its shards and every connection exists.
     for (int i = 0; i < 2000; ++i) {
       if (!c.client->Put("warm" + std::to_string(i), "x", false).ok()) Die("warm-up put failed");
@@ -243,13 +306,15 @@ int main(int argc, char** argv) {
     }
   }
   auto row = [&](const std::string& name, int threads, const auto& op) {
-    const bool ceiling = name.rfind("thrift", 0) == 0 || name.rfind("echo, other", 0) == 0;
+    const bool ceiling = name.rfind("thrift", 0) == 0 || name.rfind("echo, other", 0) == 0 ||
+                         name.rfind("echo, relayed", 0) == 0;
     if (!ceiling && name.find(only) == std::string::npos) return;
     rows.push_back({name, threads, Measure(threads, ops, op)});
   };
-  for (int threads : {1, 16}) {
+  for (int threads : client_counts) {
     row("thrift echo (ceiling)", threads, echo_op);
     row("echo, other process", threads, far_op);
+    row("echo, relayed", threads, relay_op);
     row("echo, nonblocking srv", threads, nb_op);
     row("put nosync, unprotected", threads, bare_put_op);
     row("put nosync, xor", threads, put_op);
@@ -267,9 +332,9 @@ int main(int argc, char** argv) {
     row("get", threads, get_op);
   }
   std::printf(
-      "cluster_bench: %llu ops per row, %zu-byte values, 3 workers on loopback "
+      "cluster_bench: %llu ops per row, %zu-byte values, %d workers on loopback "
       "(gets and xor puts on the xor-protected cluster)\n",
-      static_cast<unsigned long long>(ops), value_size);
+      static_cast<unsigned long long>(ops), value_size, workers);
   std::printf("%-24s %8s %12s %10s %10s %12s %12s\n", "operation", "clients", "ops/s", "p50 us",
               "p99 us", "vs ceiling", "vs other-pr");
   for (const auto& row : rows) {
@@ -283,7 +348,7 @@ int main(int argc, char** argv) {
                 row.r.ops_per_sec, row.r.p50_us, row.r.p99_us, row.r.ops_per_sec / ceiling,
                 row.r.ops_per_sec / far);
   }
-  for (int threads : {1, 16}) {
+  for (int threads : client_counts) {
     double p = 0, u = 0, pp99 = 0, up99 = 0;
     for (const auto& row : rows) {
       if (row.threads != threads) continue;
@@ -320,14 +385,14 @@ int main(int argc, char** argv) {
   };
   auto wanted = [&](const char* name) { return std::string(name).find(only) != std::string::npos; };
   // The targets against the ceiling: gets >= 0.7x, nosync puts >= 0.5x.
-  for (int threads : {1, 16}) {
+  for (int threads : client_counts) {
     if (wanted("get")) paired("get / thrift echo", threads, get_op, echo_op);
     if (wanted("put nosync, unprotected")) {
       paired("unprotected put / thrift echo", threads, bare_put_op, echo_op);
     }
   }
   if (wanted("put nosync, xor") && wanted("put nosync, unprotected")) {
-    for (int threads : {1, 16}) {
+    for (int threads : client_counts) {
       // The generation advance of the rows before (tens of thousands of puts) is not this
       // comparison's: the rounds start once the xor cluster is quiet. Each round's own advances
       // do count, as they run beside the next round (of either kind: the order alternates).
@@ -336,14 +401,18 @@ int main(int argc, char** argv) {
       for (const auto& w : prot.ws) pids.push_back(w->pid);
       tessera::bench::WaitQuiet(pids, std::chrono::seconds(3), std::chrono::seconds(60));
       paired("protected / unprotected puts", threads, put_op, bare_put_op);
+      // What the second process costs any put that crosses one (no cluster, no engine).
+      paired("relayed echo / echo, other process", threads, relay_op, far_op);
     }
   }
   (void)prot.client->Shutdown(true);
   (void)bare.client->Shutdown(true);
   nb->stop();
   nb_thread.join();
-  kill(far_pid, SIGKILL);
-  waitpid(far_pid, nullptr, 0);
+  for (pid_t pid : {far_pid, relay_pid}) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   return 0;
