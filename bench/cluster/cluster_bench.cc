@@ -8,7 +8,7 @@
 // ratio to each.
 //
 //   cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT] [--poll-us N]
-//                 [--manager-poll-us N] [--clients N,N...]
+//                 [--manager-poll-us N] [--clients N,N...] [--workers N]
 //
 // The rows run in order (per client count: puts unprotected, puts xor, gets); the gets start
 // once the xor cluster's processes are idle (it has sent the generation those puts started). Then
@@ -87,9 +87,14 @@ class RelayHandler : public EchoHandler {
   void Ping(std::string& r, const std::string& t) override {
     auto lease = pool_.Get(next_);
     if (!lease.ok()) throw std::runtime_error(lease.status().ToString());
-    (*lease)->send_Ping(t);
-    if (spin_.count() > 0) tessera::rpc::SpinForReply((*lease)->getInputProtocol().get(), spin_);
-    (*lease)->recv_Ping(r);
+    try {
+      (*lease)->send_Ping(t);
+      if (spin_.count() > 0) tessera::rpc::SpinForReply((*lease)->getInputProtocol().get(), spin_);
+      (*lease)->recv_Ping(r);
+    } catch (...) {
+      lease->Broken();  // not back into the pool
+      throw;
+    }
   }
 
  private:
@@ -116,37 +121,44 @@ int main(int argc, char** argv) {
   int workers = 3;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--ops" && i + 1 < argc) {
-      ops = std::stoull(argv[++i]);
-    } else if (a == "--value-size" && i + 1 < argc) {
-      value_size = std::stoul(argv[++i]);
-    } else if (a == "--base-port" && i + 1 < argc) {
-      base = std::stoi(argv[++i]);
-    } else if (a == "--only" && i + 1 < argc) {
-      only = argv[++i];
-    } else if (a == "--poll-us" && i + 1 < argc) {
-      poll_us = std::stoi(argv[++i]);
-    } else if (a == "--clients" && i + 1 < argc) {
-      client_counts.clear();
-      for (std::string_view l = argv[++i]; !l.empty();) {
-        size_t comma = std::min(l.find(','), l.size());
-        client_counts.push_back(std::stoi(std::string(l.substr(0, comma))));
-        l.remove_prefix(std::min(comma + 1, l.size()));
+    try {
+      if (a == "--ops" && i + 1 < argc) {
+        ops = std::stoull(argv[++i]);
+      } else if (a == "--value-size" && i + 1 < argc) {
+        value_size = std::stoul(argv[++i]);
+      } else if (a == "--base-port" && i + 1 < argc) {
+        base = std::stoi(argv[++i]);
+      } else if (a == "--only" && i + 1 < argc) {
+        only = argv[++i];
+      } else if (a == "--poll-us" && i + 1 < argc) {
+        poll_us = std::stoi(argv[++i]);
+      } else if (a == "--clients" && i + 1 < argc) {
+        client_counts.clear();
+        for (std::string_view l = argv[++i]; !l.empty();) {
+          size_t comma = std::min(l.find(','), l.size());
+          client_counts.push_back(std::stoi(std::string(l.substr(0, comma))));
+          if (client_counts.back() < 1) Die("--clients: each count must be at least 1");
+          l.remove_prefix(std::min(comma + 1, l.size()));
+        }
+      } else if (a == "--workers" && i + 1 < argc) {
+        workers = std::stoi(argv[++i]);
+        if (workers < 2) Die("--workers must be at least 2 (xor protection needs two)");
+      } else if (a == "--manager-poll-us" && i + 1 < argc) {
+        manager_poll_us = std::stoi(argv[++i]);
+      } else {
+        std::printf(
+            "usage: cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]\n"
+            "                     [--poll-us N] [--manager-poll-us N] [--clients N,N...]\n"
+            "                     [--workers N]\n"
+            "  --only TEXT          run only the rows whose name contains TEXT (and the echoes)\n"
+            "  --poll-us N          the servers' --poll-us, the echoes' included (default 100)\n"
+            "  --manager-poll-us N  the managers' --poll-us (default: --poll-us)\n"
+            "  --clients N,N...     concurrent clients of each row (default 1,16)\n"
+            "  --workers N          workers in each cluster (default 3, at least 2)\n");
+        return a == "--help" ? 0 : 2;
       }
-    } else if (a == "--workers" && i + 1 < argc) {
-      workers = std::stoi(argv[++i]);
-      if (workers < 2) Die("--workers must be at least 2 (xor protection needs two)");
-    } else if (a == "--manager-poll-us" && i + 1 < argc) {
-      manager_poll_us = std::stoi(argv[++i]);
-    } else {
-      std::printf(
-          "usage: cluster_bench [--ops N] [--value-size B] [--base-port P] [--only TEXT]\n"
-          "                     [--poll-us N] [--manager-poll-us N] [--clients N,N...]\n"
-          "  --only TEXT          run only the rows whose name contains TEXT (and the echoes)\n"
-          "  --poll-us N          the servers' --poll-us, the echoes' included (default 100)\n"
-          "  --manager-poll-us N  the managers' --poll-us (default: --poll-us)\n"
-          "  --clients N,N...     concurrent clients of each row (default 1,16)\n");
-      return a == "--help" ? 0 : 2;
+    } catch (const std::logic_error&) {  // std::stoi and friends
+      Die("bad value for " + a + ": " + (i < argc ? argv[i] : ""));
     }
   }
   signal(SIGPIPE, SIG_IGN);
