@@ -287,6 +287,12 @@ const std::string& LoseAnswerValue() {
   static const std::string v = FailpointArg("lose_answer_value");
   return v;
 }
+// Test failpoint TESSERA_FAILPOINT=slow_answer_value:V: an append carrying a put of value V is
+// stored, and answered a second later (with the generation it read before that second).
+const std::string& SlowAnswerValue() {
+  static const std::string v = FailpointArg("slow_answer_value");
+  return v;
+}
 bool CarriesValue(const std::vector<gen::TailEntry>& entries, const std::string& value) {
   for (const auto& e : entries) {
     auto ops = DecodeOps(e.batch);
@@ -320,6 +326,9 @@ int64_t ParityHolder::AppendTail(int slot, int64_t epoch,
   if (sync) mdb_env_sync(env_, 1);
   if (!LoseAnswerValue().empty() && CarriesValue(entries, LoseAnswerValue())) {
     throw std::runtime_error("failpoint lose_answer_value: stored, answer lost");
+  }
+  if (!SlowAnswerValue().empty() && CarriesValue(entries, SlowAnswerValue())) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   return r.gen;
 }

@@ -520,10 +520,10 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
     const Status& st = reqs[j].status;
     if (st.ok()) {
       std::lock_guard<std::mutex> l(mu_);
-      if (j < holders_.size() && reqs[j].recorded < holders_[j].gen) {
+      if (j < holders_.size() && reqs[j].recorded < reqs[j].known) {
         // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
         spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
-                     o_.node_id, j, reqs[j].recorded, holders_[j].gen);
+                     o_.node_id, j, reqs[j].recorded, reqs[j].known);
         holders_[j].gen = -1;
       }
     } else {
@@ -612,6 +612,13 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       overlap = false;
     }
     int64_t recorded = 0;
+    // Read before sending: an advance may move the holder on while the answer is on its way,
+    // and the answer then names the generation before, which is no loss of data.
+    int64_t known = -1;
+    {
+      std::lock_guard<std::mutex> ml(mu_);
+      if (b->index < holders_.size()) known = holders_[b->index].gen;
+    }
     Status st, local;
     bool commit_tried = false;
     bool no_answer = false;
@@ -769,6 +776,7 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       q->status = st;
       q->no_answer = no_answer;
       q->recorded = recorded;
+      q->known = known;
       q->done = true;
       if (q != r) wakes.Add(&q->waiting, q->waiter);
     }

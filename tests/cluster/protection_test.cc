@@ -494,6 +494,47 @@ TEST(ProtectionTest, AWriteWhoseAnswerWasLostIsNotRevivedTwoHolders) {
   LostAnswerIsNotRevived("rs:2+2", 2);
 }
 
+// An advance moves the holder's generation on while a tail append's answer is on its way: that
+// answer names the generation before, which is not a holder that went back in time (one that
+// lost its data), so the worker neither warns nor re-protects to it.
+TEST(ProtectionTest, AnAdvanceDuringATailAppendIsNotTakenForAHolderThatLostItsData) {
+  PCluster c("rs:2+1", 2, 1);
+  c.StartManager();
+  c.StartNode(0);
+  c.StartNode(1);
+  // The holder answers an append carrying SLOW a second after storing it.
+  c.StartNode(2, {"TESSERA_FAILPOINT=slow_answer_value:SLOW"});
+  ASSERT_TRUE(c.WaitServing()) << c.Logs();
+  auto client = c.NewClient();
+  auto map = client->GetShardMap(true);
+  ASSERT_TRUE(map.ok());
+  const std::string owner = map->shards[ShardOf("k", map->num_shards)].owner;
+  const size_t w = owner == c.NodeId(0) ? 0 : 1;
+  ASSERT_EQ(owner, c.NodeId(w));
+  auto advances = [&] {
+    const std::string logs = c.NodeLogs(w);
+    size_t n = 0;
+    for (size_t at = logs.find("protected generation"); at != std::string::npos;
+         at = logs.find("protected generation", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  for (int i = 0; i < 3; ++i) {
+    // A write the next advance (200 ms apart) protects, then one whose answer takes a second:
+    // that advance completes while the answer is on its way.
+    ASSERT_TRUE(client->Put("k", "v" + std::to_string(i)).ok());
+    const size_t before = advances();
+    ASSERT_TRUE(client->Put("k", "SLOW").ok());
+    EXPECT_GT(advances(), before) << "no advance ran during the slow answer";
+  }
+  auto v = client->Get("k");
+  ASSERT_TRUE(v.ok() && v->has_value()) << v.status().ToString();
+  EXPECT_EQ(**v, "SLOW");
+  const std::string logs = c.NodeLogs(w);
+  EXPECT_EQ(logs.find("re-protecting"), std::string::npos) << logs;
+}
+
 // The undo of a failed append fails too: the worker keeps serving the old value, refuses writes,
 // and its next start rebuilds from parity rather than trust an engine holding the failed write.
 TEST(ProtectionTest, AFailedUndoRefusesWritesAndTheRestartRebuilds) {
