@@ -520,10 +520,13 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
     const Status& st = reqs[j].status;
     if (st.ok()) {
       std::lock_guard<std::mutex> l(mu_);
-      if (j < holders_.size() && reqs[j].recorded < reqs[j].known) {
+      // (Only while the row names the node it named at the send: a map may have put another
+      // there since, whose answer says nothing about the first.)
+      if (j < holders_.size() && holders_[j].node == reqs[j].known_node &&
+          reqs[j].recorded < reqs[j].known_gen) {
         // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
         spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
-                     o_.node_id, j, reqs[j].recorded, reqs[j].known);
+                     o_.node_id, j, reqs[j].recorded, reqs[j].known_gen);
         holders_[j].gen = -1;
       }
     } else {
@@ -614,10 +617,14 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     int64_t recorded = 0;
     // Read before sending: an advance may move the holder on while the answer is on its way,
     // and the answer then names the generation before, which is no loss of data.
-    int64_t known = -1;
+    int64_t known_gen = -1;
+    std::string known_node;
     {
       std::lock_guard<std::mutex> ml(mu_);
-      if (b->index < holders_.size()) known = holders_[b->index].gen;
+      if (b->index < holders_.size()) {
+        known_gen = holders_[b->index].gen;
+        known_node = holders_[b->index].node;
+      }
     }
     Status st, local;
     bool commit_tried = false;
@@ -776,7 +783,8 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
       q->status = st;
       q->no_answer = no_answer;
       q->recorded = recorded;
-      q->known = known;
+      q->known_gen = known_gen;
+      q->known_node = known_node;
       q->done = true;
       if (q != r) wakes.Add(&q->waiting, q->waiter);
     }

@@ -520,9 +520,14 @@ TEST(ProtectionTest, AnAdvanceDuringATailAppendIsNotTakenForAHolderThatLostItsDa
     }
     return n;
   };
+  ASSERT_TRUE(client->Put("k", "start").ok());  // so that an advance is due: the loop waits for it
   for (int i = 0; i < 3; ++i) {
-    // A write the next advance (200 ms apart) protects, then one whose answer takes a second:
-    // that advance completes while the answer is on its way.
+    // Just after an advance, a write the next one (200 ms later) protects, then one whose answer
+    // takes a second: that advance completes while the answer is on its way.
+    const size_t last = advances();
+    for (int t = 0; t < 200 && advances() == last; ++t) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     ASSERT_TRUE(client->Put("k", "v" + std::to_string(i)).ok());
     const size_t before = advances();
     ASSERT_TRUE(client->Put("k", "SLOW").ok());
