@@ -518,18 +518,7 @@ void Protector::Write(engine::Db* db, const std::vector<gen::Op>& ops, bool sync
   std::string missing;
   for (size_t j = 0; j < m; ++j) {
     const Status& st = reqs[j].status;
-    if (st.ok()) {
-      std::lock_guard<std::mutex> l(mu_);
-      // (Only while the row names the node it named at the send: a map may have put another
-      // there since, whose answer says nothing about the first.)
-      if (j < holders_.size() && holders_[j].node == reqs[j].known_node &&
-          reqs[j].recorded < reqs[j].known_gen) {
-        // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
-        spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
-                     o_.node_id, j, reqs[j].recorded, reqs[j].known_gen);
-        holders_[j].gen = -1;
-      }
-    } else {
+    if (!st.ok()) {
       stale = stale || st.c_code() == -2;
       missing += (missing.empty() ? "" : "; ") + st.message();
     }
@@ -688,6 +677,18 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
         st = Status::Internal(std::string("tail append: ") + ex.what());
       }
     }
+    if (st.ok()) {
+      std::lock_guard<std::mutex> ml(mu_);
+      // (Only while the row names the node it named at the send: a map may have put another
+      // there since, whose answer says nothing about the first.)
+      if (b->index < holders_.size() && holders_[b->index].node == known_node &&
+          recorded < known_gen) {
+        // The holder went back in time: it lost its data (a replaced disk). Re-protect to it.
+        spdlog::warn("{}: parity holder {} records generation {} but had {}: re-protecting",
+                     o_.node_id, b->index, recorded, known_gen);
+        holders_[b->index].gen = -1;
+      }
+    }
     bool any_ready = false;
     if (overlap) {
       if (!commit_tried || !local.ok()) {
@@ -782,9 +783,6 @@ void Protector::DriveTail(engine::Db* db, TailBatcher* b, TailReq* r, int slot,
     for (TailReq* q : group) {
       q->status = st;
       q->no_answer = no_answer;
-      q->recorded = recorded;
-      q->known_gen = known_gen;
-      q->known_node = known_node;
       q->done = true;
       if (q != r) wakes.Add(&q->waiting, q->waiter);
     }

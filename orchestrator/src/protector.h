@@ -133,12 +133,6 @@ class Protector {
     bool done = false;
     Status status;
     bool no_answer = false;  // failed without the holder's answer: it may have stored the entry
-    int64_t recorded = 0;    // the generation the holder records
-    // The holder's node and the generation this worker knew it to record when the append was
-    // sent (-1: not known). An answer naming an older one comes from a holder that went back in
-    // time.
-    int64_t known_gen = -1;
-    std::string known_node;
     std::shared_ptr<Waiter> waiter;
   };
   struct TailBatcher {

@@ -44,7 +44,7 @@ int64_t VersionOf(int i, const std::string& got) {
   return got == StressValue(i, ver) ? static_cast<int64_t>(ver) : -1;
 }
 
-void GetsWhileWriting(Options o, int readers, bool periodic_sync) {
+void GetsWhileWriting(Options o, int readers) {
   testing::TempDir dir;
   auto db = std::move(Db::Open(dir.File("db"), o)).value();
   WriteBatch first;
@@ -70,7 +70,7 @@ void GetsWhileWriting(Options o, int readers, bool periodic_sync) {
       }
       if (Status s = db->Write(b); !s.ok()) return fail("write: " + s.ToString());
       for (auto [i, v] : done) latest[i].store(v, std::memory_order_release);
-      if (periodic_sync && n % 200 == 0) (void)db->Sync();
+      if (n % 200 == 0) (void)db->Sync();  // flushes too, beside the readers
     }
   });
   std::vector<std::thread> ts;
@@ -118,14 +118,14 @@ void GetsWhileWriting(Options o, int readers, bool periodic_sync) {
 TEST(EngineConcurrencyTest, GetsBesideAWriterSeeWholeAndNeverOlderValues) {
   Options o;
   o.sync = false;
-  GetsWhileWriting(o, 6, /*periodic_sync=*/true);
+  GetsWhileWriting(o, 6);
 }
 
 TEST(EngineConcurrencyTest, GetsBesideAWriterWithFewerReaderSlotsThanThreads) {
   Options o;
   o.sync = false;
   o.max_readers = 3;
-  GetsWhileWriting(o, 6, /*periodic_sync=*/true);
+  GetsWhileWriting(o, 6);
 }
 
 }  // namespace
