@@ -295,6 +295,7 @@ struct Config {
   std::vector<std::string> only;
   std::vector<std::string> engines;  // empty: all
   uint64_t sync_ops = 2000;
+  int rounds = 1;
 };
 
 std::vector<std::string> SplitCommas(const std::string& s) {
@@ -313,15 +314,22 @@ bool Wanted(const Config& c, const std::string& w) {
   return c.only.empty() || std::find(c.only.begin(), c.only.end(), w) != c.only.end();
 }
 
-// results[workload][engine] = ops/s (or bytes for size rows)
-std::map<std::string, std::map<std::string, double>> results;
+// results[workload][engine][round] = ops/s (or MiB for size rows)
+std::map<std::string, std::map<std::string, std::vector<double>>> results;
 std::vector<std::string> order;
 
 void Record(const std::string& workload, const std::string& engine, double v) {
   if (results.find(workload) == results.end()) order.push_back(workload);
-  results[workload][engine] = v;
+  results[workload][engine].push_back(v);
   std::printf("  %-22s %-14s %14.0f\n", workload.c_str(), engine.c_str(), v);
   std::fflush(stdout);
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 double Seconds(Clock::time_point a) {
@@ -521,6 +529,14 @@ int main(int argc, char** argv) {
       c.only = SplitCommas(next());
     } else if (a == "--engines") {
       c.engines = SplitCommas(next());
+    } else if (a == "--rounds") {
+      const std::string v = next();
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 1 || n > 100) {
+        Die("--rounds takes a count from 1 to 100, not '" + v + "'");
+      }
+      c.rounds = static_cast<int>(n);
     } else if (a == "--group-commit-spin-us") {
       const unsigned long us = std::stoul(next());
       if (us > 1000000) Die("--group-commit-spin-us is at most 1000000");
@@ -531,10 +547,14 @@ int main(int argc, char** argv) {
           "                      [--dir DIR] [--only fillseq,overwrite,readrandom,readseq,\n"
           "                       readmissing,mixed,sync,deleterandom,big]\n"
           "                      [--engines tessera,lmdb,lmdb-writemap,rocksdb]\n"
-          "                      [--group-commit-spin-us N]\n"
+          "                      [--group-commit-spin-us N] [--rounds N]\n"
           "fillrandom always runs (the later workloads read its keys); --engines runs a\n"
           "subset, and tessera must be among them (every ratio is against it).\n"
-          "--group-commit-spin-us sets Tessera's Options::group_commit_spin_us (default 0).\n");
+          "--group-commit-spin-us sets Tessera's Options::group_commit_spin_us (default 0).\n"
+          "--rounds N runs every engine N times, the engines' order rotating each round,\n"
+          "and prints medians: of each engine's figures, and of the ratios of figures\n"
+          "taken in the same round (with their range). On a machine whose timings vary\n"
+          "by 10-20%% from run to run, one round decides little; the default is 1.\n");
       return 0;
     } else {
       Die("unknown argument " + a + " (see --help)");
@@ -571,9 +591,19 @@ int main(int argc, char** argv) {
       return std::find(c.engines.begin(), c.engines.end(), e->Name()) == c.engines.end();
     });
   }
-  for (auto& e : engines) RunEngine(*e, c);
+  for (int r = 0; r < c.rounds; ++r) {
+    if (c.rounds > 1) std::printf("-- round %d of %d\n", r + 1, c.rounds);
+    // Rotated so that no engine always runs first (on a fresh page cache) or last.
+    for (size_t i = 0; i < engines.size(); ++i) RunEngine(*engines[(i + r) % engines.size()], c);
+  }
   RemoveAll(c.dir);
 
+  if (c.rounds > 1) {
+    std::printf(
+        "\nmedians of %d rounds; each ratio is the median of the %d same-round ratios "
+        "[lowest-highest]\n",
+        c.rounds, c.rounds);
+  }
   std::printf("\n%-26s", "workload (ops/s; size MiB)");
   for (auto& e : engines) std::printf(" %14s", e->Name().c_str());
   for (size_t i = 1; i < engines.size(); ++i)
@@ -582,16 +612,28 @@ int main(int argc, char** argv) {
   for (const auto& w : order) {
     std::printf("%-26s", w.c_str());
     auto& row = results[w];
-    for (auto& e : engines) std::printf(" %14.0f", row[e->Name()]);
-    double mine = row["tessera"];
+    for (auto& e : engines) std::printf(" %14.0f", Median(row[e->Name()]));
+    const std::vector<double>& mine = row["tessera"];
     bool size = w.rfind("size", 0) == 0;
+    std::string spans;
     for (size_t i = 1; i < engines.size(); ++i) {
-      double peer = row[engines[i]->Name()];
-      // For sizes, a ratio above 1 means Tessera is smaller.
-      double ratio = size ? (mine > 0 ? peer / mine : 0) : (peer > 0 ? mine / peer : 0);
-      std::printf(" %15.2fx", ratio);
+      const std::vector<double>& peer = row[engines[i]->Name()];
+      std::vector<double> ratios;
+      for (size_t r = 0; r < std::min(mine.size(), peer.size()); ++r) {
+        // For sizes, a ratio above 1 means Tessera is smaller.
+        ratios.push_back(size ? (mine[r] > 0 ? peer[r] / mine[r] : 0)
+                              : (peer[r] > 0 ? mine[r] / peer[r] : 0));
+      }
+      std::printf(" %15.2fx", Median(ratios));
+      if (ratios.size() > 1) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " [%.2f-%.2f]",
+                      *std::min_element(ratios.begin(), ratios.end()),
+                      *std::max_element(ratios.begin(), ratios.end()));
+        spans += buf;
+      }
     }
-    std::printf("\n");
+    std::printf("%s\n", spans.c_str());
   }
   std::printf(
       "(ratios: Tessera ops/s over the peer's; for size rows, the peer's size over "
