@@ -70,6 +70,18 @@ bool MetaLooksValid(const Meta& m, uint32_t page_size) {
          m.last_page >= kMetaPages;
 }
 
+// The txnid of the newer of the file's metas that look valid, 0 when neither does (read through
+// the mapping: a meta being written meanwhile looks invalid).
+uint64_t NewestValidTxn(const Db::Impl& impl, uint32_t page_size) {
+  uint64_t newest = 0;
+  for (uint32_t s = 0; s < 2; ++s) {
+    Meta m;
+    std::memcpy(&m, impl.Page(s), sizeof m);
+    if (MetaLooksValid(m, page_size)) newest = std::max(newest, m.txnid);
+  }
+  return newest;
+}
+
 Status CheckKey(std::string_view key) {
   if (key.empty() || key.size() > kMaxKeySize) {
     return Status::InvalidArgument("key of " + std::to_string(key.size()) +
@@ -481,6 +493,7 @@ void Db::Impl::LiveSnapshots(std::vector<uint64_t>* out) const {
     }
   }
   if (replay_reader_floor != 0) live.push_back(replay_reader_floor);
+  if (shared_readers) shared_readers->AppendLive(&live);  // read-only Dbs, any process
   std::sort(live.begin(), live.end());
 }
 
@@ -1016,6 +1029,43 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   impl->readers.reset(new ReaderSlot[options.max_readers]());
   impl->ring.reset(new Impl::RingEntry[Impl::kRing]());
 
+  // The reader table. A read-only Db pins the newest snapshot in it before reading anything of
+  // that snapshot, and re-reads the metas to be sure no commit came between (see
+  // shared_readers.h); a writer finds the snapshots pinned there before it reuses any page.
+  uint64_t pinned = 0;
+  uint64_t oldest_pinned = 0;  // writer: the oldest snapshot read-only Dbs pin now
+  {
+    auto sr = SharedReaders::Open(path);
+    if (!sr.ok()) {
+      impl->AddRecoveryNote(
+          std::string(options.read_only ? "this read-only Db is" : "read-only Dbs are") +
+          " not registered with the writer (" + sr.status().message() +
+          "): a live writer may reuse the pages of a read-only Db's snapshot, which then reads "
+          "them as Corruption");
+    } else if (options.read_only && impl->region->page_count() >= kMetaPages) {
+      TESSERA_RETURN_IF_ERROR((*sr)->Claim());
+      impl->shared_readers = std::move(sr).value();
+      for (int attempt = 0;; ++attempt) {
+        if (attempt == 10000) {
+          return Status::Busy("'" + path + "': its writer committed between every one of " +
+                              std::to_string(attempt) + " tries to pin its newest snapshot");
+        }
+        const uint64_t newest = NewestValidTxn(*impl, ps);
+        impl->shared_readers->Publish(newest);
+        if (NewestValidTxn(*impl, ps) == newest) {
+          pinned = newest;
+          break;
+        }
+        std::this_thread::yield();
+      }
+    } else if (!options.read_only) {
+      impl->shared_readers = std::move(sr).value();
+      std::vector<uint64_t> live;
+      impl->shared_readers->AppendLive(&live, /*check_owners=*/true);
+      if (!live.empty()) oldest_pinned = *std::min_element(live.begin(), live.end());
+    }
+  }
+
   Meta chosen;
   uint32_t chosen_slot = 0;
   const std::string log_path = CommitLog::PathFor(path);
@@ -1073,8 +1123,8 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
       return Status::Corruption("'" + path + "' has no usable meta page:" + problems);
     }
     if (!problems.empty() && chosen.txnid < std::max(m[0].txnid, m[1].txnid)) {
-      impl->recovery_note =
-          "newer commit rejected, opened txn " + std::to_string(chosen.txnid) + ":" + problems;
+      impl->AddRecoveryNote("newer commit rejected, opened txn " + std::to_string(chosen.txnid) +
+                            ":" + problems);
     }
     // Load the freelist: after open every free page is reusable (no reader, and the chosen meta
     // is made durable below before anything is overwritten).
@@ -1085,8 +1135,14 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
       return Status::Corruption("freelist holds " + std::to_string(free.size()) +
                                 " pages but the meta records " + std::to_string(chosen.free_pages));
     }
+    // Pages freed after the oldest snapshot a read-only Db pins wait like those of a pinned
+    // protection snapshot.
+    uint64_t keep_after = options.retain_freed_after;
+    if (oldest_pinned != 0) {
+      keep_after = keep_after == 0 ? oldest_pinned : std::min(keep_after, oldest_pinned);
+    }
     for (const auto& f : free) {
-      if (options.retain_freed_after != 0 && f.second > options.retain_freed_after) {
+      if (keep_after != 0 && f.second > keep_after) {
         // Still part of a snapshot the caller will pin again (protection): not reusable until
         // no reader needs it, as if that reader had never gone away.
         impl->pending[f.second].pages.push_back(f.first);  // wmin 0: any older snapshot
@@ -1142,6 +1198,8 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     }
   }
   if (options.read_only) {
+    // Open fell back to an older meta than the one pinned (a torn newer one): pin that instead.
+    if (impl->shared_readers && chosen.txnid != pinned) impl->shared_readers->Publish(chosen.txnid);
     if (!replay.empty()) {
       impl->AddRecoveryNote(std::to_string(replay.size()) + " commits in " + log_path +
                             " after txn " + std::to_string(chosen.txnid) +

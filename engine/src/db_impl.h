@@ -35,6 +35,7 @@
 #include "commit_log.h"
 #include "format.h"
 #include "page_set.h"
+#include "shared_readers.h"
 #include "tessera/engine/db.h"
 #include "tessera/vmem/region.h"
 
@@ -61,6 +62,10 @@ struct Db::Impl {
   std::string path;
   Options opts;
   std::unique_ptr<vmem::Region> region;
+  // The file's reader table (shared_readers.h): a read-only Db's slot pins its snapshot; the
+  // writer counts every pinned snapshot as live. Null when it could not be opened (then a
+  // read-only Db is not protected from page reuse, and says so in its recovery note).
+  std::unique_ptr<SharedReaders> shared_readers;
   uint32_t page_size = 0;
   // The file's format version allows a branch or leaf checksum to skip the page's gap.
   bool crc_skips_gap = false;

@@ -36,7 +36,9 @@ inline constexpr size_t kMaxTreeNameSize = 255;
 struct Options {
   uint32_t page_size = 4096;  // power of two, 4096..65536; fixed when the file is created
   bool create_if_missing = true;
-  bool read_only = false;  // no writes; no lock taken, so a live Db can be inspected
+  // No writes and no lock taken, so a live Db can be inspected: the snapshot at open, pinned in
+  // `<path>-readers` so that the writer reuses none of its pages while this Db is open.
+  bool read_only = false;
   uint64_t reserve_bytes = uint64_t{64} << 30;  // address space reserved: the file's size limit
   bool sync = true;          // default WriteOptions::sync for the Db-level Put/Delete/Write
   size_t max_readers = 126;  // concurrent read transactions

@@ -29,11 +29,16 @@ typedef struct tessera_txn tessera_txn;
 typedef struct tessera_cursor tessera_cursor;
 
 /* Opens or creates the database file `path` (a lock is held on the file itself while open for
- * writing; sync commits may keep a commit log `<path>-log` beside it). `options` is NULL or
+ * writing; sync commits may keep a commit log `<path>-log` beside it, and `<path>-readers`
+ * beside it holds the snapshots of read-only handles). `options` is NULL or
  * "key=value;key=value" with keys:
  *   page_size=N    power of two 4096..65536, used when the file is created (default 4096)
  *   sync=0|1       whether commits flush before returning (default 1)
- *   read_only=0|1  open without writing or locking (default 0)
+ *   read_only=0|1  open without writing the file or locking it (default 0); the handle keeps
+ *                  the newest commit at open as its snapshot and registers it in
+ *                  `<path>-readers`, so a live writer reuses none of its pages while it is
+ *                  open (where that file cannot be opened, the handle still opens, says so,
+ *                  and reading a page the writer reused is TESSERA_CORRUPTION)
  *   create=0|1     create the file if missing (default 1)
  *   max_readers=N  concurrent read transactions (default 126)
  *   map_size=N     bytes of address space reserved; the file's size limit (default 64 GiB)
