@@ -1455,6 +1455,12 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   if (!hep.ok()) result = hep.status();
   if (!options.http.empty() && hep.ok()) {
     http = std::make_unique<httplib::Server>();
+    // SO_REUSEADDR only: the library's default also sets SO_REUSEPORT, which let a second
+    // manager bind the same status port and share its requests with the first.
+    http->set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     http->Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("ok\n", "text/plain");
     });
@@ -1465,7 +1471,8 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
                 res.set_content(StatusJson(s) + "\n", "application/json");
               });
     if (!http->bind_to_port(hep->host.c_str(), hep->port)) {
-      result = Status::Unavailable("cannot listen for HTTP on " + options.http);
+      result = Status::Unavailable("cannot listen for HTTP on " + options.http +
+                                   " (is another process serving that port?)");
       http.reset();
     } else {
       http_thread = std::thread([&http] { http->listen_after_bind(); });

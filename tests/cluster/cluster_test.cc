@@ -427,6 +427,30 @@ TEST(ClusterTest, RestartedManagerKeepsItsShardMap) {
   EXPECT_EQ(**c.NewClient()->Get("m"), "1");
 }
 
+// The status port is the manager's alone: a second manager asked to serve HTTP on it refuses to
+// start (it used to bind it too, through SO_REUSEPORT, and answer half of the requests).
+TEST(ClusterTest, ASecondManagerCannotTakeTheFirstOnesStatusPort) {
+  TempDir d;
+  const int http = FreePort();
+  const std::string http_addr = Addr(http);
+  Process first({TESSERA_BIN, "manager", "--listen", Addr(FreePort()), "--data", d.File("m1"),
+                 "--http", http_addr},
+                d.File("m1.log"));
+  bool up = false;
+  for (int i = 0; i < 100 && !up; ++i) {
+    up = testing::ReadFile(d.File("m1.log")).find("HTTP status on") != std::string::npos;
+    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(up) << testing::ReadFile(d.File("m1.log"));
+  Process second({TESSERA_BIN, "manager", "--listen", Addr(FreePort()), "--data", d.File("m2"),
+                  "--http", http_addr},
+                 d.File("m2.log"));
+  EXPECT_NE(second.Wait(std::chrono::seconds(10)), 0) << "the second manager kept running";
+  EXPECT_NE(testing::ReadFile(d.File("m2.log")).find("cannot listen for HTTP on " + http_addr),
+            std::string::npos)
+      << testing::ReadFile(d.File("m2.log"));
+}
+
 TEST(ClusterTest, UnreachableWorkerIsReportedByName) {
   Cluster c;
   c.Start();

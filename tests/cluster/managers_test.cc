@@ -470,8 +470,11 @@ TEST(ManagersTest, AFollowerBehindTheCompactedLogCatchesUpFromASnapshot) {
       << "the lagging manager did not install a snapshot";
 }
 
+// Also: given a directory that already holds a file, the demo removes only what it made there.
 TEST(ManagersTest, DemoWithThreeManagersPassesEveryStep) {
   TempDir d;
+  ASSERT_TRUE(std::filesystem::create_directory(d.File("demo")));
+  { std::ofstream(d.File("demo/notes.txt")) << "mine\n"; }
   std::vector<std::string> argv = {TESSERA_BIN, "demo", "--managers", "3",
                                    "--keys",    "5000", "--dir",      d.File("demo")};
   for (int i = 0; i < 5; ++i) argv.push_back(std::to_string(FreePort()));
@@ -481,6 +484,12 @@ TEST(ManagersTest, DemoWithThreeManagersPassesEveryStep) {
   EXPECT_NE(r.out.find("[ok] SIGKILL the leader manager during writes"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("demo passed"), std::string::npos) << r.out;
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(d.File("demo"))) {
+    left.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(left, std::vector<std::string>{"notes.txt"});
+  EXPECT_EQ(testing::ReadFile(d.File("demo/notes.txt")), "mine\n");
 }
 
 TEST(ManagersTest, BadPeerListsAreRefusedWithAClearMessage) {

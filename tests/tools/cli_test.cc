@@ -47,6 +47,23 @@ TEST(CliTest, BadFlagExitsTwo) {
   EXPECT_NE(r.err.find("tessera version --help"), std::string::npos) << r.err;
 }
 
+// Counts and ports out of range are usage errors, not a load that never ends (-1 used to wrap to
+// 2^64 - 1 keys) or an abort.
+TEST(CliTest, OutOfRangeCountsAndPortsExitTwo) {
+  for (const char* bad : {"-1", "0", "18446744073709551615", "many"}) {
+    SCOPED_TRACE(bad);
+    auto r = RunCommand({kBin, "load", "--count", bad, "--manager", "127.0.0.1:1"});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.err.find("--count"), std::string::npos) << r.err;
+    r = RunCommand({kBin, "demo", "--keys", bad});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.err.find("--keys"), std::string::npos) << r.err;
+  }
+  auto r = RunCommand({kBin, "demo", "--managers", "3", "47400", "47401", "65535"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("past 65535"), std::string::npos) << r.err;
+}
+
 TEST(CliTest, NoCommandExitsTwoAndShowsUsage) {
   auto r = RunCommand({kBin});
   EXPECT_EQ(r.exit_code, 2);

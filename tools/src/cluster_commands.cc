@@ -432,7 +432,9 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
   };
   auto load = std::make_shared<LoadArgs>();
   auto* loadc = app.add_subcommand("load", "Bulk-load COUNT generated keys (dummy data)");
-  loadc->add_option("--count", load->count, "Keys to write")->capture_default_str();
+  loadc->add_option("--count", load->count, "Keys to write")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
   loadc->add_option("--value-size", load->value_size, "Bytes per value")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 24));

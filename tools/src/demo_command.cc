@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
@@ -36,6 +37,9 @@ struct Child {
     pid = fork();
     if (pid < 0) return false;
     if (pid == 0) {
+      // The cluster goes with the demo: a demo stopped by a signal leaves no process behind.
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() == 1) _exit(127);  // the demo is already gone
       FILE* f = std::fopen(log.c_str(), "a");
       if (f) {
         dup2(fileno(f), 1);
@@ -90,7 +94,11 @@ class Demo {
   uint64_t keys = 100000;
   int managers = 1;
   std::string dir;
+  // The demo made `dir` (then it removes it after a pass); otherwise it removes only what it
+  // put there, never what the directory held before.
+  bool own_dir = true;
   std::vector<Step> steps;
+  std::vector<Child*> children;  // every manager and worker, for WaitServing
 
   int Run() {
     std::string host = "127.0.0.1";
@@ -104,7 +112,15 @@ class Demo {
                 managers > 1 ? "managers (Raft)" : "manager", manager.c_str(), host.c_str(),
                 ports[0], ports.size() - 2, static_cast<unsigned long long>(keys));
     std::printf("data and logs under %s\n\n", dir.c_str());
-    std::filesystem::create_directories(dir);
+    {
+      std::error_code ec;
+      std::filesystem::create_directories(dir, ec);
+      if (ec) {
+        std::fprintf(stderr, "tessera demo: cannot create %s: %s\n", dir.c_str(),
+                     ec.message().c_str());
+        return kExitFailure;
+      }
+    }
 
     std::vector<std::unique_ptr<Child>> mgrs;
     for (int i = 0; i < managers; ++i) {
@@ -133,6 +149,8 @@ class Demo {
         m->argv.push_back(manager);
       }
       m->log = dir + "/" + name + ".log";
+      created_.push_back(name);
+      created_.push_back(name + ".log");
       mgrs.push_back(std::move(m));
     }
     std::vector<std::unique_ptr<Child>> workers;
@@ -141,9 +159,13 @@ class Demo {
       w->argv = {"tessera",   "worker", "--listen", host + ":" + std::to_string(ports[i]),
                  "--manager", manager,  "--data",   dir + "/worker-" + std::to_string(i - 1)};
       w->log = dir + "/worker-" + std::to_string(i - 1) + ".log";
+      created_.push_back("worker-" + std::to_string(i - 1));
+      created_.push_back("worker-" + std::to_string(i - 1) + ".log");
       workers.push_back(std::move(w));
     }
 
+    for (auto& m : mgrs) children.push_back(m.get());
+    for (auto& w : workers) children.push_back(w.get());
     bool ok = Do(managers > 1 ? "start 3 managers and the workers" : "start manager and workers",
                  [&](std::string* d) {
                    for (auto& m : mgrs) {
@@ -159,8 +181,12 @@ class Demo {
     co.manager = manager;
     co.deadline = std::chrono::milliseconds(15000);
     auto client = std::move(orchestrator::Client::Connect(co)).value();
+    // Status polls that give up fast, so that a manager or worker that exited is noticed.
+    orchestrator::ClientOptions quick_opts = co;
+    quick_opts.deadline = std::chrono::milliseconds(1000);
+    auto quick = std::move(orchestrator::Client::Connect(quick_opts)).value();
     ok = ok && Do("workers register, shard map forms",
-                  [&](std::string* d) { return WaitServing(*client, workers.size(), d); });
+                  [&](std::string* d) { return WaitServing(*quick, workers.size(), d); });
     ok = ok && Do("HTTP GET /health and /status", [&](std::string* d) {
            httplib::Client http(host, ports[0]);
            auto h = http.Get("/health");
@@ -188,7 +214,7 @@ class Demo {
     ok = ok && Do("restart worker 1 on its data", [&](std::string* d) {
            if (!workers[0]->Start()) return false;
            // Serving again once the new incarnation has registered (the map version moves on).
-           return WaitServing(*client, workers.size(), d, version_before_kill);
+           return WaitServing(*quick, workers.size(), d, version_before_kill);
          });
     ok =
         ok && Do("read back every key again", [&](std::string* d) { return CheckAll(*client, d); });
@@ -255,7 +281,11 @@ class Demo {
     }
     if (ok) {
       std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
+      if (own_dir) {
+        std::filesystem::remove_all(dir, ec);
+      } else {
+        for (const auto& name : created_) std::filesystem::remove_all(dir + "/" + name, ec);
+      }
       std::printf("\ndemo passed: every check succeeded\n");
       return kExitOk;
     }
@@ -264,6 +294,23 @@ class Demo {
   }
 
  private:
+  std::vector<std::string> created_;  // names under `dir` the demo made
+
+  // The last non-empty line of a log file ("" when none).
+  static std::string LastLine(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (f == nullptr) return "";
+    std::string last;
+    char buf[1024];
+    while (std::fgets(buf, sizeof buf, f) != nullptr) {
+      std::string line(buf);
+      while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+      if (!line.empty()) last = line;
+    }
+    std::fclose(f);
+    return last;
+  }
+
   // Writers put keys while the leader is SIGKILLed; every acknowledged key must be there after
   // a new leader is elected; the killed manager restarts and rejoins as a follower.
   bool KillLeader(orchestrator::Client& c, std::vector<std::unique_ptr<Child>>& mgrs,
@@ -346,6 +393,13 @@ class Demo {
   bool WaitServing(orchestrator::Client& c, size_t n, std::string* d, int64_t after_version = 0) {
     auto end = Clock::now() + std::chrono::seconds(20);
     while (Clock::now() < end) {
+      for (Child* ch : children) {
+        if (!ch->Running()) {  // e.g. its port was taken: no use waiting for it
+          *d = ch->argv[1] + " " + ch->argv[3] + " exited: " + LastLine(ch->log) + " (log " +
+               ch->log + ")";
+          return false;
+        }
+      }
       auto s = c.GetStatus();
       if (s.ok() && s->map.formed && s->map.state == "serving" && s->map.version > after_version) {
         size_t up = 0;
@@ -494,13 +548,17 @@ void RegisterDemoCommand(CLI::App& app, Context& ctx) {
   demo->add_option("PORTS", *ports,
                    "STATUS MANAGER WORKER... ports (default 8080 8081 8082 8083 8084)")
       ->check(CLI::Range(1, 65535));
-  demo->add_option("--keys", *keys, "Keys to load and check")->capture_default_str();
+  demo->add_option("--keys", *keys, "Keys to load and check")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
   demo->add_option("--managers", *managers,
                    "1, or 3 managers replicated with Raft (the other two on the ports after the "
                    "last worker's); with 3 the leader is SIGKILLed during writes")
       ->capture_default_str()
       ->check(CLI::IsMember({1, 3}));
-  demo->add_option("--dir", *dir, "Directory for data and logs (default: a new temporary one)");
+  demo->add_option("--dir", *dir,
+                   "Directory for data and logs (default: a new temporary one); after a pass the "
+                   "demo removes what it made there, and the directory too if it made it");
   demo->callback([&ctx, ports, keys, dir, managers] {
     ctx.action = [ports, keys, dir, managers] {
       Demo d;
@@ -511,6 +569,13 @@ void RegisterDemoCommand(CLI::App& app, Context& ctx) {
         return kExitUsage;
       }
       d.keys = *keys;
+      if (*managers > 1 && d.ports.back() + *managers - 1 > 65535) {
+        std::fprintf(stderr,
+                     "tessera demo: with --managers %d the other managers take the %d ports after "
+                     "the last worker's (%d), past 65535\n",
+                     *managers, *managers - 1, d.ports.back());
+        return kExitUsage;
+      }
       if (dir->empty()) {
         char tmpl[] = "/tmp/tessera-demo-XXXXXX";
         if (!mkdtemp(tmpl)) {
@@ -520,6 +585,22 @@ void RegisterDemoCommand(CLI::App& app, Context& ctx) {
         d.dir = tmpl;
       } else {
         d.dir = *dir;
+        std::error_code ec;
+        d.own_dir = !std::filesystem::exists(*dir, ec);
+        if (!d.own_dir && !std::filesystem::is_directory(*dir, ec)) {
+          std::fprintf(stderr, "tessera demo: --dir %s exists and is not a directory\n",
+                       dir->c_str());
+          return kExitUsage;
+        }
+        for (const char* taken : {"manager", "manager-1", "worker-1"}) {
+          if (!d.own_dir && std::filesystem::exists(*dir + "/" + taken, ec)) {
+            std::fprintf(stderr,
+                         "tessera demo: --dir %s already holds %s (an earlier demo's data?); give "
+                         "an empty or new directory\n",
+                         dir->c_str(), taken);
+            return kExitUsage;
+          }
+        }
       }
       signal(SIGPIPE, SIG_IGN);
       return d.Run();

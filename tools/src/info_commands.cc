@@ -20,8 +20,9 @@ constexpr ModuleStatus kModules[] = {
     {"erasure", "ready", "XOR and Reed-Solomon codecs over ISA-L"},
     {"engine", "ready", "copy-on-write B+tree KV engine, C API, inspect/verify/shrink"},
     {"cluster", "ready", "manager, workers and clients over Thrift; tessera demo"},
-    {"protection", "not built yet", "erasure-coded parity generations and recovery"},
-    {"managers", "not built yet", "Raft-replicated managers and a lock service"},
+    {"protection", "ready",
+     "erasure-coded parity generations, replicated tails, rebuild of a lost worker, scrub"},
+    {"managers", "ready", "Raft-replicated managers (--peers) and a lock service (tessera lock)"},
 };
 
 int PrintModules() {
