@@ -1,4 +1,5 @@
 // The C API: thin shims over the C++ API that never let an exception escape.
+#include <cerrno>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -55,10 +56,14 @@ bool ParseBool(const std::string& v, bool* out) {
 }
 
 bool ParseU64(const std::string& v, uint64_t* out) {
-  if (v.empty() || v.size() > 20) return false;
+  // Digits only: strtoull alone takes leading blanks and a sign ("-1" is 2^64 - 1).
+  if (v.empty() || v.size() > 20 || v.find_first_not_of("0123456789") != std::string::npos) {
+    return false;
+  }
   char* end = nullptr;
+  errno = 0;
   unsigned long long x = std::strtoull(v.c_str(), &end, 10);
-  if (*end != '\0') return false;
+  if (*end != '\0' || errno == ERANGE) return false;
   *out = x;
   return true;
 }
@@ -184,6 +189,8 @@ void tessera_txn_abort(tessera_txn* txn) {
 
 int tessera_get(tessera_txn* txn, const void* key, size_t klen, const void** val, size_t* vlen) {
   if (txn == nullptr || (key == nullptr && klen > 0)) return TESSERA_NULL_HANDLE;
+  // No key that put refuses can be stored: say so, as the header promises, not NOTFOUND.
+  if (klen == 0 || klen > tessera::engine::kMaxKeySize) return TESSERA_KEY_TOO_LARGE;
   return Guard([&] {
     auto v = txn->txn->Get(std::string_view(static_cast<const char*>(key), klen));
     if (!v.ok()) return ToCError(v.status());

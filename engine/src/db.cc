@@ -842,6 +842,10 @@ Status CommitTxn(Txn& t, bool sync) {
   m.durable_txn = db->durable_txn;
   m.crc = MetaCrc(m);
   const uint32_t slot = 1 - db->durable_slot;
+  // What the slot held, put back if this commit fails below: the OS may still write the page
+  // back, and the commit the caller was told failed must not appear at the next open.
+  Meta slot_before;
+  std::memcpy(&slot_before, db->Page(slot), sizeof slot_before);
   std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
   // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
   uint64_t backlog = db->pending_old_count + t.freed.size();
@@ -852,6 +856,7 @@ Status CommitTxn(Txn& t, bool sync) {
     // pages can wait for a later flush.
     Status s = db->log->Append(m.db_id, db->durable_txn, m.txnid, t.log_ops);
     if (!s.ok()) {
+      std::memcpy(db->Page(slot), &slot_before, sizeof slot_before);
       db->fatal = Status::IoError(
                       "commit log write failed; the database refuses writes until "
                       "reopened: " +
@@ -862,7 +867,12 @@ Status CommitTxn(Txn& t, bool sync) {
     db->logged_upto = m.txnid;
     db->log_syncs.fetch_add(1, std::memory_order_relaxed);
   } else if (sync || reclaim) {
-    TESSERA_RETURN_IF_ERROR(db->FlushDurable(m.txnid, slot));
+    Status s = db->FlushDurable(m.txnid, slot);
+    if (!s.ok()) {
+      // Unless the failed flush wrote the new meta already, the commit stays absent.
+      std::memcpy(db->Page(slot), &slot_before, sizeof slot_before);
+      return s;
+    }
   }
   // 5. Publish.
   if (freelist_changed) {
@@ -998,13 +1008,18 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     fresh = zeros;
   }
   if (fresh && options.read_only) {
-    return Status::InvalidArgument("database file '" + path + "' is empty");
+    return Status::Corruption("database file '" + path + "' is empty: not a Tessera database");
   }
   uint32_t ps = ps_opt;
   if (!fresh) {
     auto detected = DetectPageSize(path);
     if (!detected.ok()) return detected.status();
     ps = *detected;
+    if (static_cast<uint64_t>(st.st_size) % ps != 0) {
+      return Status::Corruption("'" + path + "' is " + std::to_string(st.st_size) +
+                                " bytes, not a whole number of its " + std::to_string(ps) +
+                                "-byte pages: truncated, or not a Tessera database");
+    }
   }
 
   auto impl = std::make_unique<Impl>();

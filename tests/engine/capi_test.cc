@@ -1,6 +1,7 @@
 // The C API, from C++: every function and its documented errors.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <string>
@@ -19,6 +20,11 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   EXPECT_EQ(tessera_db_open(path.c_str(), "page_size=1000", &db), TESSERA_BAD_PAGE_SIZE);
   EXPECT_EQ(tessera_db_open(path.c_str(), "create=0", &db), TESSERA_NOTFOUND);
   EXPECT_EQ(tessera_db_open(path.c_str(), "format_version=4", &db), TESSERA_BAD_OPTIONS);
+  // Numbers are digits only, and must fit.
+  for (const char* bad : {"page_size= 4096", "page_size=+4096", "map_size=-1",
+                          "map_size=99999999999999999999", "max_readers=4097"}) {
+    EXPECT_EQ(tessera_db_open(path.c_str(), bad, &db), TESSERA_BAD_OPTIONS) << bad;
+  }
   tessera_db* v1 = nullptr;  // the first format is still written on request, and reads back
   ASSERT_EQ(tessera_db_open(dir.File("v1").c_str(), "format_version=1;sync=0", &v1), TESSERA_OK);
   tessera_txn* t1 = nullptr;
@@ -55,6 +61,9 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   ASSERT_EQ(tessera_txn_begin(db, 1, &r), TESSERA_OK);
   EXPECT_EQ(tessera_put(r, "c", 1, "3", 1), TESSERA_READ_ONLY);
   EXPECT_EQ(tessera_get(r, "missing", 7, &v, &vl), TESSERA_NOTFOUND);
+  // A key put refuses is refused by get too, as the header says.
+  EXPECT_EQ(tessera_get(r, "", 0, &v, &vl), TESSERA_KEY_TOO_LARGE);
+  EXPECT_EQ(tessera_get(r, longkey.data(), longkey.size(), &v, &vl), TESSERA_KEY_TOO_LARGE);
   tessera_cursor* c = nullptr;
   ASSERT_EQ(tessera_cursor_open(r, &c), TESSERA_OK);
   const void* k;
@@ -96,6 +105,29 @@ TEST(EngineCApiTest, RoundTripAndErrors) {
   tessera_db_close(db);
   EXPECT_STREQ(tessera_strerror(TESSERA_READ_ONLY),
                "write attempted through a read-only handle or transaction");
+}
+
+// A file cut short (not a whole number of pages) and an empty file opened read-only are
+// TESSERA_CORRUPTION, the code an embedder checks before restoring from a backup, not
+// TESSERA_INVALID_ARGUMENT.
+TEST(EngineCApiTest, TruncatedAndEmptyFilesAreCorruption) {
+  tessera::testing::TempDir dir;
+  std::string path = dir.File("db");
+  tessera_db* db = nullptr;
+  ASSERT_EQ(tessera_db_open(path.c_str(), "sync=0", &db), TESSERA_OK);
+  tessera_txn* w = nullptr;
+  ASSERT_EQ(tessera_txn_begin(db, 0, &w), TESSERA_OK);
+  ASSERT_EQ(tessera_put(w, "k", 1, "v", 1), TESSERA_OK);
+  ASSERT_EQ(tessera_txn_commit(w), TESSERA_OK);
+  tessera_db_close(db);
+  ASSERT_EQ(::truncate(path.c_str(), 5000), 0);
+  for (const char* opts : {"", "read_only=1"}) {
+    db = nullptr;
+    EXPECT_EQ(tessera_db_open(path.c_str(), opts, &db), TESSERA_CORRUPTION) << opts;
+    EXPECT_EQ(db, nullptr);
+  }
+  ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+  EXPECT_EQ(tessera_db_open(path.c_str(), "read_only=1", &db), TESSERA_CORRUPTION);
 }
 
 // A close shrinks a file that is mostly free unless shrink_on_close=0.

@@ -1402,6 +1402,35 @@ TEST(EngineTest, BadMetaFallsBackToTheOther) {
   ASSERT_TRUE(db->Put("c", "3").ok());  // and the database keeps working
 }
 
+// A sync commit whose commit-log append fails is refused with a sticky fatal error, and it is
+// absent when the file is opened again: its meta, already in the mapping, is put back, so the
+// OS writing the page back later cannot make a commit the caller was told failed appear.
+TEST(EngineTest, ACommitWhoseLogAppendFailsIsAbsentAfterReopen) {
+  TempDir dir;
+  std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    // The log is created at the first append: a directory in its place makes that fail.
+    ASSERT_EQ(::mkdir((path + "-log").c_str(), 0755), 0);
+    Status s = db->Put("k", "v");
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.c_code(), TESSERA_FATAL) << s.ToString();
+    s = db->Put("k2", "v2");
+    EXPECT_EQ(s.c_code(), TESSERA_FATAL) << "not sticky: " << s.ToString();
+  }
+  ASSERT_EQ(::rmdir((path + "-log").c_str()), 0);
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  EXPECT_TRUE(db->Get("k", &v).IsNotFound()) << "the failed commit is there: " << v;
+  ASSERT_TRUE(db->Put("k", "again").ok());
+  ASSERT_TRUE(db->Get("k", &v).ok());
+  EXPECT_EQ(v, "again");
+  auto rep = db->Verify();
+  EXPECT_TRUE(rep.ok) << rep.ToString();
+}
+
 // Without a clean close the other slot holds an older meta: a damaged newest meta falls back to
 // it, and the commit log brings back the sync commits made since.
 TEST(EngineTest, BadMetaAfterACrashIsRepairedFromTheLog) {

@@ -7,8 +7,15 @@
  *
  * Caveats (as with any memory-mapped store):
  *  - Pointers returned by tessera_get and the cursor functions point into the database mapping.
- *    They are valid until the transaction ends, and must not be written through.
- *  - A write transaction blocks other writers until it commits or aborts; keep it short.
+ *    They are valid until the transaction ends (in a write transaction, only until its next
+ *    tessera_put or tessera_del: a write may move or reuse the page they point into), and must
+ *    not be written through.
+ *  - A write transaction blocks other writers until it commits or aborts; keep it short. It is
+ *    committed or aborted by the thread that began it; a thread that begins a second write
+ *    transaction while it holds one waits for itself forever.
+ *  - A put or del that fails with TESSERA_NO_SPACE, TESSERA_CORRUPTION or TESSERA_FATAL leaves
+ *    the write transaction able only to abort: later puts, dels and the commit return that
+ *    error. (TESSERA_NOTFOUND, TESSERA_KEY_TOO_LARGE and TESSERA_VALUE_TOO_LARGE change nothing.)
  *  - A handle must not be used after it has been closed/committed/aborted; a transaction or cursor
  *    is used by one thread at a time. The tessera_db handle itself is thread-safe.
  *  - Close every cursor and end every transaction before tessera_db_close.
@@ -31,7 +38,7 @@ typedef struct tessera_cursor tessera_cursor;
 /* Opens or creates the database file `path` (a lock is held on the file itself while open for
  * writing; sync commits may keep a commit log `<path>-log` beside it, and `<path>-readers`
  * beside it holds the snapshots of read-only handles). `options` is NULL or
- * "key=value;key=value" with keys:
+ * "key=value;key=value" (N: decimal digits only; a repeated key's last value counts) with keys:
  *   page_size=N    power of two 4096..65536, used when the file is created (default 4096)
  *   sync=0|1       whether commits flush before returning (default 1)
  *   read_only=0|1  open without writing the file or locking it (default 0); the handle keeps
@@ -40,7 +47,7 @@ typedef struct tessera_cursor tessera_cursor;
  *                  open (where that file cannot be opened, the handle still opens, says so,
  *                  and reading a page the writer reused is TESSERA_CORRUPTION)
  *   create=0|1     create the file if missing (default 1)
- *   max_readers=N  concurrent read transactions (default 126)
+ *   max_readers=N  concurrent read transactions, 1..4096 (default 126)
  *   map_size=N     bytes of address space reserved; the file's size limit (default 64 GiB)
  *   commit_log=0|1 let a sync commit append to `<path>-log` instead of flushing the file's
  *                  pages when no unflushed commit precedes it; replayed at open (default 1)
@@ -55,8 +62,10 @@ typedef struct tessera_cursor tessera_cursor;
  *                  CPUs
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
  * value), TESSERA_BAD_PAGE_SIZE, TESSERA_BUSY (another writer has the file open),
- * TESSERA_NOTFOUND (missing and create=0), TESSERA_CORRUPTION (not a Tessera file, or no valid
- * meta page), TESSERA_IO_ERROR, TESSERA_NO_SPACE. */
+ * TESSERA_NOTFOUND (missing and create=0), TESSERA_CORRUPTION (not a Tessera file, an empty
+ * file opened read-only, a file cut short of a whole page, or no valid meta page),
+ * TESSERA_INVALID_ARGUMENT (map_size smaller than the file, an empty path), TESSERA_IO_ERROR
+ * (e.g. a directory), TESSERA_NO_SPACE. */
 int tessera_db_open(const char* path, const char* options, tessera_db** out);
 
 /* Closes the database (flushing commits made with sync=0, and shrinking a mostly free file
@@ -70,8 +79,9 @@ void tessera_db_close(tessera_db* db);
 int tessera_txn_begin(tessera_db* db, int read_only, tessera_txn** out);
 
 /* Commits (a read-only txn just ends). Always frees txn, also on error. Errors:
- * TESSERA_NULL_HANDLE, TESSERA_FATAL / TESSERA_IO_ERROR (flush failed: nothing committed, and
- * the database refuses writes until reopened), TESSERA_NO_SPACE. */
+ * TESSERA_NULL_HANDLE, TESSERA_FATAL / TESSERA_IO_ERROR (a flush or the commit log's write
+ * failed: the commit is not acknowledged, and the database refuses writes until reopened; a
+ * reopen finds it absent unless the failed flush had already put it on disk), TESSERA_NO_SPACE. */
 int tessera_txn_commit(tessera_txn* txn);
 
 /* Discards the transaction's changes and frees txn. NULL is ignored. */
