@@ -1140,6 +1140,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     if (!problems.empty() && chosen.txnid < std::max(m[0].txnid, m[1].txnid)) {
       impl->AddRecoveryNote("newer commit rejected, opened txn " + std::to_string(chosen.txnid) +
                             ":" + problems);
+    } else if (!problems.empty()) {
+      // A damaged meta may no longer look newer (its txnid is what was damaged): still say so.
+      impl->AddRecoveryNote("opened txn " + std::to_string(chosen.txnid) + ", but" + problems);
     }
     // Load the freelist: after open every free page is reusable (no reader, and the chosen meta
     // is made durable below before anything is overwritten).

@@ -65,6 +65,13 @@ int Inspect(const std::string& path) {
   return kExitOk;
 }
 
+// Whether Open's note says it fell back from the newest commit or found a meta page invalid:
+// the file is not as its last writer left it (or that writer crashed mid-commit).
+bool MetaTrouble(const std::string& note) {
+  return note.find("newer commit rejected") != std::string::npos ||
+         note.find(" is invalid") != std::string::npos;
+}
+
 int Verify(const std::string& path) {
   auto db = OpenReadOnly(path);
   if (!db.ok()) {
@@ -76,10 +83,17 @@ int Verify(const std::string& path) {
   // What the open fell back from, or commits in the log a read-only open does not apply.
   auto st = (*db)->GetStats();
   if (st.ok() && !st->recovery_note.empty()) std::printf("note: %s\n", st->recovery_note.c_str());
+  if (st.ok() && MetaTrouble(st->recovery_note)) {
+    std::printf(
+        "verify: FAILED: a meta page is damaged or the newest commit was rejected (a crash "
+        "mid-commit, or damage); the pages above are those of the commit opened instead, which "
+        "a read-write open uses (its first commit overwrites the damaged meta)\n");
+    return kExitFailure;
+  }
   return rep.ok ? kExitOk : kExitFailure;
 }
 
-int Shrink(const std::string& path) {
+int Shrink(const std::string& path, bool force) {
   // A protected worker's parity holders and pins name this file's page numbers: moving its pages
   // would make a later rebuild restore the wrong bytes.
   std::error_code ec;
@@ -94,6 +108,21 @@ int Shrink(const std::string& path) {
     std::fprintf(stderr, "tessera shrink: %s\n", st.ToString().c_str());
     return kExitFailure;
   };
+  if (!force) {
+    // A read-write open would make a fallback permanent: look first.
+    engine::Options ro;
+    ro.read_only = true;
+    auto look = engine::Db::Open(path, ro);
+    if (!look.ok()) return fail(look.status());
+    auto st = (*look)->GetStats();
+    if (st.ok() && MetaTrouble(st->recovery_note)) {
+      std::fprintf(stderr,
+                   "tessera shrink: %s: %s\nshrinking would make that fallback permanent; "
+                   "check it with 'tessera verify', then give --force to go ahead\n",
+                   path.c_str(), st->recovery_note.c_str());
+      return kExitFailure;
+    }
+  }
   engine::Options o;
   o.create_if_missing = false;
   o.shrink_on_close = false;
@@ -134,7 +163,12 @@ void RegisterEngineCommands(CLI::App& app, Context& ctx) {
       "Move the pages in use at the end of an engine file down into free pages and truncate it "
       "(needs the file closed by every writer; not for a protected worker's data file)");
   shrink->add_option("FILE", *spath, "Database file")->required()->check(CLI::ExistingFile);
-  shrink->callback([&ctx, spath] { ctx.action = [spath] { return Shrink(*spath); }; });
+  auto force = std::make_shared<bool>(false);
+  shrink->add_flag("--force", *force,
+                   "Shrink even when the newest commit is damaged or a meta page is invalid "
+                   "(the open falls back to the commit before, for good)");
+  shrink->callback(
+      [&ctx, spath, force] { ctx.action = [spath, force] { return Shrink(*spath, *force); }; });
 }
 
 }  // namespace tessera::cli
