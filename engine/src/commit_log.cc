@@ -180,8 +180,15 @@ Status CommitLog::Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::stri
   Store(h + 32, txnid);
   std::memcpy(h + kHeaderBytes, payload.data(), payload.size());
   Store(h + 4, RecordCrc(h, payload.size()));
-  TESSERA_RETURN_IF_ERROR(PwriteAll(fd_, rec.data(), rec.size(), offset_, "write " + path_));
-  if (::fdatasync(fd_) != 0) return ErrnoStatus(errno, "fdatasync " + path_);
+  Status st = PwriteAll(fd_, rec.data(), rec.size(), offset_, "write " + path_);
+  if (st.ok() && ::fdatasync(fd_) != 0) st = ErrnoStatus(errno, "fdatasync " + path_);
+  if (!st.ok()) {
+    // The caller reports the commit failed: its record, whole or partly written, must not be
+    // replayed at the next open. Zeros end the log there (best effort: the disk is failing).
+    std::vector<uint8_t> zeros(static_cast<size_t>(total));
+    (void)PwriteAll(fd_, zeros.data(), zeros.size(), offset_, "write " + path_);
+    return st;
+  }
   offset_ += total;
   return Status::Ok();
 }

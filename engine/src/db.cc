@@ -1,6 +1,7 @@
 // Db: open/recovery, snapshots and readers, transactions, commit and group commit.
 #include <fcntl.h>
 #include <isa-l/crc.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,16 +71,13 @@ bool MetaLooksValid(const Meta& m, uint32_t page_size) {
          m.last_page >= kMetaPages;
 }
 
-// The txnid of the newer of the file's metas that look valid, 0 when neither does (read through
-// the mapping: a meta being written meanwhile looks invalid).
-uint64_t NewestValidTxn(const Db::Impl& impl, uint32_t page_size) {
-  uint64_t newest = 0;
-  for (uint32_t s = 0; s < 2; ++s) {
-    Meta m;
-    std::memcpy(&m, impl.Page(s), sizeof m);
-    if (MetaLooksValid(m, page_size)) newest = std::max(newest, m.txnid);
-  }
-  return newest;
+// Whether a writer has `path` open (holds its flock): probed with a shared lock, dropped at once.
+bool WriterHoldsLock(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // also drops the shared lock, if taken
+  return held;
 }
 
 Status CheckKey(std::string_view key) {
@@ -1048,9 +1046,11 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   // that snapshot, and re-reads the metas to be sure no commit came between (see
   // shared_readers.h); a writer finds the snapshots pinned there before it reuses any page.
   uint64_t pinned = 0;
+  Meta pinned_metas[2];  // read-only: the metas as they were when `pinned` was pinned
+  bool have_pinned_metas = false;
   uint64_t oldest_pinned = 0;  // writer: the oldest snapshot read-only Dbs pin now
   {
-    auto sr = SharedReaders::Open(path);
+    auto sr = SharedReaders::Open(path, !options.read_only);
     if (!sr.ok()) {
       impl->AddRecoveryNote(
           std::string(options.read_only ? "this read-only Db is" : "read-only Dbs are") +
@@ -1060,15 +1060,26 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     } else if (options.read_only && impl->region->page_count() >= kMetaPages) {
       TESSERA_RETURN_IF_ERROR((*sr)->Claim());
       impl->shared_readers = std::move(sr).value();
+      // Both metas are copied, the newest valid one is pinned, and they are copied again: only
+      // when the two copies are the same did no commit come between, and Open then chooses
+      // from exactly these copies (a later read could find a newer meta than the one pinned).
       for (int attempt = 0;; ++attempt) {
         if (attempt == 10000) {
           return Status::Busy("'" + path + "': its writer committed between every one of " +
                               std::to_string(attempt) + " tries to pin its newest snapshot");
         }
-        const uint64_t newest = NewestValidTxn(*impl, ps);
+        Meta before[2], after[2];
+        for (uint32_t s = 0; s < 2; ++s) std::memcpy(&before[s], impl->Page(s), sizeof(Meta));
+        uint64_t newest = 0;
+        for (const Meta& m : before) {
+          if (MetaLooksValid(m, ps)) newest = std::max(newest, m.txnid);
+        }
         impl->shared_readers->Publish(newest);
-        if (NewestValidTxn(*impl, ps) == newest) {
+        for (uint32_t s = 0; s < 2; ++s) std::memcpy(&after[s], impl->Page(s), sizeof(Meta));
+        if (std::memcmp(before, after, sizeof before) == 0) {
           pinned = newest;
+          std::memcpy(pinned_metas, before, sizeof before);
+          have_pinned_metas = true;
           break;
         }
         std::this_thread::yield();
@@ -1076,7 +1087,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     } else if (!options.read_only) {
       impl->shared_readers = std::move(sr).value();
       std::vector<uint64_t> live;
-      impl->shared_readers->AppendLive(&live, /*check_owners=*/true);
+      impl->shared_readers->AppendLive(&live);
       if (!live.empty()) oldest_pinned = *std::min_element(live.begin(), live.end());
     }
   }
@@ -1113,7 +1124,11 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     std::string problems;
     bool valid[2];
     for (uint32_t s = 0; s < 2; ++s) {
-      std::memcpy(&m[s], impl->Page(s), sizeof(Meta));
+      if (have_pinned_metas) {
+        m[s] = pinned_metas[s];
+      } else {
+        std::memcpy(&m[s], impl->Page(s), sizeof(Meta));
+      }
       valid[s] = MetaLooksValid(m[s], ps);
       if (!valid[s]) problems += " meta page " + std::to_string(s) + " is invalid;";
     }
@@ -1136,6 +1151,17 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     }
     if (!found) {
       return Status::Corruption("'" + path + "' has no usable meta page:" + problems);
+    }
+    if (have_pinned_metas && chosen.txnid != pinned) {
+      // Fell back from the pinned newest commit. Its pages may be reused by a live writer before
+      // a pin of this older one could count, so only without a writer is it safe to read.
+      if (WriterHoldsLock(path)) {
+        return Status::Corruption(
+            "'" + path + "': the newest commit (txn " + std::to_string(pinned) +
+            ") does not validate while a writer has the file open:" + problems);
+      }
+      impl->shared_readers->Publish(chosen.txnid);
+      pinned = chosen.txnid;
     }
     if (!problems.empty() && chosen.txnid < std::max(m[0].txnid, m[1].txnid)) {
       impl->AddRecoveryNote("newer commit rejected, opened txn " + std::to_string(chosen.txnid) +
@@ -1216,8 +1242,6 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     }
   }
   if (options.read_only) {
-    // Open fell back to an older meta than the one pinned (a torn newer one): pin that instead.
-    if (impl->shared_readers && chosen.txnid != pinned) impl->shared_readers->Publish(chosen.txnid);
     if (!replay.empty()) {
       impl->AddRecoveryNote(std::to_string(replay.size()) + " commits in " + log_path +
                             " after txn " + std::to_string(chosen.txnid) +
@@ -1670,6 +1694,7 @@ Status Db::Backup(const std::string& path) const {
     // Never leave a shorter backup that opens as if it were whole.
     ::unlink(path.c_str());
     ::unlink(CommitLog::PathFor(path).c_str());
+    ::unlink(SharedReaders::PathFor(path).c_str());
   }
   return s;
 }

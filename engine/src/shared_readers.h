@@ -8,19 +8,27 @@
 // as a success, or a Corruption error for a database that was fine.
 //
 // File: kSlots slots of 16 bytes, zero when free: owner u64 (pid << 32 | a number unique in
-// that process), txnid u64 (the pinned snapshot; 0 while the slot is claimed but pins nothing).
-// Every access is atomic: every process with the database open maps the file shared.
+// that process, for diagnostics), txnid u64 (the pinned snapshot; 0 while the slot is claimed
+// but pins nothing). Every access is atomic: every process with the database open maps the file
+// shared. A read-only Db holds an open-file-description lock (F_OFD_SETLK) on byte i of the
+// file while it owns slot i; the kernel drops it when the process dies, whatever its pid
+// namespace, and a reused pid cannot hold it.
 //
 // Invariants:
-//  - A read-only Db publishes snapshot X and then finds X still the newest meta in the file
-//    before it reads anything of X (Db::Open): the writer's transaction then in progress began
-//    after X committed, and cannot reuse pages X reaches (only a later transaction frees them);
-//    every later one sees the slot (a seq_cst fence on both sides) and keeps them.
-//  - The writer frees a slot whose owner's process no longer exists (at open, and then at most
-//    once a second), so a read-only process that was killed holds pages back only until then.
+//  - A read-only Db copies both metas, publishes the newest valid one's txnid X, and copies them
+//    again; only if the copies are the same does it open X, from those copies (Db::Open). The
+//    writer's transaction then in progress began after X committed and cannot reuse pages X
+//    reaches (only a later transaction frees them); every later one sees the slot (a seq_cst
+//    fence on both sides) and keeps them. An open that falls back to an older meta (X does not
+//    validate) is refused while a writer holds the file's lock: that meta's pages had no pin.
+//  - A slot is owned only while its byte is locked: a claimer locks the byte first, then writes
+//    the slot; a releaser clears the slot, then unlocks. A pin whose byte nobody locks was left
+//    by a process that died: the writer does not count it (it probes the lock at every look),
+//    and the next claimer of the slot overwrites it. Only owners write slots.
 //
-// Thread safety: Claim/Publish/Release belong to one read-only Db (its Open and destructor);
-// AppendLive to the writer (under its write lock). Any number of processes share the file.
+// Thread safety: Claim/Publish and the destructor belong to one read-only Db (its Open and
+// close); AppendLive to the writer (under its write lock). Any number of processes share the
+// file.
 #pragma once
 
 #include <chrono>
@@ -39,8 +47,9 @@ class SharedReaders {
   static constexpr uint64_t kBytes = kSlots * 16;
 
   static std::string PathFor(const std::string& db_path) { return db_path + "-readers"; }
-  // Opens (creating) the table beside the database file `db_path`.
-  static Result<std::unique_ptr<SharedReaders>> Open(const std::string& db_path);
+  // Opens (creating) the table beside the database file `db_path`. A writer that may not write
+  // it (another user made it) maps it read-only: it still sees every pin, and frees no slot.
+  static Result<std::unique_ptr<SharedReaders>> Open(const std::string& db_path, bool writer);
   ~SharedReaders();  // releases this object's slot, if any
   SharedReaders(const SharedReaders&) = delete;
   SharedReaders& operator=(const SharedReaders&) = delete;
@@ -50,20 +59,24 @@ class SharedReaders {
   Status Claim();
   void Publish(uint64_t txnid);
 
-  // Writer side: appends every pinned snapshot to *live, first freeing the slots of processes
-  // that no longer exist (when `check_owners`, or when a second has passed since the last check).
-  void AppendLive(std::vector<uint64_t>* live, bool check_owners = false);
+  // Writer side: appends every snapshot pinned by a live read-only Db to *live.
+  void AppendLive(std::vector<uint64_t>* live) const;
 
  private:
-  SharedReaders(uint64_t* slots, std::string path) : slots_(slots), path_(std::move(path)) {}
+  SharedReaders(uint64_t* slots, int fd, bool writable, std::string path)
+      : slots_(slots), fd_(fd), writable_(writable), path_(std::move(path)) {}
   uint64_t* owner(size_t i) const { return slots_ + 2 * i; }
   uint64_t* txnid(size_t i) const { return slots_ + 2 * i + 1; }
+  bool Lock(size_t i) const;      // takes byte i's lock (F_OFD_SETLK), false if held
+  bool Orphaned(size_t i) const;  // its byte is locked by nobody
+  void Clear(size_t i);
 
   uint64_t* const slots_;  // the shared mapping, kBytes
+  const int fd_;           // kept open: the OFD lock on this Db's slot lives with it
+  const bool writable_;
   const std::string path_;
   size_t mine_ = kSlots;  // this object's slot, kSlots: none
   uint64_t my_owner_ = 0;
-  std::chrono::steady_clock::time_point last_check_{};
 };
 
 }  // namespace tessera::engine
