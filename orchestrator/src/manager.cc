@@ -286,6 +286,26 @@ class ManagerState : public ReplicatedState {
     return s;
   }
 
+  // On the leader, before a registration is proposed: "" unless node `id` is registered at
+  // another address and still heartbeating. Then the caller is a second process with that node
+  // id (a copied data directory), and registering it would fence the live one; a worker that
+  // really restarted elsewhere gets in once its old incarnation's heartbeats time out.
+  std::string LiveElsewhere(const std::string& id, const std::string& address) {
+    std::lock_guard<std::mutex> l(mu);
+    auto it = nodes_.find(id);
+    if (!leader_ || it == nodes_.end() || !it->second.up || it->second.address == address) {
+      return "";
+    }
+    const auto age =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - it->second.last_hb)
+            .count();
+    if (age > opts_.heartbeat_timeout_ms) return "";
+    return "node " + id + " is registered and alive at " + it->second.address +
+           " (its last heartbeat " + std::to_string(age) +
+           " ms ago): a second process with the same node id (a copied data directory?) may "
+           "register only once that one stops";
+  }
+
   // Marks nodes whose heartbeats stopped as down.
   void CheckHeartbeats() {
     std::lock_guard<std::mutex> l(mu);
@@ -925,6 +945,9 @@ class Handler : public gen::ManagerServiceIf {
                 const std::string& address, int64_t incarnation, const std::string& role,
                 const std::string& replace, bool has_data) override {
     Auth(token);
+    if (std::string live = st_->LiveElsewhere(node_id, address); !live.empty()) {
+      Throw(ErrorCode::UNAVAILABLE, live, "manager");
+    }
     auto reply = Command({{"op", "register"},
                           {"id", node_id},
                           {"address", address},

@@ -517,6 +517,11 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
         if (e.code == ErrorCode::UNAUTHENTICATED) {
           return Status::InvalidArgument("manager refused the cluster token: " + e.message);
         }
+        if (e.code == ErrorCode::INVALID_ARGUMENT && !s.registered.load()) {
+          // The manager refused this worker's settings (--replace, --role, its address): no
+          // retry can change that.
+          return Status::InvalidArgument("manager refused the registration: " + e.message);
+        }
         if (e.code == ErrorCode::UNAVAILABLE &&
             e.message.find("unknown node") != std::string::npos) {
           s.registered.store(false);

@@ -427,6 +427,41 @@ TEST(ClusterTest, RestartedManagerKeepsItsShardMap) {
   EXPECT_EQ(**c.NewClient()->Get("m"), "1");
 }
 
+// A second process with a live worker's node id (its data directory copied) is refused while the
+// live one heartbeats, instead of fencing it; and a worker whose settings the manager refuses
+// (--replace naming no node) exits with the reason instead of retrying forever.
+TEST(ClusterTest, ADuplicateNodeIdIsRefusedAndABadReplaceExits) {
+  Cluster c;
+  c.Start();
+  TempDir d;
+  ASSERT_TRUE(std::filesystem::create_directory(d.File("dup")));
+  std::filesystem::copy_file(c.WorkerDir(0) + "/node_id", d.File("dup/node_id"));
+  Process dup({TESSERA_BIN, "worker", "--listen", Addr(FreePort()), "--manager", c.manager(),
+               "--data", d.File("dup")},
+              d.File("dup.log"));
+  bool refused = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    refused =
+        testing::ReadFile(d.File("dup.log")).find("is registered and alive") != std::string::npos;
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(refused) << testing::ReadFile(d.File("dup.log"));
+  dup.Kill(SIGKILL);
+  EXPECT_TRUE(c.worker(0).Running()) << c.Logs();
+  auto client = c.NewClient();
+  for (int k = 0; k < 50; ++k) {  // every shard still served, worker 0's included
+    ASSERT_TRUE(client->Put("after-dup-" + std::to_string(k), "v").ok()) << c.Logs();
+  }
+
+  Process bad({TESSERA_BIN, "worker", "--listen", Addr(FreePort()), "--manager", c.manager(),
+               "--data", d.File("bad"), "--replace", "no-such-node"},
+              d.File("bad.log"));
+  EXPECT_NE(bad.Wait(std::chrono::seconds(15)), 0) << "kept running";
+  EXPECT_NE(testing::ReadFile(d.File("bad.log")).find("no worker with that node id"),
+            std::string::npos)
+      << testing::ReadFile(d.File("bad.log"));
+}
+
 // The status port is the manager's alone: a second manager asked to serve HTTP on it refuses to
 // start (it used to bind it too, through SO_REUSEPORT, and answer half of the requests).
 TEST(ClusterTest, ASecondManagerCannotTakeTheFirstOnesStatusPort) {
