@@ -203,6 +203,14 @@ class ManagerState : public ReplicatedState {
         }
         *free_row = id;
       }
+      if (role == "worker" && DataWorkers() >= expected_workers_) {
+        // An extra worker would get no shards and stay listed (and down, once stopped) for good.
+        Throw(ErrorCode::INVALID_ARGUMENT,
+              "this cluster already has its " + std::to_string(expected_workers_) +
+                  " data workers; a new node takes one's place with --replace NODE_ID (or on "
+                  "the address that node served on, with an empty data directory)",
+              "manager");
+      }
       Node n;
       n.address = address;
       n.incarnation = incarnation;

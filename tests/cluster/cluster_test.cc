@@ -429,7 +429,8 @@ TEST(ClusterTest, RestartedManagerKeepsItsShardMap) {
 
 // A second process with a live worker's node id (its data directory copied) is refused while the
 // live one heartbeats, instead of fencing it; and a worker whose settings the manager refuses
-// (--replace naming no node) exits with the reason instead of retrying forever.
+// (--replace naming no node, a worker beyond --workers) exits with the reason instead of
+// retrying forever.
 TEST(ClusterTest, ADuplicateNodeIdIsRefusedAndABadReplaceExits) {
   Cluster c;
   c.Start();
@@ -460,6 +461,14 @@ TEST(ClusterTest, ADuplicateNodeIdIsRefusedAndABadReplaceExits) {
   EXPECT_NE(testing::ReadFile(d.File("bad.log")).find("no worker with that node id"),
             std::string::npos)
       << testing::ReadFile(d.File("bad.log"));
+  // A fourth worker of a 3-worker cluster would get no shards and stay listed for good.
+  Process extra({TESSERA_BIN, "worker", "--listen", Addr(FreePort()), "--manager", c.manager(),
+                 "--data", d.File("extra")},
+                d.File("extra.log"));
+  EXPECT_NE(extra.Wait(std::chrono::seconds(15)), 0) << "kept running";
+  EXPECT_NE(testing::ReadFile(d.File("extra.log")).find("already has its 3 data workers"),
+            std::string::npos)
+      << testing::ReadFile(d.File("extra.log"));
 }
 
 // The status port is the manager's alone: a second manager asked to serve HTTP on it refuses to
