@@ -22,6 +22,10 @@ int ShardOf(std::string_view key, int num_shards) {
 
 Result<std::string> ReadTokenFile(const std::string& path) {
   if (path.empty()) return std::string();
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return Status::InvalidArgument("token file '" + path + "' is a directory");
+  }
   std::ifstream f(path);
   if (!f) return Status::NotFound("cannot read token file '" + path + "'");
   std::stringstream ss;

@@ -130,6 +130,12 @@ TEST(EngineCliTest, ShrinkGivesBackTheFreeEnd) {
   auto prot = RunCommand({TESSERA_BIN, "shrink", path});
   EXPECT_EQ(prot.exit_code, 1);
   EXPECT_NE(prot.err.find("protected worker"), std::string::npos) << prot.err;
+  // Also through a symlink from elsewhere.
+  testing::TempDir other;
+  ASSERT_EQ(::symlink(path.c_str(), other.File("link.db").c_str()), 0);
+  prot = RunCommand({TESSERA_BIN, "shrink", other.File("link.db")});
+  EXPECT_EQ(prot.exit_code, 1);
+  EXPECT_NE(prot.err.find("protected worker"), std::string::npos) << prot.err;
 }
 
 TEST(EngineCliTest, NonDatabaseAndMissingFiles) {

@@ -505,7 +505,10 @@ void RegisterClusterCommands(CLI::App& app, Context& ctx) {
   // ---- scrub ----
   auto scrub = std::make_shared<ClientFlags>();
   auto* scc = app.add_subcommand(
-      "scrub", "Recompute the parity from the workers' protected images and report mismatches");
+      "scrub",
+      "Recompute the parity from the workers' protected images and report mismatches. Exit 0: "
+      "all match; 1: a mismatch (or the scrub failed); 3: no mismatch, but some stripes could "
+      "not be checked (reported as unverified)");
   scrub->Add(scc);
   scc->callback([&ctx, scrub] {
     ctx.action = [scrub] {

@@ -97,7 +97,10 @@ int Shrink(const std::string& path, bool force) {
   // A protected worker's parity holders and pins name this file's page numbers: moving its pages
   // would make a later rebuild restore the wrong bytes.
   std::error_code ec;
-  if (std::filesystem::exists(std::filesystem::path(path).parent_path() / "protected", ec)) {
+  // Through symlinks: a link elsewhere to a protected worker's file is that file.
+  const std::filesystem::path real = std::filesystem::weakly_canonical(path, ec);
+  if (std::filesystem::exists((ec ? std::filesystem::path(path) : real).parent_path() / "protected",
+                              ec)) {
     std::fprintf(stderr,
                  "tessera shrink: %s belongs to a protected worker (a 'protected' file lies "
                  "beside it); its page numbers must not change\n",
