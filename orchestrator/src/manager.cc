@@ -446,6 +446,11 @@ class ManagerState : public ReplicatedState {
       fatal_ = "the cluster expects " + std::to_string(expected_workers_) +
                " workers, not --workers " + std::to_string(opts_.expected_workers) +
                " (every manager must be started with the same flags)";
+    } else if (num_shards_ != opts_.num_shards) {
+      // It used to keep the stored count silently while its log named the flag's.
+      fatal_ = "the cluster has " + std::to_string(num_shards_) + " shards, not --shards " +
+               std::to_string(opts_.num_shards) +
+               " (every manager must be started with the same flags)";
     }
   }
 

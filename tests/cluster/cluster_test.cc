@@ -427,6 +427,36 @@ TEST(ClusterTest, RestartedManagerKeepsItsShardMap) {
   EXPECT_EQ(**c.NewClient()->Get("m"), "1");
 }
 
+// A manager restarted on a cluster's data with another --workers or --shards refuses to start,
+// naming the cluster's own (it kept the stored shard count silently, its log naming the flag's).
+TEST(ClusterTest, ARestartWithOtherFlagsIsRefusedNamingTheClustersOwn) {
+  TempDir d;
+  const std::string listen = Addr(FreePort());
+  {
+    Process first({TESSERA_BIN, "manager", "--listen", listen, "--data", d.File("m"), "--workers",
+                   "2", "--shards", "16", "--protection", "none"},
+                  d.File("first.log"));
+    bool up = false;
+    for (int i = 0; i < 100 && !up; ++i) {
+      up = testing::ReadFile(d.File("first.log")).find("became the leader") != std::string::npos;
+      if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_TRUE(up) << testing::ReadFile(d.File("first.log"));
+  }  // SIGKILLed
+  for (const auto& [flags, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--workers", "2", "--protection", "none"}, "has 16 shards, not --shards 64"},
+           {{"--workers", "3", "--shards", "16", "--protection", "none"},
+            "expects 2 workers, not --workers 3"}}) {
+    std::vector<std::string> argv = {TESSERA_BIN, "manager", "--listen",
+                                     listen,      "--data",  d.File("m")};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    Process again(argv, d.File("again.log"));
+    EXPECT_NE(again.Wait(std::chrono::seconds(15)), 0) << "kept running";
+    EXPECT_NE(testing::ReadFile(d.File("again.log")).find(want), std::string::npos)
+        << testing::ReadFile(d.File("again.log"));
+  }
+}
+
 // A second process with a live worker's node id (its data directory copied) is refused while the
 // live one heartbeats, instead of fencing it; and a worker whose settings the manager refuses
 // (--replace naming no node, a worker beyond --workers) exits with the reason instead of
