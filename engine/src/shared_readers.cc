@@ -100,14 +100,14 @@ void SharedReaders::Clear(size_t i) {
 Status SharedReaders::Claim() {
   TESSERA_ASSERT(mine_ == kSlots, "reader table slot claimed twice");
   TESSERA_ASSERT(writable_, "claiming a slot of a read-only reader table");
-  my_owner_ = (static_cast<uint64_t>(::getpid()) << 32) |
-              g_next_local.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t me = (static_cast<uint64_t>(::getpid()) << 32) |
+                      g_next_local.fetch_add(1, std::memory_order_relaxed);
   for (size_t i = 0; i < kSlots; ++i) {
     // The byte's lock is the slot: whoever gets it owns the slot, and a slot left set by a
     // process that died (nobody holds its byte) is taken over.
     if (!Lock(i)) continue;
     Store(txnid(i), 0);
-    Store(owner(i), my_owner_);
+    Store(owner(i), me);
     mine_ = i;
     return Status::Ok();
   }

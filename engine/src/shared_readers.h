@@ -31,7 +31,6 @@
 // file.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -76,7 +75,6 @@ class SharedReaders {
   const bool writable_;
   const std::string path_;
   size_t mine_ = kSlots;  // this object's slot, kSlots: none
-  uint64_t my_owner_ = 0;
 };
 
 }  // namespace tessera::engine

@@ -427,6 +427,15 @@ TEST(ClusterTest, RestartedManagerKeepsItsShardMap) {
   EXPECT_EQ(**c.NewClient()->Get("m"), "1");
 }
 
+// Whether the log at `path` says `text` within 10 s.
+bool LogSays(const std::string& path, const std::string& text) {
+  for (int i = 0; i < 100; ++i) {
+    if (testing::ReadFile(path).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
 // A manager restarted on a cluster's data with another --workers or --shards refuses to start,
 // naming the cluster's own (it kept the stored shard count silently, its log naming the flag's).
 TEST(ClusterTest, ARestartWithOtherFlagsIsRefusedNamingTheClustersOwn) {
@@ -436,12 +445,8 @@ TEST(ClusterTest, ARestartWithOtherFlagsIsRefusedNamingTheClustersOwn) {
     Process first({TESSERA_BIN, "manager", "--listen", listen, "--data", d.File("m"), "--workers",
                    "2", "--shards", "16", "--protection", "none"},
                   d.File("first.log"));
-    bool up = false;
-    for (int i = 0; i < 100 && !up; ++i) {
-      up = testing::ReadFile(d.File("first.log")).find("became the leader") != std::string::npos;
-      if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    ASSERT_TRUE(up) << testing::ReadFile(d.File("first.log"));
+    ASSERT_TRUE(LogSays(d.File("first.log"), "became the leader"))
+        << testing::ReadFile(d.File("first.log"));
   }  // SIGKILLed
   for (const auto& [flags, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
            {{"--workers", "2", "--protection", "none"}, "has 16 shards, not --shards 64"},
@@ -470,12 +475,7 @@ TEST(ClusterTest, ADuplicateNodeIdIsRefusedAndABadReplaceExits) {
   Process dup({TESSERA_BIN, "worker", "--listen", Addr(FreePort()), "--manager", c.manager(),
                "--data", d.File("dup")},
               d.File("dup.log"));
-  bool refused = false;
-  for (int i = 0; i < 100 && !refused; ++i) {
-    refused =
-        testing::ReadFile(d.File("dup.log")).find("is registered and alive") != std::string::npos;
-    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const bool refused = LogSays(d.File("dup.log"), "is registered and alive");
   EXPECT_TRUE(refused) << testing::ReadFile(d.File("dup.log"));
   dup.Kill(SIGKILL);
   EXPECT_TRUE(c.worker(0).Running()) << c.Logs();
@@ -510,12 +510,7 @@ TEST(ClusterTest, ASecondManagerCannotTakeTheFirstOnesStatusPort) {
   Process first({TESSERA_BIN, "manager", "--listen", Addr(FreePort()), "--data", d.File("m1"),
                  "--http", http_addr},
                 d.File("m1.log"));
-  bool up = false;
-  for (int i = 0; i < 100 && !up; ++i) {
-    up = testing::ReadFile(d.File("m1.log")).find("HTTP status on") != std::string::npos;
-    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  ASSERT_TRUE(up) << testing::ReadFile(d.File("m1.log"));
+  ASSERT_TRUE(LogSays(d.File("m1.log"), "HTTP status on")) << testing::ReadFile(d.File("m1.log"));
   Process second({TESSERA_BIN, "manager", "--listen", Addr(FreePort()), "--data", d.File("m2"),
                   "--http", http_addr},
                  d.File("m2.log"));
