@@ -11,10 +11,12 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "convert.h"
@@ -43,6 +45,48 @@ int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+std::string SpecText(const ProtectionSpec& p) {
+  if (p.scheme == "rs") return "rs:" + std::to_string(p.k) + "+" + std::to_string(p.m);
+  return p.scheme;
+}
+
+// The cluster's shape: what its init command records, every manager must be started with, and
+// DATA/cluster.json keeps so that a restart with other flags is refused before it serves.
+nlohmann::json ShapeOf(const ProtectionSpec& spec, int workers, int shards) {
+  return {{"protection", SpecText(spec)},
+          {"k", spec.k},
+          {"m", spec.m},
+          {"workers", workers},
+          {"shards", shards}};
+}
+
+// Why a manager started with shape `flags` cannot serve the cluster of shape `stored` (whose
+// data is in `data_dir`); empty when it can.
+std::string ShapeMismatch(const std::string& data_dir, const nlohmann::json& stored,
+                          const nlohmann::json& flags) {
+  auto s = [](const nlohmann::json& j, const char* f) { return j.value(f, std::string()); };
+  auto n = [](const nlohmann::json& j, const char* f) { return j.value(f, 0); };
+  if (s(stored, "protection") != s(flags, "protection") || n(stored, "k") != n(flags, "k") ||
+      n(stored, "m") != n(flags, "m")) {
+    return "manager data in " + data_dir + " belongs to a cluster with protection " +
+           s(stored, "protection") + " over " + std::to_string(n(stored, "k")) + "+" +
+           std::to_string(n(stored, "m")) + " nodes, not " + s(flags, "protection") + " over " +
+           std::to_string(n(flags, "k")) + "+" + std::to_string(n(flags, "m"));
+  }
+  if (n(stored, "workers") != n(flags, "workers")) {
+    return "the cluster expects " + std::to_string(n(stored, "workers")) +
+           " workers, not --workers " + std::to_string(n(flags, "workers")) +
+           " (every manager must be started with the same flags)";
+  }
+  if (n(stored, "shards") != n(flags, "shards")) {
+    // It used to keep the stored count silently while its log named the flag's.
+    return "the cluster has " + std::to_string(n(stored, "shards")) + " shards, not --shards " +
+           std::to_string(n(flags, "shards")) +
+           " (every manager must be started with the same flags)";
+  }
+  return "";
 }
 
 // Membership, shard map, protection records and the lock service: the managers' replicated
@@ -121,8 +165,9 @@ class ManagerState : public ReplicatedState {
   bool exit_requested() const { return exit_requested_; }
   bool exit_cleanup() const { return exit_cleanup_; }
   nlohmann::json InitCommand() const {
-    return {{"op", "init"}, {"protection", SpecText(spec_)},     {"k", spec_.k},
-            {"m", spec_.m}, {"workers", opts_.expected_workers}, {"shards", opts_.num_shards}};
+    nlohmann::json j = ShapeOf(spec_, opts_.expected_workers, opts_.num_shards);
+    j["op"] = "init";
+    return j;
   }
 
   // Register command (see ManagerService.Register); mu held.
@@ -435,23 +480,28 @@ class ManagerState : public ReplicatedState {
   }
 
   // Every manager must run the same cluster shape: Apply (forming, slots) depends on it.
+  // Once the shape is known (init applied, or a snapshot restored): refuses other flags, and
+  // keeps the shape in DATA/cluster.json for the next start to check first (RunManager).
   void CheckScheme() {
     if (stored_scheme_.empty()) return;
-    if (stored_scheme_ != SpecText(spec_) || stored_k_ != spec_.k || stored_m_ != spec_.m) {
-      fatal_ = "manager data in " + opts_.data_dir + " belongs to a cluster with protection " +
-               stored_scheme_ + " over " + std::to_string(stored_k_) + "+" +
-               std::to_string(stored_m_) + " nodes, not " + SpecText(spec_) + " over " +
-               std::to_string(spec_.k) + "+" + std::to_string(spec_.m);
-    } else if (expected_workers_ != opts_.expected_workers) {
-      fatal_ = "the cluster expects " + std::to_string(expected_workers_) +
-               " workers, not --workers " + std::to_string(opts_.expected_workers) +
-               " (every manager must be started with the same flags)";
-    } else if (num_shards_ != opts_.num_shards) {
-      // It used to keep the stored count silently while its log named the flag's.
-      fatal_ = "the cluster has " + std::to_string(num_shards_) + " shards, not --shards " +
-               std::to_string(opts_.num_shards) +
-               " (every manager must be started with the same flags)";
+    const nlohmann::json shape = {{"protection", stored_scheme_},
+                                  {"k", stored_k_},
+                                  {"m", stored_m_},
+                                  {"workers", expected_workers_},
+                                  {"shards", num_shards_}};
+    std::string why = ShapeMismatch(opts_.data_dir, shape,
+                                    ShapeOf(spec_, opts_.expected_workers, opts_.num_shards));
+    if (!why.empty()) {
+      fatal_ = why;
+      return;
     }
+    if (shape_saved_) return;
+    // Best effort: without the file the next start still refuses, only later (here).
+    if (Status st = WriteFileDurably(opts_.data_dir + "/cluster.json", shape.dump() + "\n");
+        !st.ok()) {
+      spdlog::warn("manager: cannot record the cluster's shape: {}", st.ToString());
+    }
+    shape_saved_ = true;
   }
 
   // A shard's owner changed or restarted: the next token of lock "shard/N" is its new epoch.
@@ -661,11 +711,6 @@ class ManagerState : public ReplicatedState {
     std::string progress;          // from its last heartbeat
     bool rebuild_pending = false;  // told to rebuild; a retried Register gets the same answer
   };
-
-  static std::string SpecText(const ProtectionSpec& p) {
-    if (p.scheme == "rs") return "rs:" + std::to_string(p.k) + "+" + std::to_string(p.m);
-    return p.scheme;
-  }
 
   int DataWorkers() const {
     int n = 0;
@@ -918,6 +963,7 @@ class ManagerState : public ReplicatedState {
 
   ManagerOptions opts_;
   ProtectionSpec spec_;
+  bool shape_saved_ = false;   // DATA/cluster.json written by this process
   std::string stored_scheme_;  // the cluster's shape, from the init command
   int stored_k_ = 0, stored_m_ = 0;
   int expected_workers_ = 0;
@@ -1433,6 +1479,23 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
     return Status::InvalidArgument(
         "manager data in " + options.data_dir +
         " was written by a version without Raft (manager.mdb); start from an empty directory");
+  }
+  // Flags that do not fit the cluster are refused before anything is created or served (the
+  // replicated state refuses them too, but only once its log is applied, after serving began).
+  if (const std::string shape_file = options.data_dir + "/cluster.json";
+      std::filesystem::exists(shape_file, ec)) {
+    std::ifstream in(shape_file);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto stored = nlohmann::json::parse(text.str(), nullptr, false);
+    if (!in || stored.is_discarded() || !stored.is_object()) {
+      return Status::Corruption(shape_file +
+                                " (the cluster's shape) is not readable JSON; remove it to "
+                                "start: the manager's Raft data still records the shape");
+    }
+    std::string why = ShapeMismatch(options.data_dir, stored,
+                                    ShapeOf(spec, opts.expected_workers, opts.num_shards));
+    if (!why.empty()) return Status::InvalidArgument(why);
   }
 
   ManagerState state;

@@ -441,25 +441,45 @@ bool LogSays(const std::string& path, const std::string& text) {
 TEST(ClusterTest, ARestartWithOtherFlagsIsRefusedNamingTheClustersOwn) {
   TempDir d;
   const std::string listen = Addr(FreePort());
-  {
-    Process first({TESSERA_BIN, "manager", "--listen", listen, "--data", d.File("m"), "--workers",
-                   "2", "--shards", "16", "--protection", "none"},
-                  d.File("first.log"));
-    ASSERT_TRUE(LogSays(d.File("first.log"), "became the leader"))
-        << testing::ReadFile(d.File("first.log"));
-  }  // SIGKILLed
-  for (const auto& [flags, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
-           {{"--workers", "2", "--protection", "none"}, "has 16 shards, not --shards 64"},
-           {{"--workers", "3", "--shards", "16", "--protection", "none"},
-            "expects 2 workers, not --workers 3"}}) {
+  // The cluster's own flags: it serves, and records its shape in DATA/cluster.json (then it is
+  // SIGKILLed).
+  auto serves = [&](const std::string& log) {
+    Process p({TESSERA_BIN, "manager", "--listen", listen, "--data", d.File("m"), "--workers", "2",
+               "--shards", "16", "--protection", "none"},
+              d.File(log));
+    if (!LogSays(d.File(log), "became the leader")) return false;
+    for (int i = 0; i < 100 && !std::filesystem::exists(d.File("m/cluster.json")); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return std::filesystem::exists(d.File("m/cluster.json"));
+  };
+  ASSERT_TRUE(serves("first.log")) << testing::ReadFile(d.File("first.log"));
+  auto refused = [&](const std::vector<std::string>& flags, const std::string& want) {
     std::vector<std::string> argv = {TESSERA_BIN, "manager", "--listen",
                                      listen,      "--data",  d.File("m")};
     argv.insert(argv.end(), flags.begin(), flags.end());
     Process again(argv, d.File("again.log"));
     EXPECT_NE(again.Wait(std::chrono::seconds(15)), 0) << "kept running";
-    EXPECT_NE(testing::ReadFile(d.File("again.log")).find(want), std::string::npos)
-        << testing::ReadFile(d.File("again.log"));
+    const std::string log = testing::ReadFile(d.File("again.log"));
+    EXPECT_NE(log.find(want), std::string::npos) << log;
+    return log;
+  };
+  for (const auto& [flags, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--workers", "2", "--protection", "none"}, "has 16 shards, not --shards 64"},
+           {{"--workers", "3", "--shards", "16", "--protection", "none"},
+            "expects 2 workers, not --workers 3"},
+           {{"--workers", "2", "--shards", "16", "--protection", "xor"},
+            "belongs to a cluster with protection none over 0+0 nodes, not xor over 2+1"}}) {
+    // Refused before serving, or creating anything (a parity holder's files, for xor).
+    const std::string log = refused(flags, want);
+    EXPECT_EQ(log.find("serving on"), std::string::npos) << log;
+    EXPECT_FALSE(std::filesystem::exists(d.File("m/parity")));
   }
+  // Data without the shape file (lost, or from before it existed): the replicated state still
+  // refuses, once applied; and the right flags start, writing the file again.
+  std::filesystem::remove(d.File("m/cluster.json"));
+  refused({"--workers", "2", "--protection", "none"}, "has 16 shards, not --shards 64");
+  EXPECT_TRUE(serves("right.log")) << testing::ReadFile(d.File("right.log"));
 }
 
 // A second process with a live worker's node id (its data directory copied) is refused while the
