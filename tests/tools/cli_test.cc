@@ -47,6 +47,18 @@ TEST(CliTest, BadFlagExitsTwo) {
   EXPECT_NE(r.err.find("tessera version --help"), std::string::npos) << r.err;
 }
 
+// A usage error in a nested command names that command, whose --help has the missing option
+// (`tessera ec --help` lists only `encode` and `decode`).
+TEST(CliTest, AUsageErrorInANestedCommandNamesIt) {
+  auto r = RunCommand({kBin, "ec", "decode"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("tessera ec decode: --out is required"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Run 'tessera ec decode --help'"), std::string::npos) << r.err;
+  r = RunCommand({kBin, "ec"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("Run 'tessera ec --help'"), std::string::npos) << r.err;
+}
+
 // Counts and ports out of range are usage errors, not a load that never ends (-1 used to wrap to
 // 2^64 - 1 keys) or an abort.
 TEST(CliTest, OutOfRangeCountsAndPortsExitTwo) {

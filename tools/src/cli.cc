@@ -105,9 +105,21 @@ int Run(int argc, char** argv) {
     } else if (word.empty() && argc <= 1) {
       std::cerr << "tessera: no command given.\n" << app.help();
     } else {
-      std::cerr << "tessera: " << e.what() << "\n";
-      std::cerr << "Run 'tessera " << (known ? word + " " : std::string())
-                << "--help' for usage.\n";
+      // The command the error is about: the deepest one parsed (`ec encode`, not `ec`).
+      std::string path;
+      if (known) {
+        const CLI::App* cur = &app;
+        for (;;) {
+          auto subs = cur->get_subcommands();
+          if (subs.empty()) break;
+          cur = subs.front();
+          path += cur->get_name() + " ";
+        }
+        if (path.empty()) path = word + " ";
+      }
+      std::cerr << "tessera" << (path.empty() ? "" : " ")
+                << path.substr(0, path.empty() ? 0 : path.size() - 1) << ": " << e.what() << "\n";
+      std::cerr << "Run 'tessera " << path << "--help' for usage.\n";
     }
     return kExitUsage;
   }
