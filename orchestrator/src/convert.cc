@@ -182,8 +182,15 @@ Status WriteFileDurably(const std::string& path, const std::string& content) {
             ::fsync(fd) == 0;
   int err = errno;
   ::close(fd);
-  if (!ok) return ErrnoStatus(err, "write " + tmp);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + tmp);
+  if (!ok) {
+    ::unlink(tmp.c_str());  // nothing half-written is left behind
+    return ErrnoStatus(err, "write " + tmp);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    err = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(err, "rename " + tmp);
+  }
   // The rename itself must survive a power cut: flush the directory too.
   std::string dir = std::filesystem::path(path).parent_path().string();
   int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

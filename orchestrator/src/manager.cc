@@ -47,6 +47,17 @@ int64_t WallMs() {
       .count();
 }
 
+// True when `j` has ShapeOf's fields with their types (a file from elsewhere may not).
+bool ValidShape(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("protection") || !j["protection"].is_string()) return false;
+  for (const char* f : {"k", "m", "workers", "shards"}) {
+    if (!j.contains(f) || !j[f].is_number_integer()) return false;
+    const auto v = j[f].get<int64_t>();
+    if (v < 0 || v > 1000000) return false;
+  }
+  return true;
+}
+
 std::string SpecText(const ProtectionSpec& p) {
   if (p.scheme == "rs") return "rs:" + std::to_string(p.k) + "+" + std::to_string(p.m);
   return p.scheme;
@@ -63,11 +74,19 @@ nlohmann::json ShapeOf(const ProtectionSpec& spec, int workers, int shards) {
 }
 
 // Why a manager started with shape `flags` cannot serve the cluster of shape `stored` (whose
-// data is in `data_dir`); empty when it can.
+// data is in `data_dir`); empty when it can. Both have every field of ShapeOf (ValidShape).
 std::string ShapeMismatch(const std::string& data_dir, const nlohmann::json& stored,
                           const nlohmann::json& flags) {
-  auto s = [](const nlohmann::json& j, const char* f) { return j.value(f, std::string()); };
-  auto n = [](const nlohmann::json& j, const char* f) { return j.value(f, 0); };
+  auto s = [](const nlohmann::json& j, const char* f) { return j.at(f).get<std::string>(); };
+  auto n = [](const nlohmann::json& j, const char* f) { return j.at(f).get<int>(); };
+  if (s(stored, "protection") == "xor" && s(flags, "protection") == "xor" &&
+      n(stored, "k") != n(flags, "k")) {
+    // With xor every data worker is a slot (k = --workers): name the flag that differs.
+    return "the cluster expects " + std::to_string(n(stored, "workers")) +
+           " workers (protection xor over " + std::to_string(n(stored, "k")) +
+           "+1 nodes), not --workers " + std::to_string(n(flags, "workers")) +
+           " (every manager must be started with the same flags)";
+  }
   if (s(stored, "protection") != s(flags, "protection") || n(stored, "k") != n(flags, "k") ||
       n(stored, "m") != n(flags, "m")) {
     return "manager data in " + data_dir + " belongs to a cluster with protection " +
@@ -1482,16 +1501,18 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
   }
   // Flags that do not fit the cluster are refused before anything is created or served (the
   // replicated state refuses them too, but only once its log is applied, after serving began).
+  // Only beside the Raft data it describes: a directory whose raft/ was removed starts afresh.
   if (const std::string shape_file = options.data_dir + "/cluster.json";
-      std::filesystem::exists(shape_file, ec)) {
+      std::filesystem::exists(shape_file, ec) &&
+      std::filesystem::exists(options.data_dir + "/raft", ec)) {
     std::ifstream in(shape_file);
     std::stringstream text;
     text << in.rdbuf();
     auto stored = nlohmann::json::parse(text.str(), nullptr, false);
-    if (!in || stored.is_discarded() || !stored.is_object()) {
+    if (!in || stored.is_discarded() || !ValidShape(stored)) {
       return Status::Corruption(shape_file +
-                                " (the cluster's shape) is not readable JSON; remove it to "
-                                "start: the manager's Raft data still records the shape");
+                                " (the cluster's shape) is not what this version writes; remove "
+                                "it to start: the manager's Raft data still records the shape");
     }
     std::string why = ShapeMismatch(options.data_dir, stored,
                                     ShapeOf(spec, opts.expected_workers, opts.num_shards));

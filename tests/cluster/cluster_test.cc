@@ -482,6 +482,53 @@ TEST(ClusterTest, ARestartWithOtherFlagsIsRefusedNamingTheClustersOwn) {
   EXPECT_TRUE(serves("right.log")) << testing::ReadFile(d.File("right.log"));
 }
 
+// DATA/cluster.json: with xor a different --workers is named as such; a file this version would
+// not write is refused by name, not read as zeros; and one left beside no Raft data (raft/
+// removed to start afresh) does not hold the new cluster to the old shape.
+TEST(ClusterTest, TheShapeFileNamesTheFlagAndIsTrustedOnlyBesideItsRaftData) {
+  TempDir d;
+  const std::string listen = Addr(FreePort());
+  auto manager = [&](const std::string& workers, const std::string& log) {
+    return std::make_unique<Process>(
+        std::vector<std::string>{TESSERA_BIN, "manager", "--listen", listen, "--data", d.File("m"),
+                                 "--workers", workers},
+        d.File(log));
+  };
+  {
+    auto first = manager("2", "first.log");
+    ASSERT_TRUE(LogSays(d.File("first.log"), "became the leader"))
+        << testing::ReadFile(d.File("first.log"));
+    for (int i = 0; i < 100 && !std::filesystem::exists(d.File("m/cluster.json")); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_TRUE(std::filesystem::exists(d.File("m/cluster.json")));
+  }  // SIGKILLed
+  const std::string shape = testing::ReadFile(d.File("m/cluster.json"));
+  auto refused = [&](const std::string& workers, const std::string& want) {
+    auto again = manager(workers, "again.log");
+    EXPECT_NE(again->Wait(std::chrono::seconds(15)), 0) << "kept running";
+    EXPECT_NE(testing::ReadFile(d.File("again.log")).find(want), std::string::npos)
+        << testing::ReadFile(d.File("again.log"));
+  };
+  refused("3", "the cluster expects 2 workers (protection xor over 2+1 nodes), not --workers 3");
+  for (const char* bad : {"{}", R"({"k":"2","m":1,"protection":"xor","shards":64,"workers":2})",
+                          R"({"k":2,"m":1,"protection":"xor","shards":64.5,"workers":2})"}) {
+    std::ofstream(d.File("m/cluster.json"), std::ios::trunc) << bad;
+    refused("2", "cluster.json (the cluster's shape) is not what this version writes");
+  }
+  std::ofstream(d.File("m/cluster.json"), std::ios::trunc) << shape;
+  std::filesystem::remove_all(d.File("m/raft"));
+  std::filesystem::remove_all(d.File("m/parity"));
+  auto fresh = manager("3", "fresh.log");
+  ASSERT_TRUE(LogSays(d.File("fresh.log"), "became the leader"))
+      << testing::ReadFile(d.File("fresh.log"));
+  for (int i = 0; i < 100 && testing::ReadFile(d.File("m/cluster.json")) == shape; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(testing::ReadFile(d.File("m/cluster.json")).find(R"("workers":3)"), std::string::npos)
+      << testing::ReadFile(d.File("m/cluster.json"));
+}
+
 // A second process with a live worker's node id (its data directory copied) is refused while the
 // live one heartbeats, instead of fencing it; and a worker whose settings the manager refuses
 // (--replace naming no node, a worker beyond --workers) exits with the reason instead of
