@@ -47,6 +47,20 @@ TEST(CliTest, BadFlagExitsTwo) {
   EXPECT_NE(r.err.find("tessera version --help"), std::string::npos) << r.err;
 }
 
+// Nothing listening at --manager (no manager running, a mistyped port): said after 3 s, where the
+// requests used to retry for the whole --deadline-ms.
+TEST(CliTest, NoManagerListeningIsSaidAtOnce) {
+  testing::TempDir d;
+  const std::string addr = "127.0.0.1:" + std::to_string(testing::FreePort());
+  testing::Process status({kBin, "status", "--manager", addr, "--deadline-ms", "600000"},
+                          d.File("status.log"));
+  EXPECT_EQ(status.Wait(std::chrono::seconds(60)), 1) << "still retrying after 60 s";
+  const std::string log = testing::ReadFile(d.File("status.log"));
+  EXPECT_NE(log.find("no manager is listening at " + addr + " (connection refused for 3000 ms)"),
+            std::string::npos)
+      << log;
+}
+
 // A usage error in a nested command names that command, whose --help has the missing option
 // (`tessera ec --help` lists only `encode` and `decode`).
 TEST(CliTest, AUsageErrorInANestedCommandNamesIt) {

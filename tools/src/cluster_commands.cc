@@ -1,9 +1,14 @@
 // Cluster commands: `tessera manager`, `tessera worker`, and the client commands put, get, del,
 // scan, load, status, shutdown.
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <thread>
 
@@ -43,6 +48,42 @@ int Fail(const std::string& cmd, const Status& s) {
   return kExitFailure;
 }
 
+// True when nothing listens at `address`: every address it resolves to refused the connection.
+// False when something answered, or the address could not be tried (the request then reports it).
+bool Refused(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;  // a port, not a service name (the client's parser agrees)
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(address.substr(0, colon).c_str(), address.substr(colon + 1).c_str(), &hints,
+                    &res) != 0) {
+    return false;
+  }
+  bool refused = res != nullptr;
+  for (addrinfo* a = res; a != nullptr && refused; a = a->ai_next) {
+    const int fd =
+        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      refused = false;
+      break;
+    }
+    int err = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
+    if (err == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      socklen_t len = sizeof err;
+      if (::poll(&p, 1, 1000) != 1 || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+        err = ETIMEDOUT;
+      }
+    }
+    ::close(fd);
+    refused = err == ECONNREFUSED;
+  }
+  ::freeaddrinfo(res);
+  return refused;
+}
+
 struct ClientFlags {
   std::string manager = "127.0.0.1:8081";
   std::string token_file;
@@ -64,6 +105,32 @@ struct ClientFlags {
     o.manager = manager;
     o.deadline = std::chrono::milliseconds(deadline_ms);
     TESSERA_ASSIGN_OR_RETURN(o.token, orchestrator::ReadTokenFile(token_file));
+    // No manager running, or a mistyped --manager: said after kRefusedFor (or the deadline, if
+    // shorter), where the requests would retry for the whole deadline. A manager that is starting
+    // or restarting (`tessera manager ... &` and a command right after it) binds its port
+    // within that time.
+    constexpr std::chrono::milliseconds kRefusedFor{3000};
+    const auto give_up = std::chrono::steady_clock::now() + std::min(o.deadline, kRefusedFor);
+    auto none_listens = [&] {
+      size_t from = 0;
+      for (;;) {
+        const size_t comma = manager.find(',', from);
+        if (!Refused(manager.substr(from, comma - from))) return false;
+        if (comma == std::string::npos) return true;
+        from = comma + 1;
+      }
+    };
+    while (none_listens()) {
+      const auto left = give_up - std::chrono::steady_clock::now();
+      if (left <= std::chrono::steady_clock::duration::zero()) {
+        return Status::Unavailable(
+            "no manager is listening at " + manager + " (connection refused for " +
+            std::to_string(std::min(o.deadline, kRefusedFor).count()) +
+            " ms): start one with 'tessera manager', or name the running ones with --manager");
+      }
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(left, std::chrono::milliseconds(100)));
+    }
     return Client::Connect(o);
   }
 };
