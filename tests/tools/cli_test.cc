@@ -71,6 +71,12 @@ TEST(CliTest, AUsageErrorInANestedCommandNamesIt) {
   r = RunCommand({kBin, "ec"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("Run 'tessera ec --help'"), std::string::npos) << r.err;
+  // A mistyped nested command gets the suggestion a mistyped command does.
+  r = RunCommand({kBin, "--log-level", "warn", "ec", "decod", "x"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("tessera ec: unknown command 'decod'. Did you mean 'decode'?"),
+            std::string::npos)
+      << r.err;
 }
 
 // Counts and ports out of range are usage errors, not a load that never ends (-1 used to wrap to

@@ -107,8 +107,8 @@ int Run(int argc, char** argv) {
     } else {
       // The command the error is about: the deepest one parsed (`ec encode`, not `ec`).
       std::string path;
+      CLI::App* cur = &app;
       if (known) {
-        const CLI::App* cur = &app;
         for (;;) {
           auto subs = cur->get_subcommands();
           if (subs.empty()) break;
@@ -117,8 +117,31 @@ int Run(int argc, char** argv) {
         }
         if (path.empty()) path = word + " ";
       }
-      std::cerr << "tessera" << (path.empty() ? "" : " ")
-                << path.substr(0, path.empty() ? 0 : path.size() - 1) << ": " << e.what() << "\n";
+      const std::string where =
+          "tessera" + (path.empty() ? "" : " " + path.substr(0, path.size() - 1));
+      // A command of subcommands (`ec`) given a word that names none of them (`ec decod`).
+      std::vector<std::string> nested;
+      for (const CLI::App* sub : cur->get_subcommands([](CLI::App*) { return true; })) {
+        nested.push_back(sub->get_name());
+      }
+      std::string unknown;
+      if (cur != &app && !nested.empty()) {
+        for (int i = 1; i < argc; ++i) {
+          if (argv[i] != cur->get_name()) continue;
+          for (int j = i + 1; j < argc && unknown.empty(); ++j) {
+            if (argv[j][0] != '-') unknown = argv[j];
+          }
+          break;
+        }
+      }
+      if (!unknown.empty() && std::find(nested.begin(), nested.end(), unknown) == nested.end()) {
+        std::cerr << where << ": unknown command '" << unknown << "'.";
+        std::string s = Suggest(unknown, nested);
+        if (!s.empty()) std::cerr << " Did you mean '" << s << "'?";
+        std::cerr << "\n";
+      } else {
+        std::cerr << where << ": " << e.what() << "\n";
+      }
       std::cerr << "Run 'tessera " << path << "--help' for usage.\n";
     }
     return kExitUsage;
