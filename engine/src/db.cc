@@ -840,21 +840,23 @@ Status CommitTxn(Txn& t, bool sync) {
   m.durable_txn = db->durable_txn;
   m.crc = MetaCrc(m);
   const uint32_t slot = 1 - db->durable_slot;
-  // What the slot held, put back if this commit fails below: the OS may still write the page
-  // back, and the commit the caller was told failed must not appear at the next open.
-  Meta slot_before;
-  std::memcpy(&slot_before, db->Page(slot), sizeof slot_before);
-  std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
   // nosync commits keep freed pages from reuse until a flush; flush once too many wait.
   uint64_t backlog = db->pending_old_count + t.freed.size();
   const bool reclaim = !db->replaying && backlog > std::max<uint64_t>(16384, m.last_page / 2);
-  if (sync && !reclaim && db->log && t.log_ok && db->logged_upto == t.txnid - 1 &&
-      db->log->Fits(t.log_ops.size())) {
+  const bool via_log = sync && !reclaim && db->log && t.log_ok && db->logged_upto == t.txnid - 1 &&
+                       db->log->Fits(t.log_ops.size());
+  // What the slot held, put back if a flush fails below: the OS may still write the page back,
+  // and the commit the caller was told failed must not appear at the next open. A commit through
+  // the log writes the slot only once its record is stored: a read-only handle opened meanwhile
+  // (it reads the metas from the file) must not take a commit that then fails for its snapshot.
+  Meta slot_before;
+  std::memcpy(&slot_before, db->Page(slot), sizeof slot_before);
+  if (!via_log) std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
+  if (via_log) {
     // Every commit since the last flush is in the log: this one joins it, and the data file's
     // pages can wait for a later flush.
     Status s = db->log->Append(m.db_id, db->durable_txn, m.txnid, t.log_ops);
     if (!s.ok()) {
-      std::memcpy(db->Page(slot), &slot_before, sizeof slot_before);
       db->fatal = Status::IoError(
                       "commit log write failed; the database refuses writes until "
                       "reopened: " +
@@ -862,6 +864,7 @@ Status CommitTxn(Txn& t, bool sync) {
                       .WithCCode(TESSERA_FATAL);
       return db->fatal;
     }
+    std::memcpy(db->Page(slot), &m, sizeof m);
     db->logged_upto = m.txnid;
     db->log_syncs.fetch_add(1, std::memory_order_relaxed);
   } else if (sync || reclaim) {
