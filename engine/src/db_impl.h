@@ -169,6 +169,13 @@ struct Db::Impl {
   };
   std::mutex gc_mu;
   std::deque<Writer*> gc_queue;
+  // gc_queue's size, for a leader waiting for a group to gather without taking gc_mu.
+  std::atomic<size_t> gc_queued{0};
+  // Sync groups only: how many writers the last sync group had (1: none to wait for). Each
+  // sync group's writers return together and come back together; a leader that took only those
+  // already queued split them into two alternating groups, two flushes where one would do. So
+  // a sync leader first waits (briefly) for this many to queue.
+  std::atomic<size_t> gc_sync_writers{1};
   // Options::group_commit_spin_us: a waiting writer polls its flags (PollYielding) until they
   // change or the time is up; this Db's writers share the switch that busy CPUs turn off.
   std::atomic<int64_t> spin_off_until{0};
