@@ -999,6 +999,17 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     std::string bytes(static_cast<size_t>(st.st_size), '\0');
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) return ErrnoStatus(errno, "open " + path);
+    // Under the writer's lock: zeros may also be a file another opener has just grown and is
+    // writing its first metas into (truncating it under that opener's mapping crashed it).
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      ::close(fd);
+      if (e == EWOULDBLOCK) {
+        return Status::Busy(path + " is already open for writing (by this or another process)")
+            .WithCCode(TESSERA_BUSY);
+      }
+      return ErrnoStatus(e, "flock " + path);
+    }
     bool zeros = ::pread(fd, bytes.data(), bytes.size(), 0) == st.st_size &&
                  bytes.find_first_not_of('\0') == std::string::npos;
     if (zeros && ::ftruncate(fd, 0) != 0) {
@@ -1098,6 +1109,12 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
   Meta chosen;
   uint32_t chosen_slot = 0;
   const std::string log_path = CommitLog::PathFor(path);
+  if (fresh && impl->region->page_count() != 0) {
+    // Another opener created the file between the stat above and this one's lock (and has
+    // closed it since): its commits must not be overwritten by a new file's metas.
+    return Status::Busy(path + " was created by another opener meanwhile; open it again")
+        .WithCCode(TESSERA_BUSY);
+  }
   if (fresh) {
     // A log left beside a file that is started again belongs to no commit of the new file.
     if (::unlink(log_path.c_str()) != 0 && errno != ENOENT) {

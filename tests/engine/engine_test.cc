@@ -1,6 +1,7 @@
 // Engine behaviour: basic operations, persistence, errors, corruption handling, group commit.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1487,6 +1488,30 @@ TEST(EngineTest, BadMetaFallsBackToTheOther) {
       << db->GetStats()->recovery_note;
   EXPECT_TRUE(db->Verify().ok) << db->Verify().ToString();
   ASSERT_TRUE(db->Put("c", "3").ok());  // and the database keeps working
+}
+
+// A file of only zeros is what an interrupted creation leaves, and Open starts it again; it is
+// also what another opener has just grown and is writing its first metas into, under the
+// writer's lock. Open then reports Busy and leaves the file alone: it truncated it first, and
+// the other opener died of SIGBUS writing into its mapping past the new end.
+TEST(EngineTest, AZeroFileAnotherOpenerIsCreatingIsLeftAlone) {
+  TempDir dir;
+  const std::string path = dir.File("db");
+  const std::string zeros(8192, '\0');
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, zeros.data(), zeros.size()), static_cast<ssize_t>(zeros.size()));
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);  // the other opener, mid-creation
+  auto db = Db::Open(path, Options{});
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.status().c_code(), TESSERA_BUSY) << db.status().ToString();
+  struct stat st;
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 8192) << "truncated under the other opener";
+  ::close(fd);  // its lock goes: an interrupted creation is started again
+  auto again = MustOpen(path);
+  ASSERT_TRUE(again);
+  ASSERT_TRUE(again->Put("k", "v").ok());
 }
 
 // A sync commit whose commit-log append fails is refused with a sticky fatal error, and it is
