@@ -29,6 +29,7 @@
 #include <string_view>
 #include <vector>
 
+#include "side_files.h"
 #include "tessera/common/status.h"
 
 namespace tessera::engine {
@@ -44,8 +45,8 @@ class CommitLog {
     std::string payload;
   };
 
-  // The log file of the database at `db_path`.
-  static std::string PathFor(const std::string& db_path) { return db_path + "-log"; }
+  // The log file of the database at `db_path` (see side_files.h).
+  static std::string PathFor(const std::string& db_path) { return SideFileBase(db_path) + "-log"; }
 
   // Reads the records of `db_id` from the start of the file (an absent file has none). Stops at the
   // first record that is missing, torn, of another database or out of sequence; Corruption when a

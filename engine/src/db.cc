@@ -960,6 +960,11 @@ Db::~Db() {
         std::memcpy(d.Page(1 - d.meta_slot), &c, sizeof c);
         (void)d.region->Flush();
       }
+      // Every commit is in the file now, so its log has nothing left to give; left in place it
+      // would be taken for the file's at the next open even after the file was replaced by an
+      // older copy of itself (its stale records then replayed onto that copy, or refused as a
+      // gap). A cleanly closed database is its one file.
+      if (d.log) (void)::unlink(CommitLog::PathFor(d.path).c_str());
     }
   }
 }

@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "side_files.h"
 #include "tessera/common/status.h"
 
 namespace tessera::engine {
@@ -45,7 +46,10 @@ class SharedReaders {
   static constexpr size_t kSlots = 128;
   static constexpr uint64_t kBytes = kSlots * 16;
 
-  static std::string PathFor(const std::string& db_path) { return db_path + "-readers"; }
+  // See side_files.h.
+  static std::string PathFor(const std::string& db_path) {
+    return SideFileBase(db_path) + "-readers";
+  }
   // Opens (creating) the table beside the database file `db_path`. A writer that may not write
   // it (another user made it) maps it read-only: it still sees every pin, and frees no slot.
   static Result<std::unique_ptr<SharedReaders>> Open(const std::string& db_path, bool writer);
