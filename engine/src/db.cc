@@ -979,7 +979,11 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
                                    " must be a power of two from 4096 to 65536")
         .WithCCode(TESSERA_BAD_PAGE_SIZE);
   }
-  if (options.max_readers == 0) return Status::InvalidArgument("max_readers must be at least 1");
+  if (options.max_readers == 0 || options.max_readers > 4096) {
+    // (A huge count threw std::bad_alloc out of Open.)
+    return Status::InvalidArgument("max_readers " + std::to_string(options.max_readers) +
+                                   " is not 1 to 4096");
+  }
   if (options.group_commit_spin_us > 1000000) {
     return Status::InvalidArgument("group_commit_spin_us " +
                                    std::to_string(options.group_commit_spin_us) +

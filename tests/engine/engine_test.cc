@@ -839,6 +839,23 @@ TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
   EXPECT_NE(db.status().message().find("format_version 4"), std::string::npos);
 }
 
+// Options out of range are InvalidArgument from Open, not an exception (a huge max_readers threw
+// std::bad_alloc out of it), and no file is made for them.
+TEST(EngineTest, MaxReadersOutOfRangeIsRefused) {
+  TempDir dir;
+  for (size_t n : {size_t{0}, size_t{4097}, size_t{1} << 40, SIZE_MAX}) {
+    Options o;
+    o.max_readers = n;
+    auto db = Db::Open(dir.File("db"), o);
+    ASSERT_FALSE(db.ok()) << n;
+    EXPECT_TRUE(db.status().IsInvalidArgument()) << db.status().ToString();
+    EXPECT_FALSE(std::filesystem::exists(dir.File("db"))) << n;
+  }
+  Options o;
+  o.max_readers = 4096;
+  EXPECT_TRUE(MustOpen(dir.File("db"), o));
+}
+
 // Version 3 stores a large value without a page header: 4096 bytes take one page, not two. Files
 // of older versions keep their headers, and both kinds read back after a reopen with default
 // options.

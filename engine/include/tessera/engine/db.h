@@ -41,7 +41,7 @@ struct Options {
   bool read_only = false;
   uint64_t reserve_bytes = uint64_t{64} << 30;  // address space reserved: the file's size limit
   bool sync = true;          // default WriteOptions::sync for the Db-level Put/Delete/Write
-  size_t max_readers = 126;  // concurrent read transactions
+  size_t max_readers = 126;  // concurrent read transactions, 1 to 4096
   size_t group_commit_max_batches = 1024;  // batches combined into one commit at most
   size_t group_commit_max_bytes = size_t{16} << 20;
   // How long a writer whose batch waits for another writer's group commit polls for it (yielding
@@ -252,7 +252,8 @@ class Db {
   Result<std::unique_ptr<ReadTxn>> BeginReadAt(const ReadTxn& snap) const;
   Result<std::unique_ptr<WriteTxn>> BeginWrite();
 
-  // Flushes everything committed so far (makes nosync commits durable).
+  // Flushes everything committed so far (makes nosync commits durable). It waits for the writer
+  // lock: do not call it while this thread holds a WriteTxn (it would wait for itself).
   Status Sync();
 
   // Gives the free space at the end of the file back to the file system: moves the pages in use
