@@ -168,7 +168,8 @@ extern "C" const char* tessera_strerror(int code) {
     case TESSERA_TOO_MANY_ERASURES:
       return "more shards erased than the code can rebuild";
     case TESSERA_FATAL:
-      return "an earlier flush failed; writes are refused until the database is reopened";
+      return "an earlier write to disk (a flush or a commit-log append) failed; writes are "
+             "refused until the database is reopened";
     case TESSERA_TXN_FINISHED:
       return "transaction already finished";
     case TESSERA_BAD_SCHEME:

@@ -166,9 +166,16 @@ Status CommitLog::Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::stri
   // Zero-filled growth ahead of need: later appends then change no file metadata.
   if (offset_ + total > size_) {
     const uint64_t step = std::clamp(size_, kMinGrowStep, kMaxGrowStep);
-    const uint64_t new_size = (offset_ + total + step - 1) / step * step;
+    uint64_t new_size = (offset_ + total + step - 1) / step * step;
     std::vector<uint8_t> zeros(static_cast<size_t>(new_size - size_));
-    TESSERA_RETURN_IF_ERROR(PwriteAll(fd_, zeros.data(), zeros.size(), size_, "write " + path_));
+    Status grown = PwriteAll(fd_, zeros.data(), zeros.size(), size_, "write " + path_);
+    if (!grown.ok()) {
+      // A nearly full disk: the step ahead of need may not fit where this record does (a 4 MiB
+      // step failed with 176 KiB free). Grow by what the record needs only.
+      new_size = (offset_ + total + kMinGrowStep - 1) / kMinGrowStep * kMinGrowStep;
+      zeros.assign(static_cast<size_t>(new_size - size_), 0);
+      TESSERA_RETURN_IF_ERROR(PwriteAll(fd_, zeros.data(), zeros.size(), size_, "write " + path_));
+    }
     size_ = new_size;
   }
   std::string rec(static_cast<size_t>(total), '\0');

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1583,6 +1584,41 @@ TEST(EngineTest, AnOlderCopyPutBackAfterACleanCloseOpensAsThatCopy) {
     ASSERT_TRUE(db->Get("k" + std::to_string(i), &v).ok()) << i;
     EXPECT_EQ(v, "old") << "k" << i;
   }
+}
+
+// The commit log grows ahead of need in steps as large as itself (up to 4 MiB). Where the step does
+// not fit but the record does (a nearly full disk, here a file size limit 256 KiB past a 1 MiB
+// log), it grows by what the record needs: the commits go on. (The failed step made the Db refuse
+// every write with 176 KiB still free.) In a child process, which alone gets the limit.
+TEST(EngineTest, ACommitLogStepThatDoesNotFitGrowsByWhatTheRecordNeeds) {
+  TempDir dir;
+  const std::string path = dir.File("db");
+  const pid_t child = ::fork();  // the test process has no other thread at this point
+  if (child == 0) {
+    auto db = Db::Open(path, Options{});
+    if (!db.ok()) ::_exit(10);
+    const std::string value(1000, 'v');
+    // One key overwritten: the data file stays small while the log grows.
+    struct stat st {};
+    int puts = 0;
+    while (::stat((path + "-log").c_str(), &st) != 0 || st.st_size < (1 << 20)) {
+      if (!(*db)->Put("k", value).ok() || ++puts > 5000) ::_exit(11);
+    }
+    ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead
+    rlimit lim{(1 << 20) + (256 << 10), (1 << 20) + (256 << 10)};
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(12);
+    // About 600 KiB of records: past the 1 MiB log's end (which it reached half way through
+    // it), within the limit.
+    for (int i = 0; i < 550; ++i) {
+      if (!(*db)->Put("k", value).ok()) ::_exit(13);
+    }
+    ::_exit(0);
+  }
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "11: no 1 MiB log, 12: no limit, 13: a commit failed";
 }
 
 // A sync commit whose commit-log append fails is refused with a sticky fatal error, and it is

@@ -75,7 +75,7 @@ void tessera_db_close(tessera_db* db);
 /* Begins a transaction: read_only != 0 gives a snapshot that never blocks; otherwise the single
  * write transaction (blocks while another is active). Errors: TESSERA_NULL_HANDLE,
  * TESSERA_READ_ONLY (write txn on a read-only db), TESSERA_BUSY (too many readers),
- * TESSERA_FATAL (an earlier flush failed). */
+ * TESSERA_FATAL (an earlier flush or commit-log write failed). */
 int tessera_txn_begin(tessera_db* db, int read_only, tessera_txn** out);
 
 /* Commits (a read-only txn just ends). Always frees txn, also on error. Errors:
