@@ -25,6 +25,8 @@ Result<uint8_t*> ReadPage(const Txn& txn, uint64_t pgno, int type, uint64_t expe
 // The value bytes of a leaf cell, following an overflow reference when there is one.
 Result<std::string_view> CellValue(const Txn& txn, format::LeafCell cell);
 
+// NotFound, or Ok with *value set; a null `value` asks only whether the key is there (a large
+// value is then neither followed nor checked).
 Status Get(const Txn& txn, const TreeInfo& tree, std::string_view key, std::string_view* value);
 // Get in the snapshot whose high-water mark is last_page, which the caller keeps pinned.
 Status Get(const Db::Impl& db, uint64_t last_page, const TreeInfo& tree, std::string_view key,

@@ -1543,11 +1543,15 @@ Status Db::Put(std::string_view key, std::string_view value) {
 
 Status Db::Delete(std::string_view key) {
   TESSERA_RETURN_IF_ERROR(CheckKey(key));
-  std::string v;
-  TESSERA_RETURN_IF_ERROR(Get(key, &v));
-  WriteBatch b;
-  b.Delete(key);
-  return Write(b);
+  if (impl_->opts.read_only) {
+    return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
+  }
+  // In one write transaction, which says NotFound for a missing key without reading the value
+  // (it read the whole value first: a damaged large value made the delete fail, and a 1 GiB
+  // one was copied to be thrown away).
+  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginWrite());
+  TESSERA_RETURN_IF_ERROR(txn->Delete({}, key));
+  return txn->Commit(WriteOptions{impl_->opts.sync});
 }
 
 Status Db::Get(std::string_view key, std::string* value) const { return Get({}, key, value); }

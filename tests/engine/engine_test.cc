@@ -840,6 +840,44 @@ TEST(EngineTest, FormatVersionsDifferOnlyInWhatTheChecksumCovers) {
   EXPECT_NE(db.status().message().find("format_version 4"), std::string::npos);
 }
 
+// Db::Delete does not read the value it deletes: a damaged large value can still be deleted (it
+// read the whole value first, and failed with Corruption), and on a read-only Db a delete is
+// refused as such, key present or not (a missing key gave NotFound).
+TEST(EngineTest, DeleteDoesNotReadTheValue) {
+  TempDir dir;
+  const std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    ASSERT_TRUE(db->Put("big", std::string(100000, 'Z')).ok());
+    ASSERT_TRUE(db->Put("small", "s").ok());
+  }
+  // A byte in the middle of the large value's pages.
+  const std::string bytes = testing::ReadFile(path);
+  const size_t at = bytes.find(std::string(4096, 'Z'));
+  ASSERT_NE(at, std::string::npos);
+  FlipByte(path, at + 2048);
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    std::string v;
+    ASSERT_TRUE(db->Get("big", &v).IsCorruption());
+    Status deleted = db->Delete("big");
+    EXPECT_TRUE(deleted.ok()) << deleted.ToString();
+    EXPECT_TRUE(db->Get("big", &v).IsNotFound());
+    EXPECT_TRUE(db->Delete("big").IsNotFound());
+    EXPECT_TRUE(db->Get("small", &v).ok());
+  }
+  Options ro;
+  ro.read_only = true;
+  auto db = MustOpen(path, ro);
+  ASSERT_TRUE(db);
+  for (const char* key : {"small", "missing"}) {
+    Status s = db->Delete(key);
+    EXPECT_EQ(s.c_code(), TESSERA_READ_ONLY) << key << ": " << s.ToString();
+  }
+}
+
 // Options out of range are InvalidArgument from Open, not an exception (a huge max_readers threw
 // std::bad_alloc out of it), and no file is made for them.
 TEST(EngineTest, MaxReadersOutOfRangeIsRefused) {
