@@ -1424,7 +1424,7 @@ Result<std::unique_ptr<WriteTxn>> Db::Impl::BeginWrite() {
   return std::unique_ptr<WriteTxn>(new WriteTxn(std::move(t)));
 }
 
-Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
+Status Db::Impl::Write(const WriteBatch& batch, bool sync, bool missing_is_not_found) {
   for (const auto& op : batch.ops()) {
     TESSERA_RETURN_IF_ERROR(CheckKey(op.key));
     TESSERA_RETURN_IF_ERROR(CheckValue(op.value));
@@ -1436,6 +1436,7 @@ Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
   Writer w;
   w.batch = &batch;
   w.sync = sync;
+  w.missing_is_not_found = missing_is_not_found;
   bool lead;
   {
     std::lock_guard<std::mutex> l(gc_mu);
@@ -1487,9 +1488,14 @@ Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
   auto apply = [this](const std::vector<Writer*>& g, bool s) -> Status {
     TESSERA_ASSIGN_OR_RETURN(auto txn, BeginWrite());
     for (Writer* x : g) {
+      x->missing = false;
       for (const auto& op : x->batch->ops()) {
         Status st = op.is_put ? txn->Put(op.tree, op.key, op.value) : txn->Delete(op.tree, op.key);
-        if (!st.ok() && !st.IsNotFound()) return st;  // deleting a missing key is not an error
+        if (st.IsNotFound()) {
+          x->missing = true;  // deleting a missing key is not an error (unless asked: below)
+        } else if (!st.ok()) {
+          return st;
+        }
       }
     }
     return txn->Commit(WriteOptions{s});
@@ -1502,6 +1508,9 @@ Status Db::Impl::Write(const WriteBatch& batch, bool sync) {
     for (Writer* x : group) x->status = s;
   }
   for (Writer* x : group) {
+    if (x->status.ok() && x->missing && x->missing_is_not_found) {
+      x->status = Status::NotFound("key not found");
+    }
     if (x->status.ok()) batches.fetch_add(1, std::memory_order_relaxed);
   }
 
@@ -1543,15 +1552,12 @@ Status Db::Put(std::string_view key, std::string_view value) {
 
 Status Db::Delete(std::string_view key) {
   TESSERA_RETURN_IF_ERROR(CheckKey(key));
-  if (impl_->opts.read_only) {
-    return Status::InvalidArgument("database opened read-only").WithCCode(TESSERA_READ_ONLY);
-  }
-  // In one write transaction, which says NotFound for a missing key without reading the value
-  // (it read the whole value first: a damaged large value made the delete fail, and a 1 GiB
-  // one was copied to be thrown away).
-  TESSERA_ASSIGN_OR_RETURN(auto txn, BeginWrite());
-  TESSERA_RETURN_IF_ERROR(txn->Delete({}, key));
-  return txn->Commit(WriteOptions{impl_->opts.sync});
+  // The group commit reports a missing key without reading the value (this read the whole value
+  // first: a damaged large value made the delete fail, and a 1 GiB one was copied to be thrown
+  // away; and a read-only Db answered NotFound for a missing key before refusing the write).
+  WriteBatch b;
+  b.Delete(key);
+  return impl_->Write(b, impl_->opts.sync, /*missing_is_not_found=*/true);
 }
 
 Status Db::Get(std::string_view key, std::string* value) const { return Get({}, key, value); }

@@ -160,6 +160,8 @@ struct Db::Impl {
   struct Writer {
     const WriteBatch* batch;
     bool sync;
+    bool missing_is_not_found = false;
+    bool missing = false;  // set by the leader: a delete found no key
     std::mutex mu;
     std::condition_variable cv;
     // Set under mu; atomic so that a waiting writer may poll them before it sleeps on cv.
@@ -274,7 +276,9 @@ struct Db::Impl {
   // The snapshots live readers hold (and the replay floor), sorted, into *out.
   void LiveSnapshots(std::vector<uint64_t>* out) const;
 
-  Status Write(const WriteBatch& batch, bool sync);
+  // `missing_is_not_found`: a delete of a missing key makes this batch's status NotFound (its
+  // other writes stand); otherwise such a delete is no error.
+  Status Write(const WriteBatch& batch, bool sync, bool missing_is_not_found = false);
   // Open: applies the commit log's records after the chosen meta, then flushes (db owns this).
   Status Replay(Db* db, const std::vector<CommitLog::Record>& records);
   Result<std::unique_ptr<WriteTxn>> BeginWrite();
