@@ -130,8 +130,26 @@ Result<std::vector<CommitLog::Record>> CommitLog::ReadAll(const std::string& pat
   return out;
 }
 
+CommitLog::CommitLog(std::string path) : path_(std::move(path)) {
+  const int fd = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0) return;  // absent (or unusable: the first Append says why)
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return;
+  }
+  fd_ = fd;
+  size_ = static_cast<uint64_t>(st.st_size);
+}
+
 CommitLog::~CommitLog() {
   if (fd_ >= 0) ::close(fd_);
+}
+
+void CommitLog::Remove() {
+  struct stat mine, named;
+  if (fd_ < 0 || ::fstat(fd_, &mine) != 0 || ::stat(path_.c_str(), &named) != 0) return;
+  if (mine.st_dev == named.st_dev && mine.st_ino == named.st_ino) (void)::unlink(path_.c_str());
 }
 
 bool CommitLog::Fits(uint64_t payload_bytes) const {
@@ -171,8 +189,8 @@ Status CommitLog::Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::stri
     Status grown = PwriteAll(fd_, zeros.data(), zeros.size(), size_, "write " + path_);
     if (!grown.ok()) {
       // A nearly full disk: the step ahead of need may not fit where this record does (a 4 MiB
-      // step failed with 176 KiB free). Grow by what the record needs only.
-      new_size = (offset_ + total + kMinGrowStep - 1) / kMinGrowStep * kMinGrowStep;
+      // step failed with 176 KiB free). Grow by what the record needs only (to whole 4 KiB).
+      new_size = (offset_ + total + 4095) / 4096 * 4096;
       zeros.assign(static_cast<size_t>(new_size - size_), 0);
       TESSERA_RETURN_IF_ERROR(PwriteAll(fd_, zeros.data(), zeros.size(), size_, "write " + path_));
     }

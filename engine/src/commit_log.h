@@ -58,7 +58,9 @@ class CommitLog {
 
   // A log for appending at `path`; the file is opened (created if missing) by the first append,
   // which goes to offset 0.
-  explicit CommitLog(std::string path) : path_(std::move(path)) {}
+  // Opens the log at `path` when there is one (so that Remove knows it), else creates it at the
+  // first Append.
+  explicit CommitLog(std::string path);
   CommitLog(const CommitLog&) = delete;
   CommitLog& operator=(const CommitLog&) = delete;
   ~CommitLog();
@@ -69,6 +71,10 @@ class CommitLog {
   Status Append(uint64_t db_id, uint64_t era, uint64_t txnid, std::string_view payload);
   // After a checkpoint: the next record starts the file again.
   void Reset() { offset_ = 0; }
+  // Removes the log's file, but only while its name still reaches the file this object has
+  // open: a relative path after a chdir, or a renamed directory, may name another database's
+  // live log by then.
+  void Remove();
   uint64_t offset() const { return offset_; }
 
  private:

@@ -964,7 +964,7 @@ Db::~Db() {
       // would be taken for the file's at the next open even after the file was replaced by an
       // older copy of itself (its stale records then replayed onto that copy, or refused as a
       // gap). A cleanly closed database is its one file.
-      if (d.log) (void)::unlink(CommitLog::PathFor(d.path).c_str());
+      if (d.log) d.log->Remove();
     }
   }
 }
@@ -1743,10 +1743,12 @@ Status Db::Backup(const std::string& path) const {
   }
   Status s = BackupTo(path);
   if (!s.ok()) {
-    // Never leave a shorter backup that opens as if it were whole.
+    // Never leave a shorter backup that opens as if it were whole. (The side files' names first:
+    // they follow links that reach the file.)
+    const std::string log = CommitLog::PathFor(path), readers = SharedReaders::PathFor(path);
     ::unlink(path.c_str());
-    ::unlink(CommitLog::PathFor(path).c_str());
-    ::unlink(SharedReaders::PathFor(path).c_str());
+    ::unlink(log.c_str());
+    ::unlink(readers.c_str());
   }
   return s;
 }

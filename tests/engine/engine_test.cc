@@ -1659,6 +1659,39 @@ TEST(EngineTest, ACommitLogStepThatDoesNotFitGrowsByWhatTheRecordNeeds) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "11: no 1 MiB log, 12: no limit, 13: a commit failed";
 }
 
+// The log a clean close removes is the one the Db opened, even when the path it was opened by
+// reaches another database by then (a `current` link switched to a new version): that
+// database's live log, holding its acknowledged sync commits, stays. (The close named the log
+// after the path again, and removed the other database's.)
+TEST(EngineTest, ACleanCloseRemovesItsOwnLogOnlyAfterALinkMoved) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.File("a").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.File("b").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink(dir.File("a").c_str(), dir.File("current").c_str()), 0);
+  auto first = MustOpen(dir.File("current/db"));
+  ASSERT_TRUE(first);
+  ASSERT_TRUE(first->Put("k", "a").ok());
+  ASSERT_TRUE(std::filesystem::exists(dir.File("a/db-log")));
+  auto second = MustOpen(dir.File("b/db"), PowerCutOptions(true));
+  ASSERT_TRUE(second);
+  ASSERT_TRUE(second->Put("k1", "b").ok());
+  ASSERT_TRUE(std::filesystem::exists(dir.File("b/db-log")));
+  // The link now reaches b.
+  ASSERT_EQ(::symlink(dir.File("b").c_str(), dir.File("next").c_str()), 0);
+  ASSERT_EQ(::rename(dir.File("next").c_str(), dir.File("current").c_str()), 0);
+  first.reset();  // clean close
+  EXPECT_FALSE(std::filesystem::exists(dir.File("a/db-log")));
+  EXPECT_TRUE(std::filesystem::exists(dir.File("b/db-log")));
+  ASSERT_TRUE(second->Put("k2", "b").ok());
+  ASSERT_TRUE(second->SimulatePowerCut(1, 0.0).ok());
+  second.reset();
+  auto b = MustOpen(dir.File("b/db"));
+  ASSERT_TRUE(b);
+  std::string v;
+  EXPECT_TRUE(b->Get("k1", &v).ok()) << "acknowledged k1 lost";
+  EXPECT_TRUE(b->Get("k2", &v).ok()) << "acknowledged k2 lost";
+}
+
 // A sync commit whose commit-log append fails is refused with a sticky fatal error, and it is
 // absent when the file is opened again: its meta, already in the mapping, is put back, so the
 // OS writing the page back later cannot make a commit the caller was told failed appear.

@@ -62,9 +62,9 @@ typedef struct tessera_cursor tessera_cursor;
  *                  CPUs
  * Errors: TESSERA_NULL_HANDLE (path or out NULL), TESSERA_BAD_OPTIONS (unknown key or bad
  * value), TESSERA_BAD_PAGE_SIZE, TESSERA_BUSY (another writer has the file open),
- * TESSERA_NOTFOUND (missing and create=0, or its directory missing), TESSERA_CORRUPTION (not a Tessera file, an empty
- * file opened read-only, a file cut short of a whole page, or no valid meta page),
- * TESSERA_INVALID_ARGUMENT (map_size smaller than the file, an empty path), TESSERA_IO_ERROR
+ * TESSERA_NOTFOUND (missing and create=0, or its directory missing), TESSERA_CORRUPTION (not a
+ * Tessera file, an empty file opened read-only, a file cut short of a whole page, or no valid meta
+ * page), TESSERA_INVALID_ARGUMENT (map_size smaller than the file, an empty path), TESSERA_IO_ERROR
  * (e.g. a directory), TESSERA_NO_SPACE. */
 int tessera_db_open(const char* path, const char* options, tessera_db** out);
 
