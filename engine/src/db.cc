@@ -1164,6 +1164,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
     uint32_t order[2] = {0, 1};
     if (m[1].txnid > m[0].txnid) std::swap(order[0], order[1]);
     bool found = false;
+    // A newer meta that looked whole but failed validation: a commit was rejected. (An invalid
+    // meta's txnid cannot be trusted: damage there may make an older slot look newer.)
+    bool newer_rejected = false;
     for (uint32_t s : order) {
       if (!valid[s]) continue;
       impl->crc_skips_gap = m[s].version >= format::kGapFreeCrcVersion;
@@ -1177,6 +1180,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
       }
       problems += " meta " + std::to_string(s) + " (txn " + std::to_string(m[s].txnid) +
                   "): " + vs.message() + ";";
+      newer_rejected = true;
     }
     if (!found) {
       return Status::Corruption("'" + path + "' has no usable meta page:" + problems);
@@ -1192,7 +1196,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, const Options& opt
       impl->shared_readers->Publish(chosen.txnid);
       pinned = chosen.txnid;
     }
-    if (!problems.empty() && chosen.txnid < std::max(m[0].txnid, m[1].txnid)) {
+    if (!problems.empty() && newer_rejected) {
       impl->AddRecoveryNote("newer commit rejected, opened txn " + std::to_string(chosen.txnid) +
                             ":" + problems);
     } else if (!problems.empty()) {

@@ -1721,6 +1721,33 @@ TEST(EngineTest, ACommitWhoseLogAppendFailsIsAbsentAfterReopen) {
   EXPECT_TRUE(rep.ok) << rep.ToString();
 }
 
+// Damage to the older meta's txnid can make it look newer; its checksum shows it is invalid, and
+// the note says that, not that a newer commit was rejected (the newest one was kept).
+TEST(EngineTest, ADamagedOlderMetaIsNotCalledARejectedNewerCommit) {
+  TempDir dir;
+  const std::string path = dir.File("db");
+  {
+    auto db = MustOpen(path);
+    ASSERT_TRUE(db);
+    ASSERT_TRUE(db->Put("a", "1").ok());
+    ASSERT_TRUE(db->Put("b", "2").ok());
+  }
+  uint64_t txnid[2];
+  const std::string bytes = testing::ReadFile(path);
+  for (int s = 0; s < 2; ++s) std::memcpy(&txnid[s], bytes.data() + s * 4096 + 16, 8);
+  const uint32_t older = txnid[0] < txnid[1] ? 0 : 1, newest = 1 - older;
+  FlipByte(path, uint64_t{older} * 4096 + 16 + 7);  // the top byte of the older txnid
+  auto db = MustOpen(path);
+  ASSERT_TRUE(db);
+  std::string v;
+  EXPECT_TRUE(db->Get("b", &v).ok());
+  const std::string note = db->GetStats()->recovery_note;
+  EXPECT_EQ(note.find("newer commit rejected"), std::string::npos) << note;
+  EXPECT_NE(note.find("meta page " + std::to_string(older) + " is invalid"), std::string::npos)
+      << note;
+  EXPECT_NE(note.find("opened txn " + std::to_string(txnid[newest])), std::string::npos) << note;
+}
+
 // Without a clean close the other slot holds an older meta: a damaged newest meta falls back to
 // it, and the commit log brings back the sync commits made since.
 TEST(EngineTest, BadMetaAfterACrashIsRepairedFromTheLog) {
