@@ -452,6 +452,7 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   };
   auto backoff = std::chrono::milliseconds(50);
   bool fenced = false;
+  Status refused;  // the manager refused the token or the registration: exit with it
   bool saw_shutdown = false;
   auto last_contact = std::chrono::steady_clock::now();
   std::string last_error;
@@ -514,13 +515,16 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
           fenced = true;
           break;
         }
+        // Refusals no retry can change end the worker, through the shutdown below: its
+        // threads are running (returning from here with them joinable aborted the process).
         if (e.code == ErrorCode::UNAUTHENTICATED) {
-          return Status::InvalidArgument("manager refused the cluster token: " + e.message);
+          refused = Status::InvalidArgument("manager refused the cluster token: " + e.message);
+          break;
         }
         if (e.code == ErrorCode::INVALID_ARGUMENT && !s.registered.load()) {
-          // The manager refused this worker's settings (--replace, --role, its address): no
-          // retry can change that.
-          return Status::InvalidArgument("manager refused the registration: " + e.message);
+          // The manager refused this worker's settings (--replace, --role, its address).
+          refused = Status::InvalidArgument("manager refused the registration: " + e.message);
+          break;
         }
         if (e.code == ErrorCode::UNAVAILABLE &&
             e.message.find("unknown node") != std::string::npos) {
@@ -588,6 +592,7 @@ Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
     spdlog::info("worker {}: data directory {} deleted", s.node_id, options.data_dir);
   }
   spdlog::info("worker {}: exited", s.node_id);
+  if (!refused.ok()) return refused;
   if (fenced) return Status::Unavailable("fenced: a newer incarnation of this node registered");
   return sync;
 }

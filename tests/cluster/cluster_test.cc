@@ -482,6 +482,35 @@ TEST(ClusterTest, ARestartWithOtherFlagsIsRefusedNamingTheClustersOwn) {
   EXPECT_TRUE(serves("right.log")) << testing::ReadFile(d.File("right.log"));
 }
 
+// A registered worker whose token a restarted manager refuses exits with the reason, through its
+// shutdown (it returned with its threads running: SIGABRT, every worker of the cluster).
+TEST(ClusterTest, AWorkerWhoseTokenARestartedManagerRefusesExitsCleanly) {
+  TempDir d;
+  {
+    std::ofstream(d.File("token")) << "right\n";
+    std::ofstream(d.File("other")) << "other\n";
+  }
+  const std::string mgr = Addr(FreePort());
+  auto manager = [&](const std::string& token, const std::string& log) {
+    return std::make_unique<Process>(
+        std::vector<std::string>{TESSERA_BIN, "manager", "--listen", mgr, "--data", d.File("m"),
+                                 "--workers", "1", "--protection", "none", "--token-file",
+                                 d.File(token)},
+        d.File(log));
+  };
+  auto first = manager("token", "m1.log");
+  Process worker({TESSERA_BIN, "worker", "--listen", Addr(FreePort()), "--manager", mgr, "--data",
+                  d.File("w"), "--token-file", d.File("token")},
+                 d.File("w.log"));
+  ASSERT_TRUE(LogSays(d.File("m1.log"), "registered")) << testing::ReadFile(d.File("m1.log"));
+  first->Kill(SIGKILL);
+  auto second = manager("other", "m2.log");
+  const int code = worker.Wait(std::chrono::seconds(30));
+  const std::string log = testing::ReadFile(d.File("w.log"));
+  EXPECT_EQ(code, 1) << log;  // an exit code, not -SIGABRT (or still running: -1000)
+  EXPECT_NE(log.find("manager refused the cluster token"), std::string::npos) << log;
+}
+
 // DATA/cluster.json: with xor a different --workers is named as such; a file this version would
 // not write is refused by name, not read as zeros; and one left beside no Raft data (raft/
 // removed to start afresh) does not hold the new cluster to the old shape.
