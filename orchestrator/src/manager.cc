@@ -55,7 +55,24 @@ bool ValidShape(const nlohmann::json& j) {
     const auto v = j[f].get<int64_t>();
     if (v < 0 || v > 1000000) return false;
   }
-  return true;
+  return !j.contains("peers") || j["peers"].is_string();  // (files of before it lack it)
+}
+
+// --peers as every member must be given it ("" without: a manager of its own).
+std::string PeersText(const std::string& peers) {
+  std::string out;
+  size_t from = 0;
+  while (from <= peers.size() && !peers.empty()) {
+    const size_t comma = peers.find(',', from);
+    std::string a =
+        peers.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
+    a.erase(0, a.find_first_not_of(' '));
+    a.erase(a.find_last_not_of(' ') + 1);
+    out += (out.empty() ? "" : ",") + a;
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  return out;
 }
 
 std::string SpecText(const ProtectionSpec& p) {
@@ -98,6 +115,17 @@ std::string ShapeMismatch(const std::string& data_dir, const nlohmann::json& sto
     return "the cluster expects " + std::to_string(n(stored, "workers")) +
            " workers, not --workers " + std::to_string(n(flags, "workers")) +
            " (every manager must be started with the same flags)";
+  }
+  if (stored.contains("peers") && flags.contains("peers") &&
+      s(stored, "peers") != s(flags, "peers")) {
+    // A member of replicated managers started on its own would lead alone, on a log the others
+    // go on with: two leaders, and its entries later overwriting committed ones.
+    auto said = [](const std::string& p) {
+      return p.empty() ? std::string("without --peers") : "with --peers " + p;
+    };
+    return "manager data in " + data_dir + " belongs to a manager started " +
+           said(s(stored, "peers")) + ", not " + said(s(flags, "peers")) +
+           " (every manager must be started with the same --peers as before)";
   }
   if (n(stored, "shards") != n(flags, "shards")) {
     // It used to keep the stored count silently while its log named the flag's.
@@ -515,8 +543,10 @@ class ManagerState : public ReplicatedState {
       return;
     }
     if (shape_saved_) return;
+    nlohmann::json saved = shape;
+    saved["peers"] = PeersText(opts_.peers);
     // Best effort: without the file the next start still refuses, only later (here).
-    if (Status st = WriteFileDurably(opts_.data_dir + "/cluster.json", shape.dump() + "\n");
+    if (Status st = WriteFileDurably(opts_.data_dir + "/cluster.json", saved.dump() + "\n");
         !st.ok()) {
       spdlog::warn("manager: cannot record the cluster's shape: {}", st.ToString());
     }
@@ -1514,8 +1544,9 @@ Status RunManager(const ManagerOptions& options, std::atomic<bool>* stop) {
                                 " (the cluster's shape) is not what this version writes; remove "
                                 "it to start: the manager's Raft data still records the shape");
     }
-    std::string why = ShapeMismatch(options.data_dir, stored,
-                                    ShapeOf(spec, opts.expected_workers, opts.num_shards));
+    nlohmann::json flags = ShapeOf(spec, opts.expected_workers, opts.num_shards);
+    flags["peers"] = PeersText(options.peers);
+    std::string why = ShapeMismatch(options.data_dir, stored, flags);
     if (!why.empty()) return Status::InvalidArgument(why);
   }
 

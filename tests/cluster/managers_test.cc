@@ -492,6 +492,36 @@ TEST(ManagersTest, DemoWithThreeManagersPassesEveryStep) {
   EXPECT_EQ(testing::ReadFile(d.File("demo/notes.txt")), "mine\n");
 }
 
+// A member restarted without --peers (or with another list) is refused before it serves: on its
+// own it led a one-manager cluster on the same log, granted a lock the real cluster held, and its
+// entries later overwrote committed ones.
+TEST(ManagersTest, AMemberRestartedWithoutPeersIsRefused) {
+  Managers m(0);
+  m.Start();
+  const int leader = m.WaitLeader();
+  ASSERT_GE(leader, 0) << m.Logs();
+  const int f = (leader + 1) % 3;
+  const std::string data = m.dir() + "/manager" + std::to_string(f);
+  for (int i = 0; i < 100 && !std::filesystem::exists(data + "/cluster.json"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(std::filesystem::exists(data + "/cluster.json")) << m.Logs();
+  m.manager(f).Kill(SIGKILL);
+  for (const std::vector<std::string>& peers :
+       {std::vector<std::string>{}, std::vector<std::string>{"--peers", m.Address(f)}}) {
+    std::vector<std::string> argv{TESSERA_BIN, "manager", m.Address(f),   "--data", data,
+                                  "--workers", "1",       "--protection", "none"};
+    argv.insert(argv.begin() + 2, "--listen");
+    argv.insert(argv.end(), peers.begin(), peers.end());
+    Process alone(argv, m.dir() + "/alone.log");
+    EXPECT_NE(alone.Wait(std::chrono::seconds(15)), 0) << "kept running";
+    const std::string log = testing::ReadFile(m.dir() + "/alone.log");
+    EXPECT_NE(log.find("belongs to a manager started with --peers " + m.List()), std::string::npos)
+        << log;
+    EXPECT_EQ(log.find("became the leader"), std::string::npos) << log;
+  }
+}
+
 TEST(ManagersTest, BadPeerListsAreRefusedWithAClearMessage) {
   TempDir d;
   int a = FreePort(), b = FreePort(), c = FreePort();
