@@ -406,6 +406,22 @@ class ManagerState : public ReplicatedState {
            "register only once that one stops";
   }
 
+  // On the leader, before a registration with --replace `victim` is proposed: "" unless that node
+  // still heartbeats. Replacing it would fence a healthy node (a mistyped node id takes one out);
+  // the replacement registers once the replaced node's heartbeats stop.
+  std::string LiveVictim(const std::string& victim) {
+    std::lock_guard<std::mutex> l(mu);
+    auto it = nodes_.find(victim);
+    if (!leader_ || it == nodes_.end() || !it->second.up) return "";
+    const auto age =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - it->second.last_hb)
+            .count();
+    if (age > opts_.heartbeat_timeout_ms) return "";
+    return "--replace " + victim + ": that node is alive at " + it->second.address +
+           " (its last heartbeat " + std::to_string(age) +
+           " ms ago); stop it first: the replacement registers once its heartbeats stop";
+  }
+
   // Marks nodes whose heartbeats stopped as down.
   void CheckHeartbeats() {
     std::lock_guard<std::mutex> l(mu);
@@ -1055,6 +1071,11 @@ class Handler : public gen::ManagerServiceIf {
     Auth(token);
     if (std::string live = st_->LiveElsewhere(node_id, address); !live.empty()) {
       Throw(ErrorCode::UNAVAILABLE, live, "manager");
+    }
+    if (!replace.empty() && replace != node_id) {
+      if (std::string live = st_->LiveVictim(replace); !live.empty()) {
+        Throw(ErrorCode::UNAVAILABLE, live, "manager");
+      }
     }
     auto reply = Command({{"op", "register"},
                           {"id", node_id},

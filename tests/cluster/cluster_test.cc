@@ -574,6 +574,16 @@ TEST(ClusterTest, ADuplicateNodeIdIsRefusedAndABadReplaceExits) {
   const bool refused = LogSays(d.File("dup.log"), "is registered and alive");
   EXPECT_TRUE(refused) << testing::ReadFile(d.File("dup.log"));
   dup.Kill(SIGKILL);
+  // Nor does --replace naming a live node fence it (a mistyped id took a healthy worker out).
+  const std::string live_id = testing::ReadFile(c.WorkerDir(0) + "/node_id");
+  Process usurper(
+      {TESSERA_BIN, "worker", "--listen", Addr(FreePort()), "--manager", c.manager(), "--data",
+       d.File("usurper"), "--replace", live_id.substr(0, live_id.find_last_not_of("\n") + 1)},
+      d.File("usurper.log"));
+  EXPECT_TRUE(LogSays(d.File("usurper.log"), "that node is alive"))
+      << testing::ReadFile(d.File("usurper.log"));
+  usurper.Kill(SIGKILL);
+  EXPECT_EQ(testing::ReadFile(c.WorkerDir(0) + ".log").find("fenced"), std::string::npos);
   EXPECT_TRUE(c.worker(0).Running()) << c.Logs();
   auto client = c.NewClient();
   for (int k = 0; k < 50; ++k) {  // every shard still served, worker 0's included
