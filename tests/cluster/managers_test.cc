@@ -373,9 +373,7 @@ TEST(ManagersTest, ExpiredSessionFreesItsLockAndAStaleTokenIsRejected) {
   auto checked = c->CheckToken("job", first);
   ASSERT_TRUE(checked.ok());
   EXPECT_TRUE(*checked);
-  holder.Kill(SIGKILL);
-  // Its command outlives it (as with any killed parent); stop it too.
-  ASSERT_EQ(std::system("pkill -KILL -f '^sleep 300.25$' >/dev/null 2>&1; true"), 0);
+  holder.Kill(SIGKILL);  // its command dies with it (AStoppedLockHolderStopsItsCommand)
 
   auto session = c->OpenSession(std::chrono::milliseconds(5000), "next holder");
   ASSERT_TRUE(session.ok());
@@ -490,6 +488,45 @@ TEST(ManagersTest, DemoWithThreeManagersPassesEveryStep) {
   }
   EXPECT_EQ(left, std::vector<std::string>{"notes.txt"});
   EXPECT_EQ(testing::ReadFile(d.File("demo/notes.txt")), "mine\n");
+}
+
+// `tessera lock` stopped with SIGTERM stops its command and exits once that has (releasing the
+// lock then); SIGKILLed, its command dies with it. Before, either ended `tessera lock` alone and
+// its command ran on without the lock, while another holder got it after the TTL.
+TEST(ManagersTest, AStoppedLockHolderStopsItsCommand) {
+  Managers m(0);
+  m.Start();
+  ASSERT_GE(m.WaitLeader(), 0) << m.Logs();
+  for (int sig : {SIGTERM, SIGKILL}) {
+    SCOPED_TRACE(sig == SIGTERM ? "SIGTERM" : "SIGKILL");
+    const std::string pidfile = m.dir() + "/cmd" + std::to_string(sig) + ".pid";
+    Process holder(
+        {TESSERA_BIN, "lock", "job", "--ttl-ms", "1000", "--manager", m.List(), "--", "sh", "-c",
+         "echo $$ > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile + "; exec sleep 300"},
+        m.dir() + "/lock.log");
+    for (int i = 0; i < 200 && !std::filesystem::exists(pidfile); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_TRUE(std::filesystem::exists(pidfile)) << testing::ReadFile(m.dir() + "/lock.log");
+    const pid_t cmd = std::atoi(testing::ReadFile(pidfile).c_str());
+    ASSERT_GT(cmd, 0);
+    holder.Kill(sig);
+    if (sig == SIGTERM) {
+      EXPECT_EQ(holder.Wait(std::chrono::seconds(15)), 128 + SIGTERM)
+          << testing::ReadFile(m.dir() + "/lock.log");
+    }
+    // Gone, or a zombie its new parent has yet to reap.
+    auto running = [&] {
+      const std::string stat = testing::ReadFile("/proc/" + std::to_string(cmd) + "/stat");
+      const size_t paren = stat.rfind(')');
+      return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+    };
+    for (int i = 0; i < 100 && running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_FALSE(running()) << "the command outlived `tessera lock`";
+    if (running()) ::kill(cmd, SIGKILL);
+  }
 }
 
 // A member restarted without --peers (or with another list) is refused before it serves: on its

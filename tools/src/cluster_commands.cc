@@ -3,6 +3,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -241,9 +242,19 @@ int RunLocked(const LockArgs& a) {
   std::fprintf(stderr, "tessera lock: holding '%s' (fencing token %lld, session %lld)\n",
                a.name.c_str(), static_cast<long long>(*token),
                static_cast<long long>((*session)->id()));
+  // SIGTERM and SIGINT reach the command (below) and the lock is released once it has exited:
+  // by default they ended this process alone, its command running on unlocked (another holder
+  // got the lock after the TTL). A command that outlives this process (SIGKILL) dies with it.
+  InstallStopHandlers();
+  const pid_t parent = ::getpid();
   pid_t child = ::fork();
   if (child < 0) return Fail("lock", ErrnoStatus(errno, "fork"));
   if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(128 + SIGKILL);  // the parent died before prctl
+    ::signal(SIGTERM, SIG_DFL);
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGPIPE, SIG_DFL);
     ::setenv("TESSERA_LOCK_NAME", a.name.c_str(), 1);
     ::setenv("TESSERA_LOCK_TOKEN", std::to_string(*token).c_str(), 1);
     ::setenv("TESSERA_LOCK_SESSION", std::to_string((*session)->id()).c_str(), 1);
@@ -255,7 +266,8 @@ int RunLocked(const LockArgs& a) {
     ::_exit(127);
   }
   int status = 0;
-  bool lost = false, forwarded = false;
+  bool lost = false, forwarded = false, killed = false;
+  auto stopped_at = std::chrono::steady_clock::now();
   for (;;) {
     pid_t r = ::waitpid(child, &status, WNOHANG);
     if (r == child) break;
@@ -267,10 +279,18 @@ int RunLocked(const LockArgs& a) {
                    a.name.c_str());
       ::kill(child, SIGTERM);
       lost = true;
+      stopped_at = std::chrono::steady_clock::now();
     }
     if (g_stop.load() && !forwarded) {
       ::kill(child, SIGTERM);
       forwarded = true;
+      stopped_at = std::chrono::steady_clock::now();
+    }
+    if ((lost || forwarded) && !killed &&
+        std::chrono::steady_clock::now() - stopped_at > std::chrono::seconds(10)) {
+      std::fprintf(stderr, "tessera lock: the command ignored SIGTERM for 10 s; killing it\n");
+      ::kill(child, SIGKILL);
+      killed = true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
