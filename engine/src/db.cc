@@ -850,8 +850,10 @@ Status CommitTxn(Txn& t, bool sync) {
   // the log writes the slot only once its record is stored: a read-only handle opened meanwhile
   // (it reads the metas from the file) must not take a commit that then fails for its snapshot.
   Meta slot_before;
-  std::memcpy(&slot_before, db->Page(slot), sizeof slot_before);
-  if (!via_log) std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
+  if (!via_log) {
+    std::memcpy(&slot_before, db->Page(slot), sizeof slot_before);
+    std::memcpy(db->Page(slot), &m, sizeof m);  // the rest of a meta page stays zero
+  }
   if (via_log) {
     // Every commit since the last flush is in the log: this one joins it, and the data file's
     // pages can wait for a later flush.

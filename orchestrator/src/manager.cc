@@ -392,16 +392,11 @@ class ManagerState : public ReplicatedState {
   // really restarted elsewhere gets in once its old incarnation's heartbeats time out.
   std::string LiveElsewhere(const std::string& id, const std::string& address) {
     std::lock_guard<std::mutex> l(mu);
-    auto it = nodes_.find(id);
-    if (!leader_ || it == nodes_.end() || !it->second.up || it->second.address == address) {
-      return "";
-    }
-    const auto age =
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - it->second.last_hb)
-            .count();
-    if (age > opts_.heartbeat_timeout_ms) return "";
-    return "node " + id + " is registered and alive at " + it->second.address +
-           " (its last heartbeat " + std::to_string(age) +
+    std::string at;
+    const int64_t age = HeartbeatAge(id, &at);
+    if (age < 0 || at == address) return "";
+    return "node " + id + " is registered and alive at " + at + " (its last heartbeat " +
+           std::to_string(age) +
            " ms ago): a second process with the same node id (a copied data directory?) may "
            "register only once that one stops";
   }
@@ -411,15 +406,26 @@ class ManagerState : public ReplicatedState {
   // the replacement registers once the replaced node's heartbeats stop.
   std::string LiveVictim(const std::string& victim) {
     std::lock_guard<std::mutex> l(mu);
-    auto it = nodes_.find(victim);
-    if (!leader_ || it == nodes_.end() || !it->second.up) return "";
-    const auto age =
+    std::string at;
+    const int64_t age = HeartbeatAge(victim, &at);
+    if (age < 0) return "";
+    return "--replace " + victim + ": that node is alive at " + at + " (its last heartbeat " +
+           std::to_string(age) +
+           " ms ago); stop it first: the replacement registers once its heartbeats stop";
+  }
+
+  // mu held. On the leader: how long ago node `id` last heartbeated, with its address in *at,
+  // while that is within the heartbeat timeout; -1 when it is not alive (or unknown, or this
+  // manager does not lead and cannot know).
+  int64_t HeartbeatAge(const std::string& id, std::string* at) const {
+    auto it = nodes_.find(id);
+    if (!leader_ || it == nodes_.end() || !it->second.up) return -1;
+    const int64_t age =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - it->second.last_hb)
             .count();
-    if (age > opts_.heartbeat_timeout_ms) return "";
-    return "--replace " + victim + ": that node is alive at " + it->second.address +
-           " (its last heartbeat " + std::to_string(age) +
-           " ms ago); stop it first: the replacement registers once its heartbeats stop";
+    if (age > opts_.heartbeat_timeout_ms) return -1;
+    *at = it->second.address;
+    return age;
   }
 
   // Marks nodes whose heartbeats stopped as down.
